@@ -1,5 +1,14 @@
-"""Causal representation learning: reference unmixings (and, later, latent-SCM models)."""
+"""Causal representation learning: latent-SCM models fit by numpyro SVI, baselines, references.
 
+* :func:`fit` / :class:`CRLConfig` / :func:`load_fit` — train S seeds in one program.
+* :mod:`jaxcrl.crl.models` — numpyro models/guides (latent SCM exact-likelihood and VAE,
+  β-VAE, iVAE); :mod:`jaxcrl.crl.prior` — the learnable latent SCM density.
+* :mod:`jaxcrl.crl.evaluate` — score fits against simulated ground truth.
+* :func:`pca`, :func:`fast_ica` — linear reference unmixings.
+"""
+
+from jaxcrl.crl.config import CRLConfig
+from jaxcrl.crl.fit import FitResult, fit, load_fit
 from jaxcrl.crl.linear import LinearUnmixing, fast_ica, pca
 
-__all__ = ["LinearUnmixing", "fast_ica", "pca"]
+__all__ = ["CRLConfig", "FitResult", "LinearUnmixing", "fast_ica", "fit", "load_fit", "pca"]

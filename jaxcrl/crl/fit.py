@@ -1,0 +1,358 @@
+"""Fit CRL models by numpyro SVI: one jit-ed step, ``lax.scan`` chunks, S runs in one program.
+
+``fit(cfg, x, env, targets=..., key=...)`` trains ``S`` independent runs (seeds) by
+``jax.vmap`` over a leading run axis of everything that differs between runs: parameters,
+optimizer states, PRNG keys and, when ``x`` is ``[S, N, D]``, the data set itself. There is no
+Python loop over seeds: the S runs are one compiled XLA program.
+
+Example::
+
+    result = fit(CRLConfig(latent_dim=5, n_envs=6), ds.x, ds.env, targets=ds.targets,
+                 key=jax.random.key(0), seeds=4)
+    z_hat = result.encode(ds.x)          # [S, N, d]
+    w_hat = result.graph()               # [S, d, d] learned weighted adjacency
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.optim import optax_to_numpyro
+
+from jaxcrl import checkpoint as ckpt
+from jaxcrl import train
+from jaxcrl.crl import prior as prior_lib
+from jaxcrl.crl.config import CRLConfig
+from jaxcrl.crl.models import MODELS
+from jaxcrl.crl.nets import FlowEncoder, GaussianEncoder
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+class Preprocess(NamedTuple):
+    """``x -> (x - mean) @ proj``: standardization, and PCA whitening to d dims for a flow
+    encoder when D > d. mean: [D], proj: [D, D'] (D' = d for flows, else D)."""
+
+    mean: jax.Array
+    proj: jax.Array
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return (x - self.mean) @ self.proj
+
+
+def make_preprocess(x: jax.Array, latent_dim: int, flow: bool) -> Preprocess:
+    """Preprocessing fitted on ``x [N, D]`` (a flow needs D' = d inputs)."""
+    mean = x.mean(0)
+    if flow and x.shape[-1] > latent_dim:
+        cov = jnp.cov(x - mean, rowvar=False)
+        evals, evecs = jnp.linalg.eigh(cov)
+        top = jnp.argsort(evals)[::-1][:latent_dim]
+        return Preprocess(mean, evecs[:, top] / jnp.sqrt(evals[top]))
+    return Preprocess(mean, jnp.diag(1.0 / (x.std(0) + 1e-8)))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_inputs(cfg: CRLConfig, x, env, targets, z_true):
+    x = np.asarray(x)
+    env = np.asarray(env)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x must be [N, D] or [S, N, D] (one data set per run), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x contains {int((~np.isfinite(x)).sum())} NaN/inf values")
+    if env.shape != x.shape[:-1]:
+        raise ValueError(f"env must have shape {x.shape[:-1]} (one index per sample), "
+                         f"got {env.shape}")
+    if not np.issubdtype(env.dtype, np.integer):
+        raise ValueError(f"env must be integer environment indices, got dtype {env.dtype}")
+    if env.min() < 0 or env.max() >= cfg.n_envs:
+        raise ValueError(f"env indices must be in [0, n_envs={cfg.n_envs}), got range "
+                         f"[{env.min()}, {env.max()}]")
+    if cfg.method == "latent_scm" and x.shape[-1] < cfg.latent_dim:
+        raise ValueError(f"obs dim D={x.shape[-1]} < latent_dim={cfg.latent_dim}")
+    if cfg.targets == "known" and cfg.method in ("latent_scm", "latent_scm_vae"):
+        if targets is None:
+            raise ValueError("targets='known' needs the [n_envs, d] target mask `targets`")
+        t = np.asarray(targets)
+        want = (cfg.n_envs, cfg.latent_dim)
+        if t.shape[-2:] != want or t.ndim != x.ndim:
+            raise ValueError(f"targets must be {want} (or [S, *{want}] with [S, N, D] data), "
+                             f"got {t.shape}")
+    if z_true is not None:
+        zt = np.asarray(z_true)
+        if zt.shape[:-1] != x.shape[:-1]:
+            raise ValueError(f"z_true must be [..., N, d] matching x {x.shape}, got {zt.shape}")
+    if cfg.batch_size > x.shape[-2]:
+        raise ValueError(f"batch_size={cfg.batch_size} exceeds the number of samples "
+                         f"{x.shape[-2]}")
+
+
+# --------------------------------------------------------------------------- SVI pieces
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FitState:
+    """One run's training state (vmapped: every leaf gets a leading run axis)."""
+
+    svi_state: Any
+    x: jax.Array
+    env: jax.Array
+    targets: jax.Array
+    step: jax.Array
+
+
+def _svi(cfg: CRLConfig, n_total: int) -> SVI:
+    model, guide = MODELS[cfg.method]
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps, end_value=0.05 * cfg.lr
+    )
+    optim = optax_to_numpyro(optax.chain(optax.clip_by_global_norm(cfg.clip),
+                                         optax.adam(schedule)))
+    kw = dict(cfg=cfg, n_total=n_total)
+    return SVI(lambda *a: model(*a, **kw), lambda *a: guide(*a, **kw), optim, Trace_ELBO())
+
+
+def penalty_schedule(cfg: CRLConfig, step: jax.Array) -> jax.Array:
+    """Acyclicity weight: geometric ramp ``penalty_min -> penalty_max``, then constant."""
+    frac = jnp.clip(step / max(cfg.penalty_ramp * cfg.steps, 1.0), 0.0, 1.0)
+    return cfg.penalty_min * (cfg.penalty_max / cfg.penalty_min) ** frac
+
+
+def _encode_fn(cfg: CRLConfig):
+    if cfg.method == "latent_scm":
+        net = FlowEncoder(cfg.flow_layers, cfg.flow_terms)
+        return lambda params, x: net.apply({"params": params["encoder$params"]}, x)[0]
+    net = GaussianEncoder(cfg.latent_dim, cfg.hidden)
+    return lambda params, x: net.apply({"params": params["encoder$params"]}, x)[0]
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Trained runs. Every array in ``params``/``preprocess`` has a leading run axis [S].
+
+    Attributes:
+      cfg: the config.
+      params: numpyro params by site name (``"encoder$params"``, ``"prior"``, ...).
+      preprocess: per-run input preprocessing.
+      history: per-step ``loss`` [steps, S] (negative ELBO per sample), and per-chunk
+        ``mcc`` [chunks, S] when ground truth was given, with ``eval_step``.
+      wall_s: training wall time (compilation included).
+    """
+
+    cfg: CRLConfig
+    params: dict
+    preprocess: Preprocess
+    history: dict
+    wall_s: float = 0.0
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.preprocess.mean.shape[0])
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        """Latents of ``x``: ``[N, D]`` (every run) or ``[S, N, D]`` -> ``[S, N, d]``
+        (flow output, or the posterior mean for VAEs)."""
+        x = jnp.asarray(x, jnp.float32)
+        in_axes = (0, 0, 0) if x.ndim == 3 else (0, 0, None)
+        return _encode_batched(self.cfg)(self.params, self.preprocess, x, in_axes=in_axes)
+
+    def graph(self) -> jax.Array | None:
+        """Learned weighted adjacency [S, d, d] (``W[i, j]``: z_i -> z_j), or None."""
+        if not self.cfg.learns_graph:
+            return None
+        return jax.vmap(prior_lib.masked_weights)(self.params["prior"])
+
+    def targets(self, known: jax.Array | None = None) -> jax.Array | None:
+        """[S, E, d] intervention targets: the known ones or the learned argmax."""
+        if not self.cfg.learns_graph:
+            return None
+        if self.cfg.targets == "known" and known is not None:
+            return jnp.broadcast_to(jnp.asarray(known, bool), (self.n_runs, *known.shape[-2:]))
+        return jax.vmap(prior_lib.estimated_targets)(self.params["prior"])
+
+    def discover_graph(self, x: jax.Array, env: jax.Array,
+                       targets: jax.Array | None = None) -> np.ndarray | None:
+        """[S, d, d] DAG weights from an exact interventional-BIC search over the encoded
+        latents (:func:`jaxcrl.crl.discovery.exact_dag_search`): the discrete refinement of
+        :meth:`graph`. Uses the known ``targets`` ([E, d] or [S, E, d]) or, for unknown
+        targets, the learned ones."""
+        if not self.cfg.learns_graph:
+            return None
+        from jaxcrl.crl.discovery import exact_dag_search
+
+        z = np.asarray(self.encode(x))
+        env = np.asarray(env)
+        t = np.asarray(self.targets(None if targets is None else jnp.asarray(targets)))
+        return np.stack([
+            exact_dag_search(z[r], env[r] if env.ndim == 2 else env, t[r])[0]
+            for r in range(self.n_runs)
+        ])
+
+    def save(self, path, *, step: int | None = None, metrics: dict | None = None,
+             overwrite: bool = False):
+        """Saves params and preprocessing in the one checkpoint format (kind ``"crl"``)."""
+        state = {"params": self.params, "preprocess": self.preprocess._asdict()}
+        return ckpt.save(path, state, config=self.cfg, kind="crl",
+                         step=self.cfg.steps if step is None else step, metrics=metrics,
+                         overwrite=overwrite)
+
+
+def load_fit(path) -> FitResult:
+    """Restores a :class:`FitResult` saved by :meth:`FitResult.save`."""
+    c = ckpt.load(path, kind="crl")
+    cfg: CRLConfig = c.config
+    params = dict(c.state["params"])
+    if "prior" in params:
+        params["prior"] = prior_lib.PriorParams(**params["prior"])
+    pre = Preprocess(**c.state["preprocess"])
+    return FitResult(cfg=cfg, params=params, preprocess=pre, history={})
+
+
+_ENCODERS: dict = {}
+
+
+def _encode_batched(cfg: CRLConfig):
+    if cfg not in _ENCODERS:
+        enc = _encode_fn(cfg)
+
+        def f(params, pre, x, in_axes):
+            return jax.vmap(lambda p, pr, xx: enc(p, pr(xx)), in_axes=in_axes)(params, pre, x)
+
+        _ENCODERS[cfg] = jax.jit(f, static_argnames="in_axes")
+    return _ENCODERS[cfg]
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit(
+    cfg: CRLConfig,
+    x: jax.Array,
+    env: jax.Array,
+    *,
+    key: jax.Array,
+    targets: jax.Array | None = None,
+    seeds: int | None = None,
+    z_true: jax.Array | None = None,
+    eval_every: int = 500,
+    progress: bool = True,
+) -> FitResult:
+    """Trains ``S`` runs of ``cfg.method`` in one compiled program.
+
+    Args:
+      cfg: configuration.
+      x: [N, D] observations shared by all runs, or [S, N, D] one data set per run.
+      env: [N] (or [S, N]) int environment index of each sample, in ``[0, cfg.n_envs)``.
+      key: a PRNG key (split into ``seeds`` run keys) or ``[S]`` run keys. Run ``r`` with
+        key ``k_r`` gives the same result whether trained alone or with others.
+      targets: [E, d] (or [S, E, d]) bool intervention targets, row 0 observational;
+        required when ``cfg.targets == "known"`` for the latent-SCM methods.
+      seeds: number of runs S when ``key`` is a single key (default 1). With
+        ``cfg.restarts = R > 1`` each seed trains R restarts (S R runs in the same program)
+        and keeps the one with the best final training loss (maximum likelihood for
+        ``latent_scm``): no ground truth is used to choose.
+      z_true: [N, d] (or [S, N, d]) true latents: the progress bar then shows MCC, and
+        ``history["mcc"]`` records it every ``eval_every`` steps.
+      eval_every: steps per compiled chunk (progress/evaluation cadence).
+      progress: show a progress bar.
+
+    Returns:
+      A :class:`FitResult`.
+
+    Raises:
+      ValueError: NaN/inf in x, environment index out of range, inconsistent shapes —
+        before anything is compiled.
+    """
+    _check_inputs(cfg, x, env, targets, z_true)
+    keys = jnp.asarray(key)
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) and keys.ndim == 1:
+        if seeds is not None and seeds != keys.shape[0]:
+            raise ValueError(f"got {keys.shape[0]} run keys but seeds={seeds}")
+    else:
+        keys = jax.random.split(key, seeds or (np.shape(x)[0] if np.ndim(x) == 3 else 1))
+    n_seeds = keys.shape[0]
+    n_rep = cfg.restarts
+    if n_rep > 1:  # restart r of seed s has key fold_in(k_s, r): independent of other seeds
+        keys = jax.vmap(lambda k: jax.vmap(lambda r: jax.random.fold_in(k, r))(
+            jnp.arange(n_rep)))(keys).reshape(n_seeds * n_rep)
+    n_runs = keys.shape[0]
+
+    x = jnp.asarray(x, jnp.float32)
+    env = jnp.asarray(env, jnp.int32)
+    tgt = (jnp.zeros((cfg.n_envs, cfg.latent_dim), bool) if targets is None
+           else jnp.asarray(targets, bool))
+    shared = x.ndim == 2
+    if shared:
+        x, env, tgt = (jnp.broadcast_to(a, (n_runs, *a.shape)) for a in (x, env, tgt))
+    elif x.shape[0] != n_seeds:
+        raise ValueError(f"x holds {x.shape[0]} data sets but there are {n_seeds} runs")
+    else:
+        x, env, tgt = (jnp.repeat(a, n_rep, axis=0) for a in (x, env, tgt))
+    n_total = x.shape[1]
+
+    pre = jax.vmap(make_preprocess, in_axes=(0, None, None))(
+        x, cfg.latent_dim, cfg.method == "latent_scm")
+    xp = jax.vmap(lambda p, xx: p(xx))(pre, x)
+    svi = _svi(cfg, n_total)
+    b = cfg.batch_size
+
+    def init(k, xx, ee, tt):
+        return svi.init(k, xx[:b], ee[:b], tt, cfg.penalty_min)
+
+    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    svi_state = jax.jit(jax.vmap(init))(init_keys, xp, env, tgt)
+    state = FitState(svi_state, xp, env, tgt, jnp.zeros((n_runs,), jnp.int32))
+
+    def step(s: FitState, k: jax.Array):
+        idx = jax.random.randint(k, (b,), 0, n_total)
+        new, loss = svi.update(s.svi_state, s.x[idx], s.env[idx], s.targets,
+                               penalty_schedule(cfg, s.step))
+        return FitState(new, s.x, s.env, s.targets, s.step + 1), {"loss": loss / n_total}
+
+    on_chunk = None
+    if z_true is not None:
+        zt = np.asarray(z_true)
+        zt = (np.broadcast_to(zt, (n_runs, *zt.shape)) if zt.ndim == 2
+              else np.repeat(zt, n_rep, axis=0))
+        sub = np.linspace(0, n_total - 1, min(n_total, 2000)).astype(int)
+        enc = jax.jit(jax.vmap(_encode_fn(cfg)))
+
+        def on_chunk(t, s, last):
+            from jaxcrl.metrics import mcc
+
+            params = jax.vmap(svi.get_params)(s.svi_state)
+            z_hat = np.asarray(enc(params, s.x[:, sub]))
+            return {"mcc": np.array([mcc(zt[r, sub], z_hat[r]).value for r in range(n_runs)])}
+
+    run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    t0 = time.perf_counter()
+    state, history = train.run(train.vmap_runs(step), state, run_keys, n_steps=cfg.steps,
+                               chunk_size=eval_every, batched=True, progress=progress,
+                               desc=cfg.method, on_chunk=on_chunk)
+    wall = time.perf_counter() - t0
+    params = jax.vmap(svi.get_params)(state.svi_state)
+    if n_rep > 1:
+        # Keep, per seed, the restart with the best (lowest) training loss at the end.
+        tail = max(cfg.steps // 20, 1)
+        final = history["loss"][-tail:].mean(0).reshape(n_seeds, n_rep)
+        best = np.nanargmin(np.where(np.isfinite(final), final, np.inf), axis=1)
+        idx = np.arange(n_seeds) * n_rep + best
+        params, pre = jax.tree.map(lambda a: a[idx], (params, pre))
+        history["loss_restarts"] = history["loss"].reshape(-1, n_seeds, n_rep)
+        history["restart_chosen"] = best
+        for k in ("loss", "mcc"):
+            if k in history:
+                history[k] = history[k][:, idx]
+    return FitResult(cfg=cfg, params=params, preprocess=pre, history=history, wall_s=wall)
