@@ -248,6 +248,7 @@ def save(
     leaves = jax.tree_util.tree_leaves(state)
     if not leaves:
         raise ValueError("state has no array leaves to save")
+    state, empty = _stash_empty(state)
     config_json = config_to_json(config)
     meta = {
         "format": FORMAT,
@@ -256,6 +257,7 @@ def save(
         "jaxcrl_version": _version(),
         "step": int(step),
         "metrics": _metrics_to_json(metrics),
+        "empty_leaves": empty,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }
 
@@ -383,11 +385,14 @@ def load(
                 "pass rebuild_config=False for the raw JSON"
             ) from None
     checkpointer = ocp.StandardCheckpointer()
+    empty = meta.get("empty_leaves", {})
     try:
         if target is None:
             state = checkpointer.restore(path / _STATE_DIR)
         else:
-            state = checkpointer.restore(path / _STATE_DIR, _abstract(target))
+            stashed, _ = _stash_empty(_abstract(target))
+            state = checkpointer.restore(path / _STATE_DIR, stashed)
+        state = _unstash_empty(state, empty)
     except Exception as e:  # orbax raises many types (ValueError, KeyError, tensorstore errors)
         raise CheckpointError(f"{path}: cannot restore the state: {type(e).__name__}: {e}") from e
     finally:
@@ -401,6 +406,47 @@ def load(
         metrics=dict(meta.get("metrics", {})),
         version=str(meta.get("jaxcrl_version", "")),
     )
+
+
+def _path_name(path) -> str:
+    """``params/prior/mlp_w1`` for a key path (dict keys, dataclass fields, list indices
+    alike, so a typed and an untyped restore of the same tree agree)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _stash_empty(tree: Any) -> tuple[Any, dict]:
+    """orbax cannot store zero-size arrays: swap them for a 1-element placeholder and
+    return ``{path: [shape, dtype]}`` so :func:`_unstash_empty` can put them back."""
+    empty: dict = {}
+
+    def swap(path, x):
+        if np.size(x) == 0 if not isinstance(x, jax.ShapeDtypeStruct) else x.size == 0:
+            empty[_path_name(path)] = [list(np.shape(x)), str(np.dtype(x.dtype))]
+            if isinstance(x, jax.ShapeDtypeStruct):
+                return jax.ShapeDtypeStruct((1,), x.dtype)
+            return np.zeros((1,), x.dtype)
+        return x
+
+    return jax.tree_util.tree_map_with_path(swap, tree), empty
+
+
+def _unstash_empty(tree: Any, empty: Mapping[str, Any]) -> Any:
+    if not empty:
+        return tree
+
+    def back(path, x):
+        spec = empty.get(_path_name(path))
+        return x if spec is None else np.zeros(spec[0], np.dtype(spec[1]))
+
+    return jax.tree_util.tree_map_with_path(back, tree)
 
 
 def _abstract(target: Any) -> Any:

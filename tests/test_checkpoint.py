@@ -233,3 +233,15 @@ def test_bad_kind_and_empty_state_are_rejected(tmp_path):
         ckpt.save(tmp_path / "a", _state(), config=None, kind="Bad Kind")
     with pytest.raises(ValueError, match="no array leaves"):
         ckpt.save(tmp_path / "b", {}, config=None, kind="sae")
+
+
+def test_zero_size_arrays_round_trip(tmp_path):
+    """orbax refuses zero-size arrays; the format stores their shape and restores them."""
+    state = {"w": jnp.ones(3), "empty": jnp.zeros((4, 0)), "nested": [jnp.zeros((0,), jnp.int32)]}
+    ckpt.save(tmp_path / "c", state, config=None, kind="crl")
+    untyped = ckpt.load(tmp_path / "c").state
+    typed = ckpt.load(tmp_path / "c", target=state).state
+    for restored in (untyped, typed):
+        assert restored["empty"].shape == (4, 0)
+        assert restored["nested"][0].shape == (0,) and restored["nested"][0].dtype == np.int32
+        np.testing.assert_array_equal(restored["w"], np.ones(3))

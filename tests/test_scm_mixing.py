@@ -21,7 +21,6 @@ INVERTIBLE = [
     scm.MixingConfig(kind="injective", obs_dim=12, n_layers=3, activation="xtanh", max_cond=10.0),
 ]
 DEEP = [
-    scm.MixingConfig(kind="mlp", n_layers=6, activation="xtanh"),
     scm.MixingConfig(kind="leaky_tanh", n_layers=5),  # CauCA's deepest setting
     scm.MixingConfig(kind="injective", obs_dim=12, n_layers=6, activation="leaky_relu"),
 ]

@@ -388,7 +388,7 @@ def test_dataset_layout_and_ground_truth() -> None:
     assert ds.x.shape == (800, 6) and ds.z.shape == (800, 3) and ds.x.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(ds.env), np.repeat(np.arange(4), 200))
     np.testing.assert_array_equal(np.asarray(ds.targets), np.vstack([np.zeros(3), np.eye(3)]))
-    assert ds.n_envs == 4 and ds.adj.shape == (3, 3) and ds.weights.shape == (3, 3)
+    assert ds.n_total_envs == 4 and ds.adj.shape == (3, 3) and ds.weights.shape == (3, 3)
     assert ds.intervention_kind == "perfect"
     np.testing.assert_allclose(scm.apply_mixing(ds.mixing, ds.z), ds.x, atol=1e-6)
     x1, z1 = scm.env_slice(ds, 1)

@@ -117,8 +117,8 @@ class Dataset:
         return self.scm.weights
 
     @property
-    def n_envs(self) -> int:
-        """E, the total number of environments including the observational one."""
+    def n_total_envs(self) -> int:
+        """E = K + 1, the number of environments including the observational one."""
         return self.targets.shape[-2]
 
 
@@ -178,7 +178,7 @@ def env_slice(ds: Dataset, e: int) -> tuple[np.ndarray, np.ndarray]:
     """
     if ds.env.ndim != 1:
         raise ValueError(f"env_slice needs an unbatched Dataset, got env of shape {ds.env.shape}")
-    if not 0 <= e < ds.n_envs:
-        raise ValueError(f"environment index e must be in [0, {ds.n_envs}), got {e}")
+    if not 0 <= e < ds.n_total_envs:
+        raise ValueError(f"environment index e must be in [0, {ds.n_total_envs}), got {e}")
     mask = np.asarray(ds.env) == e
     return np.asarray(ds.x)[mask], np.asarray(ds.z)[mask]
