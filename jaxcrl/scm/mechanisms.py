@@ -435,9 +435,7 @@ def solve_scm(
         method = "closed_form" if params.mechanism == "linear" else "fixed_point"
     if method == "closed_form":
         weights, mean, scale = _linear_effective(params, iv, kind)
-        u = mean + scale * eps
-        # z (I - W') = u  <=>  (I - W')^T z^T = u^T
-        return jnp.linalg.solve((jnp.eye(d) - weights).T, u.T).T
+        return (mean + scale * eps) @ _linear_transfer(weights)
 
     def step(_: int, z: jax.Array) -> jax.Array:
         return _structural_step(params, z, eps, iv, kind)
@@ -471,8 +469,18 @@ def sample_scm(
 
 
 def _linear_transfer(weights: jax.Array) -> jax.Array:
-    """``B = (I - W')^{-1}``, so that ``z = u B``."""
-    return jnp.linalg.inv(jnp.eye(weights.shape[-1]) - weights)
+    """``B = (I - W')^{-1}``, so that ``z = u B``, for a DAG's (nilpotent) ``W'``.
+
+    ``W'^d = 0``, so ``B = I + W' + ... + W'^(d-1) = prod_i (I + W'^(2^i))``: ``log2 d``
+    matrix products and no LAPACK call (batched LAPACK kernels can deadlock XLA's CPU
+    thread pool when several run concurrently).
+    """
+    eye = jnp.eye(weights.shape[-1], dtype=weights.dtype)
+    transfer, power = eye + weights, weights
+    for _ in range((weights.shape[-1] - 1).bit_length() - 1):  # covers powers < 2 ** steps
+        power = power @ power
+        transfer = transfer @ (eye + power)
+    return transfer
 
 
 def analytic_mean(

@@ -208,8 +208,30 @@ def _activation_gain(activation: str, negative_slope: float) -> float:
 
 
 def _orthonormalize(gaussian: jax.Array) -> jax.Array:
-    """Q of the QR of ``gaussian [n, k]`` with the signs of ``diag(R)`` folded in (Haar)."""
-    q, r = jnp.linalg.qr(gaussian)
+    """Q of the QR of ``gaussian [n, k]`` normalised so that ``diag(R) > 0`` (Haar for Gaussians).
+
+    Householder QR written with XLA ops rather than ``jnp.linalg.qr``: jaxlib's batched
+    LAPACK QR (what ``vmap`` produces) can deadlock XLA's CPU thread pool when two run
+    concurrently, which a vmapped dataset generator triggers for ``D`` around 100.
+    """
+    n, k = gaussian.shape
+    rows = jnp.arange(n)
+
+    def reflect(j: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        a, reflectors = carry
+        x = jnp.where(rows >= j, a[:, j], 0.0)
+        alpha = -jnp.where(x[j] >= 0, 1.0, -1.0) * jnp.linalg.norm(x)  # R[j, j]
+        v = x.at[j].add(-alpha)
+        v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(v.dtype).tiny)
+        return a - 2.0 * jnp.outer(v, v @ a), reflectors.at[j].set(v)
+
+    r, reflectors = jax.lax.fori_loop(0, k, reflect, (gaussian, jnp.zeros((k, n), gaussian.dtype)))
+
+    def apply(i: int, q: jax.Array) -> jax.Array:  # Q = H_0 ... H_{k-1} I[:, :k]
+        v = reflectors[k - 1 - i]
+        return q - 2.0 * jnp.outer(v, v @ q)
+
+    q = jax.lax.fori_loop(0, k, apply, jnp.eye(n, k, dtype=gaussian.dtype))
     return q * jnp.sign(jnp.diagonal(r))[None, :]
 
 
