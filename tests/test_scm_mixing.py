@@ -67,7 +67,8 @@ def test_layer_condition_numbers_are_bounded(cfg: scm.MixingConfig) -> None:
 
 def test_max_cond_one_gives_scaled_orthogonal_layers() -> None:
     a, a_inv = scm.conditioned_matrix(jax.random.key(0), 4, 6, max_cond=1.0, gain=2.0)
-    np.testing.assert_allclose(a @ a.T, 4.0 * np.eye(4), atol=1e-5)
+    # all singular values equal gain * sqrt(n_out / n_in): variance-preserving per coordinate
+    np.testing.assert_allclose(a @ a.T, 4.0 * 6 / 4 * np.eye(4), atol=1e-5)
     np.testing.assert_allclose(a @ a_inv, np.eye(4), atol=1e-5)
 
 

@@ -442,3 +442,13 @@ def test_dataset_jit_equals_eager_and_vmap_equals_loop() -> None:
 def test_bad_dataset_config_raises(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(SMALL, **kwargs)
+
+
+def test_dataset_program_makes_no_lapack_calls() -> None:
+    # jaxlib's batched LAPACK kernels (QR, LU) can deadlock XLA's CPU thread pool when
+    # several run at once; a vmapped generator with D ~ 100 used to hang that way.
+    cfg = dataclasses.replace(SMALL, mixing=scm.MixingConfig(kind="injective", obs_dim=100))
+    cfg = dataclasses.replace(cfg, scm=dataclasses.replace(cfg.scm, mechanism="linear"))
+    keys = jax.random.split(jax.random.key(0), 4)
+    hlo = jax.jit(jax.vmap(lambda k: scm.make_dataset(k, cfg))).lower(keys).as_text()
+    assert "lapack" not in hlo.lower() and "custom_call" not in hlo

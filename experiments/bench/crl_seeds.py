@@ -35,7 +35,7 @@ def main(argv=None):
     data_cfg = DatasetConfig(scm=SCMConfig(latent_dim=5), mixing=MixingConfig(n_layers=3),
                              n_per_env=args.samples_per_env)
     ds = make_dataset(jax.random.key(0), data_cfg)
-    cfg = CRLConfig(latent_dim=5, n_envs=6, steps=args.steps)
+    cfg = CRLConfig(latent_dim=5, n_envs=6, steps=args.steps, restarts=1)
     rows = []
     for s in [int(v) for v in args.seeds.split(",")]:
         keys = jax.random.split(jax.random.key(1), s)

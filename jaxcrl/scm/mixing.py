@@ -1,12 +1,13 @@
 """Invertible (and injective) random mixing functions ``x = f(z)``.
 
-Every layer is ``u = h @ A_l`` optionally followed by an elementwise activation.
-Each matrix is ``A = g * U diag(s) V^T / rms(s)`` with ``U, V`` Haar-random
-(semi-)orthogonal (QR of a Gaussian with the sign fix) and singular values
-``s ~ LogUniform[1, max_cond]``, so ``cond(A) <= max_cond`` exactly. Dividing by the
-root-mean-square singular value and multiplying by the activation's gain ``g``
-(``E[act(u)^2] = 1`` for ``u ~ N(0, 1)``, He-style; ``g = 1`` when no activation
-follows) keeps unit-scale inputs at unit scale through the layers.
+Every layer is ``u = h @ A_l`` optionally followed by an elementwise activation (no
+biases). Each matrix is ``A = g * sqrt(n_out / n_in) * U diag(s) V^T / rms(s)`` with
+``U, V`` Haar-random (semi-)orthogonal (Householder QR of a Gaussian with the sign
+fix) and singular values ``s ~ LogUniform[1, max_cond]``, so ``cond(A) <= max_cond``
+exactly. The normalisation makes isotropic unit-variance inputs give unit-variance
+outputs per coordinate, and ``g`` is the activation's gain (``E[(g act(u))^2] = 1`` for
+``u ~ N(0, 1)``, He-style; ``g = 1`` when no activation follows), so unit-scale latents
+stay at unit scale through the layers instead of exploding or collapsing.
 
 Kinds (``d`` latents, ``D`` observations):
 
@@ -244,22 +245,22 @@ def haar_orthogonal(key: jax.Array, n: int, k: int) -> jax.Array:
     return _orthonormalize(normal(key, (n, k)))
 
 
-def _conditioned(
-    gaussian: jax.Array, unit_uniform: jax.Array, max_cond: float, gain: float | jax.Array
+def _compose(
+    u: jax.Array, v: jax.Array, unit_uniform: jax.Array, max_cond: float, gain: float | jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Deterministic core of :func:`conditioned_matrix` given its random inputs.
+    """``A = gain * sqrt(n_out / n_in) * U diag(s) V^T / rms(s)`` and its pseudo-inverse.
 
     Args:
-        gaussian: ``[n_in + n_out, n_in]`` standard normal (rows for U, then for V).
-        unit_uniform: ``[n_in]`` uniform on ``[0, 1)`` (log singular values).
+        u: ``[n_in, n_in]`` orthogonal.
+        v: ``[n_out, n_in]`` orthonormal columns.
+        unit_uniform: ``[n_in]`` uniform on ``[0, 1)``; ``s = max_cond ** unit_uniform``.
         max_cond: condition-number bound.
         gain: overall scale.
     """
-    n_in = gaussian.shape[-1]
-    u = _orthonormalize(gaussian[:n_in])
-    v = _orthonormalize(gaussian[n_in:])
+    n_in, n_out = v.shape[-1], v.shape[-2]
     s = jnp.exp(unit_uniform * math.log(max_cond))
-    s = gain * s / jnp.sqrt(jnp.mean(s**2))
+    # Unit-variance isotropic inputs give unit-variance outputs per coordinate (times gain).
+    s = gain * math.sqrt(n_out / n_in) * s / jnp.sqrt(jnp.mean(s**2))
     return (u * s) @ v.T, (v / s) @ u.T
 
 
@@ -268,20 +269,25 @@ def conditioned_matrix(
 ) -> tuple[jax.Array, jax.Array]:
     """Random ``[n_in, n_out]`` matrix (``n_in <= n_out``) of condition number ``<= max_cond``.
 
-    ``A = gain * U diag(s) V^T / rms(s)`` with Haar ``U [n_in, n_in]``,
-    ``V [n_out, n_in]`` and ``s ~ LogUniform[1, max_cond]``.
+    ``A = gain * sqrt(n_out / n_in) * U diag(s) V^T / rms(s)`` with Haar ``U [n_in, n_in]``,
+    ``V [n_out, n_in]`` and ``s ~ LogUniform[1, max_cond]``, so isotropic unit-variance
+    inputs give outputs of variance ``gain**2`` per coordinate.
 
     Returns:
         ``(A [n_in, n_out], A_pinv [n_out, n_in])`` where ``A @ A_pinv = I``.
     """
-    k_gaussian, k_uniform = jax.random.split(key)
-    gaussian = normal(k_gaussian, (n_in + n_out, n_in))
-    return _conditioned(gaussian, uniform(k_uniform, (n_in,)), max_cond, gain)
+    k_u, k_v, k_s = jax.random.split(key, 3)
+    u = haar_orthogonal(k_u, n_in, n_in)
+    v = haar_orthogonal(k_v, n_out, n_in)
+    return _compose(u, v, uniform(k_s, (n_in,)), max_cond, gain)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def init_mixing(key: jax.Array, cfg: MixingConfig, latent_dim: int) -> MixingParams:
     """Draws a random mixing function from ``latent_dim`` latents to ``D`` observations.
+
+    Every layer's matrix is distributed as :func:`conditioned_matrix`; all orthogonal
+    factors come from one batched orthonormalisation (one compiled loop).
 
     Args:
         key: PRNG key.
@@ -291,24 +297,31 @@ def init_mixing(key: jax.Array, cfg: MixingConfig, latent_dim: int) -> MixingPar
     Returns:
         MixingParams; ``apply_mixing`` maps ``[n, d] -> [n, D]``.
     """
-    obs_dim = cfg.resolve_obs_dim(latent_dim)
+    d, obs_dim = latent_dim, cfg.resolve_obs_dim(latent_dim)
     n_layers = 1 if cfg.kind == "linear" else cfg.n_layers
     activation = {"linear": None, "leaky_tanh": "xtanh"}.get(cfg.kind, cfg.activation)
     activate_last = cfg.kind == "leaky_tanh"
     act_gain = 1.0 if activation is None else _activation_gain(activation, cfg.negative_slope)
-    gains = [
-        act_gain if activation is not None and (activate_last or layer < n_layers - 1) else 1.0
-        for layer in range(n_layers)
-    ]
-    k_first, k_gaussian, k_uniform = jax.random.split(key, 3)
-    first, first_inv = conditioned_matrix(k_first, latent_dim, obs_dim, cfg.max_cond, gains[0])
-    # The square layers share one draw of each kind (fewer random ops to compile).
-    n_square = n_layers - 1
-    layers, layers_inv = jax.vmap(_conditioned, in_axes=(0, 0, None, 0))(
-        normal(k_gaussian, (n_square, 2 * obs_dim, obs_dim)),
-        uniform(k_uniform, (n_square, obs_dim)),
-        cfg.max_cond,
-        jnp.asarray(gains[1:], jnp.float32),
+    gains = jnp.asarray(
+        [
+            act_gain if activation is not None and (activate_last or layer < n_layers - 1) else 1.0
+            for layer in range(n_layers)
+        ],
+        jnp.float32,
+    )
+    k_gaussian, k_uniform = jax.random.split(key)
+    gaussian = normal(k_gaussian, (n_layers, 2, obs_dim, obs_dim))  # (U, V) per layer
+    # Layer 0's U is d x d: orthonormalising blockdiag(G, I) gives blockdiag(Haar_d, I).
+    first_u = jnp.eye(obs_dim).at[:d, :d].set(gaussian[0, 0, :d, :d])
+    gaussian = gaussian.at[0, 0].set(first_u)
+    q = jax.vmap(jax.vmap(_orthonormalize))(gaussian)
+    unit_uniform = uniform(k_uniform, (n_layers, obs_dim))
+    # Layer 0's V: the first d columns of a Haar D x D matrix (Haar on the Stiefel manifold).
+    first, first_inv = _compose(
+        q[0, 0, :d, :d], q[0, 1, :, :d], unit_uniform[0, :d], cfg.max_cond, gains[0]
+    )
+    layers, layers_inv = jax.vmap(_compose, in_axes=(0, 0, 0, None, 0))(
+        q[1:, 0], q[1:, 1], unit_uniform[1:], cfg.max_cond, gains[1:]
     )
     return MixingParams(
         first=first,
