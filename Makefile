@@ -1,6 +1,6 @@
 # Two commands from a fresh machine with only python3:
 #   make test   create/reuse .venv, install jaxcrl[test] editable, run the suite
-#   make demo   create/reuse .venv, run the main job (experiments/quickstart.py)
+#   make demo   create/reuse .venv, run the main job (quickstart, then a short CRL fit)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The main job: the quickstart (reference unmixings), then a short CRL run of the
+# latent-SCM model against beta-VAE and iVAE (full-size runs: see BENCHMARKS.md).
 demo: $(STAMP)
 	$(PY) experiments/quickstart.py --out $(OUT)
+	$(PY) experiments/crl_synthetic.py --out out/crl_demo --seeds 2 --steps 3000 \
+		--samples-per-env 5000 --restarts 1
+
+bench: $(STAMP)
+	$(PY) experiments/bench/crl_seeds.py --out out/bench_crl_seeds.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
