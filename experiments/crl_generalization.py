@@ -23,7 +23,7 @@ import crl_synthetic  # noqa: E402
 from jaxcrl.results import write_results  # noqa: E402
 
 ROWS = {
-    "default (d=5, 3 layers)": [],
+    "default": [],
     "d=3": ["--latent-dim", "3"],
     "d=8": ["--latent-dim", "8"],
     "2 mixing layers": ["--mixing-layers", "2"],
@@ -42,11 +42,17 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--methods", default="latent_scm")
-    p.add_argument("--rows", default=",".join(ROWS), help="comma list of row names")
+    p.add_argument("--tag", default="", help="suffix of the summary file name")
+    p.add_argument("--rows", default=None,
+                   help=f"'|'-separated row names (default: all of {list(ROWS)})")
     args = p.parse_args(argv)
     table = {}
-    for name in [r for r in args.rows.split(",") if r]:
-        slug = name.split(" (")[0].replace(" ", "_").replace("=", "")
+    names = list(ROWS) if args.rows is None else [r for r in args.rows.split("|") if r]
+    unknown = set(names) - set(ROWS)
+    if unknown:
+        p.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
+    for name in names:
+        slug = name.replace(" ", "_").replace("=", "")
         argv_row = [*ROWS[name], "--seeds", str(args.seeds), "--steps", str(args.steps),
                     "--methods", args.methods, "--no-progress", "--out",
                     f"{args.out}/{slug}"]
@@ -58,7 +64,7 @@ def main(argv=None):
                        for m, v in out["methods"].items()}
         print(f"{name}: {time.perf_counter() - t:.0f}s", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    Path(args.out, "generalization.json").write_text(json.dumps(
+    Path(args.out, f"generalization{args.tag}.json").write_text(json.dumps(
         {"setup": vars(args), "rows": table}, indent=2, default=str))
     cols = [c for c in METRICS]
     print("| setting | method | " + " | ".join(cols) + " | wall s |")
