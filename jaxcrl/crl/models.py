@@ -51,7 +51,9 @@ class LatentSCMDistribution(dist.Distribution):
                                   soft=self.soft)
 
     def sample(self, key, sample_shape=()):
-        raise NotImplementedError("use jaxcrl.crl.fit.sample_prior to simulate from the model")
+        raise NotImplementedError(
+            "sampling the learned latent SCM is not implemented: SVI only needs log_prob "
+            "(to simulate, build an SCM with jaxcrl.scm from the learned weights)")
 
 
 def _prior_params(cfg: CRLConfig) -> prior_lib.PriorParams:

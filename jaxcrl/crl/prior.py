@@ -225,6 +225,6 @@ def estimated_targets(params: PriorParams, known: jax.Array | None = None) -> ja
     (environment 0 observational)."""
     if known is not None:
         return known.astype(bool)
-    n_envs, d = params.target_logits.shape
+    d = params.target_logits.shape[-1]
     hard = jax.nn.one_hot(jnp.argmax(params.target_logits, -1), d, dtype=bool)
     return hard.at[0].set(False)
