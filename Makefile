@@ -1,5 +1,5 @@
 # Two commands from a fresh machine with only python3:
-#   make test   create/reuse .venv, install jaxcrl[test] editable, run the suite
+#   make test   create/reuse .venv, install jaxcrl[test,interop] editable, run the suite
 #   make demo   create/reuse .venv, run the main job (quickstart, then a short CRL fit)
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +12,7 @@ OUT ?= out/quickstart
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,interop]'
 	touch $(STAMP)
 
 test: $(STAMP)
