@@ -1,0 +1,25 @@
+"""Hookable transformer language models (TransformerLens vocabulary), patching, GPT-2 import."""
+
+from jaxcrl.lm.config import TransformerConfig, check_hook_names, hook_names
+from jaxcrl.lm.model import (
+    AddVector,
+    Hook,
+    HookedTransformer,
+    MeanAblate,
+    PatchFrom,
+    ReplaceWith,
+    Transformer,
+    ZeroAblate,
+    add_vector,
+    count_params,
+    mean_ablate,
+    patch_from,
+    replace_with,
+    zero_ablate,
+)
+
+__all__ = [
+    "AddVector", "Hook", "HookedTransformer", "MeanAblate", "PatchFrom", "ReplaceWith",
+    "Transformer", "TransformerConfig", "ZeroAblate", "add_vector", "check_hook_names",
+    "count_params", "hook_names", "mean_ablate", "patch_from", "replace_with", "zero_ablate",
+]
