@@ -18,6 +18,7 @@ from jaxcrl.lm import (
     zero_ablate,
 )
 from jaxcrl.lm.model import _forward_jit, rotary
+from jaxcrl.lm.patching import activation_patching, logit_diff
 
 CFG = TransformerConfig.tiny(vocab_size=50, n_ctx=16)
 
@@ -269,3 +270,42 @@ def test_checkpoint_round_trip(setup, tmp_path):
     assert c.config == CFG
     restored = HookedTransformer(c.config).apply(c.state, tokens)
     np.testing.assert_array_equal(np.asarray(restored), np.asarray(model.apply(params, tokens)))
+
+
+def test_activation_patching(setup):
+    model, params, _, _, _ = setup
+    t = 8
+    clean = jax.random.randint(jax.random.key(5), (2, t), 0, CFG.vocab_size)
+    corrupted = clean.at[:, 2].set((clean[:, 2] + 7) % CFG.vocab_size)
+    metric = logit_diff(answer=jnp.array([1, 2]), wrong=3)
+    m_clean = float(metric(model.apply(params, clean)))
+    m_corr = float(metric(model.apply(params, corrupted)))
+    assert abs(m_clean - m_corr) > 1e-4
+    last = f"blocks.{CFG.n_layers - 1}.hook_resid_post"
+    names = ["hook_embed", "blocks.0.hook_resid_mid", "blocks.1.attn.hook_pattern", last]
+    res = np.asarray(activation_patching(model, params, clean, corrupted, metric, names))
+    assert res.shape == (len(names), t)
+    # Patching everything at the final resid_post recovers the clean metric exactly.
+    _, cache = model.run_with_cache(params, clean, names)
+    full = metric(model.run_with_hooks(params, corrupted, {last: patch_from(cache[last])}))
+    np.testing.assert_allclose(full, m_clean, atol=1e-5)
+    # The metric reads the last position: patching it there restores the clean value,
+    # patching any other position of the final stream changes nothing.
+    np.testing.assert_allclose(res[3, -1], m_clean, atol=1e-5)
+    np.testing.assert_allclose(res[3, :-1], m_corr, atol=1e-5)
+    # Embeddings differ only at position 2: patching it there gives the clean run, elsewhere
+    # the corrupted one (nothing is patched in effect).
+    np.testing.assert_allclose(res[0, 2], m_clean, atol=1e-5)
+    np.testing.assert_allclose(np.delete(res[0], 2), m_corr, atol=1e-5)
+    # Position-wise value against a manual patch.
+    name, p = "blocks.0.hook_resid_mid", 4
+    src = cache[name]
+    manual = metric(model.run_with_hooks(params, corrupted,
+                                         {name: lambda x: x.at[:, p].set(src[:, p])}))
+    np.testing.assert_allclose(res[1, p], manual, atol=1e-5)
+    # Patterns are patched along the query axis; query positions < 2 see equal tokens.
+    np.testing.assert_allclose(res[2, :2], m_corr, atol=1e-5)
+    # Chunked evaluation and a subset of positions agree.
+    sub = activation_patching(model, params, clean, corrupted, metric, [name], positions=[1, 4],
+                              chunk_size=1)
+    np.testing.assert_allclose(sub[0], res[1, [1, 4]], atol=1e-5)

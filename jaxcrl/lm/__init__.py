@@ -17,9 +17,11 @@ from jaxcrl.lm.model import (
     replace_with,
     zero_ablate,
 )
+from jaxcrl.lm.patching import activation_patching, logit_diff
 
 __all__ = [
     "AddVector", "Hook", "HookedTransformer", "MeanAblate", "PatchFrom", "ReplaceWith",
-    "Transformer", "TransformerConfig", "ZeroAblate", "add_vector", "check_hook_names",
+    "Transformer", "TransformerConfig", "ZeroAblate", "activation_patching", "add_vector",
+    "check_hook_names", "logit_diff",
     "count_params", "hook_names", "mean_ablate", "patch_from", "replace_with", "zero_ablate",
 ]
