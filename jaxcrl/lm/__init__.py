@@ -1,6 +1,7 @@
 """Hookable transformer language models (TransformerLens vocabulary), patching, GPT-2 import."""
 
 from jaxcrl.lm.config import TransformerConfig, check_hook_names, hook_names
+from jaxcrl.lm.gpt2 import load_hf_gpt2, save_hf_gpt2
 from jaxcrl.lm.model import (
     AddVector,
     Hook,
@@ -22,6 +23,6 @@ from jaxcrl.lm.patching import activation_patching, logit_diff
 __all__ = [
     "AddVector", "Hook", "HookedTransformer", "MeanAblate", "PatchFrom", "ReplaceWith",
     "Transformer", "TransformerConfig", "ZeroAblate", "activation_patching", "add_vector",
-    "check_hook_names", "logit_diff",
-    "count_params", "hook_names", "mean_ablate", "patch_from", "replace_with", "zero_ablate",
+    "check_hook_names", "count_params", "hook_names", "load_hf_gpt2", "logit_diff",
+    "mean_ablate", "patch_from", "replace_with", "save_hf_gpt2", "zero_ablate",
 ]
