@@ -1,0 +1,170 @@
+"""Interventions on internal features, scored against the true causal graph.
+
+The question: if we move the model's internal representation of latent ``z_i`` (a probe
+direction or an SAE latent), which of its *predictions of the other latents* move? A model
+whose internals respect the data's causal graph should move its beliefs about ``z_i``'s
+descendants, and leave its beliefs about non-descendants alone.
+
+Pieces (all pure, jit/vmap-friendly):
+
+* :func:`latent_beliefs` reads the model's belief about every latent from its next-token
+  distribution: for the latent-SCM language (:mod:`jaxcrl.lm.tasks`), the value predicted
+  after the cue ``z_j?`` *is* the model's predictive of ``z_j`` (up to the known report
+  noise). The last input token is replaced by each cue in turn (one batched forward).
+* :func:`steering_deltas` builds, from a linear readout ``W [D, d K]`` of the latents at a
+  hook (a probe of the exact posterior marginals), the minimum-norm residual edit that moves
+  the readout of ``z_i`` towards value ``v`` *and leaves the readout of every other latent
+  unchanged at that layer* ("probe clamping"). Any change in other latents' predictions is
+  then produced by the model's downstream computation.
+* :func:`effect_matrix` applies each edit through ``run_with_hooks`` (vmapped over edits)
+  and returns ``E[i, j]`` = mean total-variation shift of the belief about ``z_j`` when
+  ``z_i`` is edited.
+* :func:`score_effects` compares the off-diagonal of ``E`` with the true descendant relation
+  (transitive closure of the DAG): edge AUROC and the SHD of ``E`` thresholded with the
+  edge count matched, plus the same against the direct graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcrl.metrics import edge_auroc, shd
+from jaxcrl.scm.graphs import transitive_closure
+
+
+def latent_beliefs(model, params, tokens: jax.Array, *, n_latents: int, n_values: int,
+                   hooks: dict | None = None) -> jax.Array:
+    """The model's predictive of every latent after ``tokens``.
+
+    Args:
+      model: a :class:`jaxcrl.lm.HookedTransformer` (anything with ``apply`` and
+        ``run_with_hooks``).
+      params: its parameters.
+      tokens: ``[B, T]`` latent-language inputs whose last token is a cue position
+        (``T`` even); the last token is replaced by the cue of each latent in turn.
+      n_latents, n_values: ``d`` and ``K`` of the language (token ids as in
+        :mod:`jaxcrl.lm.tasks`: cue ``z_j?`` is ``1 + j``, value ``k`` is ``1 + d + k``).
+      hooks: optional ``run_with_hooks`` hooks applied in every forward.
+
+    Returns:
+      ``[B, d, K]`` probabilities ``p(next = value k | prefix, cue z_j?)`` renormalised over
+      the ``K`` value tokens.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    b, t = tokens.shape
+    d, k = n_latents, n_values
+    cues = 1 + jnp.arange(d, dtype=jnp.int32)
+    toks = jnp.broadcast_to(tokens[None], (d, b, t)).at[:, :, -1].set(cues[:, None])
+    toks = toks.reshape(d * b, t)
+    logits = (model.run_with_hooks(params, toks, hooks=hooks) if hooks
+              else model.apply(params, toks))
+    values = logits[:, -1, 1 + d:1 + d + k]
+    return jax.nn.softmax(values, -1).reshape(d, b, k).transpose(1, 0, 2)
+
+
+def probe_readout(acts: jax.Array, targets: jax.Array, *, ridge: float = 1e-3
+                  ) -> tuple[jax.Array, jax.Array]:
+    """Ridge readout ``targets ~ mean + (acts - mu) @ W`` (closed form, centred).
+
+    Args:
+      acts: ``[N, D]`` activations.
+      targets: ``[N, M]`` (e.g. posterior marginals flattened to ``M = d K``).
+      ridge: ridge strength relative to the mean eigenvalue of the activation covariance.
+
+    Returns:
+      ``(W [D, M], mu [D])``.
+    """
+    acts = jnp.asarray(acts, jnp.float32)
+    targets = jnp.asarray(targets, jnp.float32)
+    if acts.ndim != 2 or targets.ndim != 2 or acts.shape[0] != targets.shape[0]:
+        raise ValueError(f"probe_readout: acts [N, D] and targets [N, M] must share N, got "
+                         f"{acts.shape} and {targets.shape}")
+    mu = acts.mean(0)
+    xc = acts - mu
+    yc = targets - targets.mean(0)
+    cov = xc.T @ xc / acts.shape[0]
+    lam = ridge * jnp.trace(cov) / cov.shape[0]
+    w = jnp.linalg.solve(cov + lam * jnp.eye(cov.shape[0]), xc.T @ yc / acts.shape[0])
+    return w, mu
+
+
+def steering_deltas(w: jax.Array, *, n_latents: int, n_values: int, scale: float = 1.0
+                    ) -> jax.Array:
+    """Minimum-norm residual edits that move one latent's linear readout only.
+
+    With a readout ``r = x @ W`` (``W [D, d K]``, column ``i K + v`` reading
+    ``p(z_i = v)``), the edit ``delta_{i v}`` solves ``delta @ W = scale (e_{i v} - 1/K
+    sum_u e_{i u})`` with the least norm: the readout of ``z_i`` shifts mass towards ``v``
+    (keeping its sum), every other latent's readout is unchanged.
+
+    Returns:
+      ``[d, K, D]`` edits.
+    """
+    d, k = n_latents, n_values
+    if w.shape[1] != d * k:
+        raise ValueError(f"steering_deltas: W must be [D, d*K = {d * k}], got {w.shape}")
+    eye = jnp.eye(d * k).reshape(d, k, d * k)
+    block = eye.reshape(d, k, d, k).sum(1, keepdims=True).reshape(d, 1, d * k)
+    target = scale * (eye - block / k)  # [d, K, dK]
+    pinv = jnp.linalg.pinv(w.T)  # [D, dK]: least-norm solution of delta @ W = t
+    return jnp.einsum("ikm,dm->ikd", target, pinv)
+
+
+def belief_shift(p: jax.Array, q: jax.Array) -> jax.Array:
+    """Total-variation distance ``1/2 sum_k |p - q|`` over the last axis."""
+    return 0.5 * jnp.abs(p - q).sum(-1)
+
+
+def effect_matrix(beliefs_fn: Callable[[jax.Array], jax.Array], deltas: jax.Array,
+                  baseline: jax.Array) -> jax.Array:
+    """``E[i, j]``: mean belief shift of latent ``j`` under the edits of latent ``i``.
+
+    Args:
+      beliefs_fn: ``delta [D] -> beliefs [B, d, K]`` (e.g. :func:`latent_beliefs` with an
+        ``add_vector(delta)`` hook at the chosen hook point); vmapped over the edits.
+      deltas: ``[d, n_edits, D]`` edits per latent (e.g. :func:`steering_deltas`).
+      baseline: ``[B, d, K]`` beliefs without an edit.
+
+    Returns:
+      ``[d, d]`` effects (diagonal: the edited latent's own shift).
+    """
+    d, n, dim = deltas.shape
+    beliefs = jax.lax.map(beliefs_fn, deltas.reshape(d * n, dim))  # [d n, B, d, K]
+    shift = belief_shift(beliefs, baseline[None])  # [d n, B, d]
+    return shift.mean(1).reshape(d, n, -1).mean(1)
+
+
+def score_effects(effects, adj) -> dict:
+    """Scores an effect matrix against the true graph.
+
+    Args:
+      effects: ``[d, d]`` intervention effects ``E[i, j]`` (edit ``i``, effect on ``j``).
+      adj: ``[d, d]`` true DAG (``adj[i, j] = 1`` for ``i -> j``).
+
+    Returns:
+      ``auroc_descendants`` / ``shd_descendants``: the off-diagonal effects against the
+      descendant relation (transitive closure; SHD with the edge count matched);
+      ``auroc_graph`` / ``shd_graph``: the same against the direct edges;
+      ``effect_on_descendants`` / ``effect_on_others``: mean effect on descendant and on
+      non-descendant pairs; ``own_effect``: mean diagonal.
+    """
+    e = np.asarray(effects, np.float64)
+    adj = np.asarray(adj) != 0
+    desc = np.asarray(transitive_closure(adj)) & ~np.eye(len(adj), dtype=bool)
+    off = ~np.eye(len(adj), dtype=bool)
+    e_off = np.where(off, e, 0.0)
+    out = {
+        "auroc_descendants": edge_auroc(desc, e_off),
+        "shd_descendants": int(shd(desc, e_off, match_edge_count=True)),
+        "auroc_graph": edge_auroc(adj, e_off),
+        "shd_graph": int(shd(adj, e_off, match_edge_count=True)),
+        "effect_on_descendants": float(e[desc].mean()) if desc.any() else float("nan"),
+        "effect_on_others": float(e[off & ~desc].mean()) if (off & ~desc).any()
+        else float("nan"),
+        "own_effect": float(np.diag(e).mean()),
+    }
+    return out
