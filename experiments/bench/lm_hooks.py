@@ -32,16 +32,23 @@ import jax.numpy as jnp
 from jaxcrl.lm import HookedTransformer, TransformerConfig, add_vector, count_params
 
 
-def best_time(fn, repeats: int) -> float:
-    """Best wall time of ``fn()`` (blocked until ready) over ``repeats`` calls, after one
-    warm-up call that compiles."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def best_times(fns: dict, repeats: int) -> dict:
+    """Best wall time of each ``fn()`` (blocked until ready) over ``repeats`` rounds, after
+    one warm-up call each that compiles. Rounds visit the arms in turn, so load from other
+    processes on a shared machine hits all arms alike."""
+    for fn in fns.values():
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return min(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def best_time(fn, repeats: int) -> float:
+    return best_times({"fn": fn}, repeats)["fn"]
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -80,10 +87,8 @@ def bench_model(cfg: TransformerConfig, batch: int, seq: int, repeats: int, peak
                                                             {mid: add_vector(zeros)}),
         })
     flops = model_flops(cfg, params, batch, seq)
-    rows = {}
-    for name, fn in runs.items():
-        sec = best_time(fn, repeats)
-        rows[name] = {"seconds": sec, "tokens_per_s": batch * seq / sec}
+    rows = {name: {"seconds": sec, "tokens_per_s": batch * seq / sec}
+            for name, sec in best_times(runs, repeats).items()}
     base = rows["apply"]["seconds"]
     for row in rows.values():
         row["overhead_vs_apply"] = row["seconds"] / base

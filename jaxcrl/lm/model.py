@@ -31,6 +31,7 @@ Parameter pytree (shapes; ``D`` d_model, ``H`` heads, ``Dh`` head_dim, ``M`` d_m
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -427,7 +428,10 @@ class HookedTransformer:
 
         Hook functions are pure ``fn(x) -> x`` keeping shape (dtype is cast back). The
         library helpers (:func:`zero_ablate`, :func:`patch_from`, ...) carry their arrays as
-        traced arguments; other callables are compiled once per function object.
+        traced arguments, so new values reuse the compiled program. Other callables are
+        static: compiled once per function object, which the compile cache keeps alive;
+        reuse a named function, and pass large arrays through :func:`replace_with` rather
+        than closing over them. Closures over tracers inside a caller's jit/grad/vmap work.
 
         Raises:
           KeyError: unknown hook names (the message lists the valid ones).
@@ -460,9 +464,10 @@ class HookedTransformer:
         elif isinstance(names, str):
             names = (names,)
         names = tuple(dict.fromkeys(names))
-        check_hook_names(cfg, names)
         hooks = dict(hooks or {})
-        check_hook_names(cfg, list(hooks))
+        valid = _valid_names(cfg)
+        if not (valid.issuperset(names) and valid.issuperset(hooks)):
+            check_hook_names(cfg, [*names, *hooks])  # raises KeyError listing valid names
         if stop_at_layer is not None:
             stop_at_layer = int(stop_at_layer)
             if not 0 <= stop_at_layer <= cfg.n_layers:
@@ -474,6 +479,11 @@ class HookedTransformer:
                                  f"stop_at_layer={stop_at_layer}")
         dyn, static = _split_hooks(hooks)
         return _forward_jit(cfg, params, tokens, dyn, static, names, stop_at_layer)
+
+
+@functools.lru_cache(maxsize=64)
+def _valid_names(cfg: TransformerConfig) -> frozenset[str]:
+    return frozenset(hook_names(cfg))
 
 
 def _layer_of(name: str, cfg: TransformerConfig) -> int:
