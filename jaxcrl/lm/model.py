@@ -8,16 +8,20 @@ unembedding tied to the token embedding (or untied). Float32 throughout.
 
 Every named activation of TransformerLens (listed once, in :func:`jaxcrl.lm.config.hook_names`)
 passes through a *hook point*: the forward takes a mapping ``hooks: name -> fn`` and applies
-``fn(x)`` there, and records ``x`` (after the hook) for the names in ``cache_names``. Hooks
-and cache names are static, so an unused hook point costs nothing after ``jax.jit``.
+``fn(x)`` there, and records ``x`` (after the hook) for the cached names. Which points are
+hooked or cached is static (part of the compiled program), so an unused hook point costs
+nothing after ``jax.jit``; the arrays inside the library's hooks (:class:`Hook` pytrees) are
+traced, so new patch values or steering vectors reuse the program and can be ``vmap``-ed.
+Token ids outside ``[0, V)`` are not checked on the device: they embed as NaN (NaN logits).
 
 Public surface (TransformerLens vocabulary)::
 
     model = HookedTransformer(cfg)
-    params = model.init(key)                                   # pytree of float32 arrays
+    params = model.init(key)                                   # dict pytree, float32
     logits = model.apply(params, tokens)                       # [B, T] int -> [B, T, V]
     logits, cache = model.run_with_cache(params, tokens, names=[...])
     logits = model.run_with_hooks(params, tokens, hooks={name: fn})
+    _, cache = model.run_with_cache(params, tokens, names=[name], stop_at_layer=l + 1)
 
 Parameter pytree (shapes; ``D`` d_model, ``H`` heads, ``Dh`` head_dim, ``M`` d_mlp)::
 
