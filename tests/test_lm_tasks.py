@@ -61,10 +61,10 @@ def _np_predictive(task, prior, tokens) -> np.ndarray:
         for z, pz in prior.items():
             w = pz
             for s in range(1, t, 2):  # earlier complete pairs (cue at s, value at s + 1)
-                c, v = tokens[s] - 1, tokens[s + 1] - 1 - d
+                c, v = tokens[s] - 1, T.token_value(cfg, tokens[s + 1])
                 w *= (1 - eps) * (z[c] == v) + eps / K
             num += w * ((1 - eps) * (np.arange(K) == z[cue]) + eps / K)
-        out[t, 1 + d:] = num / num.sum()
+        out[t, [T.value_token(cfg, cue, k) for k in range(K)]] = num / num.sum()
     return out
 
 
@@ -77,7 +77,9 @@ def test_prior_matches_brute_force(tiny_task):
     assert abs(want.sum() - 1) < 1e-9
 
 
-def test_bayes_predictive_and_posterior_match_brute_force(tiny_task):
+@pytest.mark.parametrize("vocab", T.VALUE_VOCABS)
+def test_bayes_predictive_and_posterior_match_brute_force(vocab):
+    tiny_task = T.make_task(jax.random.key(3), T.TaskConfig.tiny(value_vocab=vocab))
     b = T.sample(tiny_task, jax.random.key(0), 5, with_posterior=True)
     lp = np.asarray(T.bayes_logprobs(tiny_task, b.tokens))
     prior = _np_prior(tiny_task)
@@ -92,7 +94,7 @@ def test_bayes_predictive_and_posterior_match_brute_force(tiny_task):
         for z, pz in prior.items():
             w = pz
             for s in range(1, t, 2):
-                c, v = toks[s] - 1, toks[s + 1] - 1 - d
+                c, v = toks[s] - 1, T.token_value(tiny_task.cfg, toks[s + 1])
                 w *= (1 - TINY.noise) * (z[c] == v) + TINY.noise / K
             for i in range(d):
                 post[i, z[i]] += w
@@ -130,7 +132,8 @@ def test_token_format(default_task):
     # the value shown is the cued latent's value unless replaced by noise
     z = np.asarray(b.latents)
     shown = np.take_along_axis(z, cues - 1, 1)
-    agree = (vals - 1 - cfg.n_latents == shown).mean()
+    np.testing.assert_array_equal(vals, T.value_token(cfg, cues - 1, T.token_value(cfg, vals)))
+    agree = (T.token_value(cfg, vals) == shown).mean()
     expect = 1 - cfg.noise + cfg.noise / cfg.n_values
     assert abs(agree - expect) < 0.03
 

@@ -15,11 +15,14 @@ and a uniformly random value otherwise. To predict a value well a model must poo
 noisy reports of that variable *and* of its causes and effects, i.e. infer the posterior over
 ``z`` and propagate it along the graph.
 
-Token ids (``V = 1 + d + K``)::
+Token ids, with ``value_vocab="per_variable"`` (default, ``V = 1 + d + d K``)::
 
-    0            BOS
-    1 + i        cue "variable i"          (i = 0..d-1)
-    1 + d + k    value "k"                  (k = 0..K-1)
+    0                BOS
+    1 + i            cue "z_i ?"               (i = 0..d-1)
+    1 + d + i K + k  value "z_i = k"           (k = 0..K-1; only after cue i)
+
+and with ``value_vocab="shared"`` (``V = 1 + d + K``) one token per value, ``1 + d + k``
+("= k"), for every variable: the model must then bind each value to the cue before it.
 
 A sampled sequence has ``2 * n_pairs + 1`` tokens; the model input is ``tokens = seq[:-1]``
 ``[B, T]`` (``T = 2 * n_pairs``) and ``targets = seq[1:]``. Odd positions ``t = 2p + 1`` hold
@@ -59,6 +62,7 @@ from jaxcrl.scm import GraphConfig, make_graph
 
 BOS = 0
 MAX_STATES = 4096
+VALUE_VOCABS = ("per_variable", "shared")
 
 
 # --------------------------------------------------------------------------- config
@@ -76,6 +80,8 @@ class TaskConfig:
       root_scale: scale of each variable's own logits (the only term for root nodes).
       noise: probability that a value token is uniform instead of the cued latent's value.
       n_pairs: (cue, value) pairs per sequence; model context ``T = 2 * n_pairs``.
+      value_vocab: ``"per_variable"`` (value tokens name their variable) or ``"shared"``
+        (one token per value, shared by all variables); see the token ids above.
       seed: seed of the task's graph and conditional probability tables.
     """
 
@@ -86,6 +92,7 @@ class TaskConfig:
     root_scale: float = 1.0
     noise: float = 0.3
     n_pairs: int = 16
+    value_vocab: str = "per_variable"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +105,9 @@ class TaskConfig:
                              f"{MAX_STATES} (exact enumeration)")
         if not 0.0 <= self.noise <= 1.0:
             raise ValueError(f"TaskConfig.noise must be in [0, 1], got {self.noise}")
+        if self.value_vocab not in VALUE_VOCABS:
+            raise ValueError(f"TaskConfig.value_vocab must be one of {VALUE_VOCABS}, got "
+                             f"{self.value_vocab!r}")
         if self.n_pairs < 1:
             raise ValueError(f"TaskConfig.n_pairs must be >= 1, got {self.n_pairs}")
         if self.strength < 0 or self.root_scale < 0:
@@ -106,7 +116,12 @@ class TaskConfig:
 
     @property
     def vocab_size(self) -> int:
-        return 1 + self.n_latents + self.n_values
+        return 1 + self.n_latents + self.n_value_tokens
+
+    @property
+    def n_value_tokens(self) -> int:
+        per_var = self.value_vocab == "per_variable"
+        return self.n_values * (self.n_latents if per_var else 1)
 
     @property
     def seq_len(self) -> int:
@@ -124,9 +139,12 @@ class TaskConfig:
                       "n_pairs": 6, **override})
 
     def token_names(self) -> list[str]:
-        """Readable name of every token id: ``BOS``, ``z0?``.., ``=0``.."""
-        return (["BOS"] + [f"z{i}?" for i in range(self.n_latents)]
-                + [f"={k}" for k in range(self.n_values)])
+        """Readable name of every token id: ``BOS``, ``z0?``.., ``z0=0``.. (or ``=0``..)."""
+        if self.value_vocab == "shared":
+            values = [f"={k}" for k in range(self.n_values)]
+        else:
+            values = [f"z{i}={k}" for i in range(self.n_latents) for k in range(self.n_values)]
+        return ["BOS"] + [f"z{i}?" for i in range(self.n_latents)] + values
 
 
 def cue_token(cfg: TaskConfig, i):
@@ -134,9 +152,16 @@ def cue_token(cfg: TaskConfig, i):
     return 1 + i
 
 
-def value_token(cfg: TaskConfig, k):
-    """Token id of value ``k``."""
-    return 1 + cfg.n_latents + k
+def value_token(cfg: TaskConfig, i, k):
+    """Token id of the value ``k`` of variable ``i``."""
+    if cfg.value_vocab == "shared":
+        return 1 + cfg.n_latents + k + 0 * i
+    return 1 + cfg.n_latents + i * cfg.n_values + k
+
+
+def token_value(cfg: TaskConfig, token):
+    """The value ``k`` shown by a value token (inverse of :func:`value_token` in ``k``)."""
+    return (token - 1 - cfg.n_latents) % cfg.n_values
 
 
 def joint_states(cfg: TaskConfig) -> np.ndarray:
@@ -300,7 +325,7 @@ def _sample_one(task: Task, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     cues = jax.random.randint(k_cue, (n,), 0, d)
     flip = jax.random.uniform(k_flip, (n,)) < cfg.noise
     values = jnp.where(flip, jax.random.randint(k_rand, (n,), 0, K), z[cues])
-    pairs = jnp.stack([cue_token(cfg, cues), value_token(cfg, values)], -1).reshape(2 * n)
+    pairs = jnp.stack([cue_token(cfg, cues), value_token(cfg, cues, values)], -1).reshape(2 * n)
     seq = jnp.concatenate([jnp.array([BOS]), pairs]).astype(jnp.int32)
     return seq, z
 
@@ -355,7 +380,7 @@ def _log_posteriors(task: Task, tokens: jax.Array, n_obs: int) -> jax.Array:
     ``tokens``: cue of pair p at ``2p + 1``, value at ``2p + 2``)."""
     cfg = task.cfg
     cues = tokens[:, 1:2 * n_obs:2] - 1  # [B, n_obs]
-    values = tokens[:, 2:2 * n_obs + 1:2] - 1 - cfg.n_latents
+    values = token_value(cfg, tokens[:, 2:2 * n_obs + 1:2])
     ll = _pair_loglik(cfg, cues, values)  # [B, n_obs, S]
     cum = jnp.concatenate([jnp.zeros_like(ll[:, :1]), jnp.cumsum(ll, axis=1)], axis=1)
     return jax.nn.log_softmax(task.log_prior[None, None] + cum, axis=-1)
@@ -381,9 +406,11 @@ def bayes_logprobs(task: Task, tokens: jax.Array) -> jax.Array:
     cues = tokens[:, 1::2] - 1  # [B, n]
     pz = jnp.take_along_axis(marg, cues[:, :, None, None], axis=2)[:, :, 0]  # [B, n, K]
     p_val = (1.0 - cfg.noise) * pz + cfg.noise / K
-    val_lp = jnp.concatenate([jnp.full((B, n, 1 + d), -jnp.inf), jnp.log(p_val)], -1)
+    ids = value_token(cfg, cues[..., None], jnp.arange(K))  # [B, n, K]
+    val_lp = jnp.full((B, n, V), -jnp.inf).at[
+        jnp.arange(B)[:, None, None], jnp.arange(n)[None, :, None], ids].set(jnp.log(p_val))
     cue_lp = jnp.concatenate([jnp.full((1,), -jnp.inf), jnp.full((d,), -math.log(d)),
-                              jnp.full((K,), -jnp.inf)])
+                              jnp.full((cfg.n_value_tokens,), -jnp.inf)])
     cue_lp = jnp.broadcast_to(cue_lp, (B, n, V))
     return jnp.stack([cue_lp, val_lp], axis=2).reshape(B, T, V)
 
@@ -431,9 +458,11 @@ def baseline_losses(task: Task) -> dict[str, float]:
     d, K, eps = cfg.n_latents, cfg.n_values, cfg.noise
     pv = (1 - eps) * np.asarray(prior_marginals(task), np.float64) + eps / K  # [d, K]
     ent = lambda p: float(-(p * np.log(np.where(p > 0, p, 1.0))).sum(-1).mean())  # noqa: E731
-    unigram_value = ent(pv.mean(0))
+    # marginal distribution of the value token at a value position
+    q = pv.mean(0) if cfg.value_vocab == "shared" else pv.reshape(-1) / d
+    unigram_value = ent(q)
     cue_only = ent(pv)
-    tok = np.concatenate([np.full(d, 0.5 / d), 0.5 * pv.mean(0)])
+    tok = np.concatenate([np.full(d, 0.5 / d), 0.5 * q])
     return {"unigram_value": unigram_value, "cue_only_value": cue_only, "cue": math.log(d),
             "unigram_all": ent(tok), "cue_only_all": 0.5 * (cue_only + math.log(d))}
 
