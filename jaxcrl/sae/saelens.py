@@ -1,0 +1,141 @@
+"""Export to and import from the SAELens on-disk layout.
+
+A directory with::
+
+    cfg.json                  {"architecture", "d_in", "d_sae", "dtype", "hook_name",
+                               "normalize_activations", "apply_b_dec_to_input", "k", ...,
+                               "metadata": {"hook_name", ...}}
+    sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
+                              b_dec [d_in], threshold [d_sae] (jumprelu)
+
+Architecture names: ``relu`` <-> ``standard``, ``topk`` <-> ``topk``, ``jumprelu`` <->
+``jumprelu``; ``batchtopk`` is exported as ``jumprelu`` with its scalar inference
+threshold broadcast to every latent (what SAELens itself saves for BatchTopK SAEs).
+Input normalisation is folded into the weights (:func:`jaxcrl.sae.model.fold_normalization`),
+so the exported SAE acts on raw activations and ``normalize_activations`` is ``"none"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcrl.sae import model as sae_model
+from jaxcrl.sae.config import SAEConfig
+
+WEIGHTS = "sae_weights.safetensors"
+CFG = "cfg.json"
+_TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu",
+               "jumprelu": "jumprelu"}
+_FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+
+
+def export_saelens(path: str | os.PathLike, params: dict, cfg: SAEConfig, *,
+                   act_scale: float | jax.Array = 1.0, hook_name: str | None = None,
+                   extra: dict | None = None) -> Path:
+    """Writes ``params`` (trained on ``act_scale · x``) in the SAELens layout at ``path``.
+
+    Args:
+      path: output directory (created).
+      params: SAE params (normalised space) of one SAE.
+      cfg: its config.
+      act_scale: the normalisation factor to fold in (``state.act_scale``; 1 if none).
+      hook_name: overrides ``cfg.hook_name``.
+      extra: more keys for ``cfg.json``.
+
+    Returns:
+      The directory.
+    """
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    folded = sae_model.fold_normalization(params, act_scale, cfg)
+    weights = {n: np.ascontiguousarray(np.asarray(folded[n], np.float32))
+               for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
+    if cfg.architecture == "jumprelu":
+        weights["threshold"] = np.asarray(folded["threshold"], np.float32)
+    elif cfg.architecture == "batchtopk":
+        weights["threshold"] = np.full((cfg.d_sae,), np.asarray(folded["threshold"]),
+                                       np.float32)
+    hook = cfg.hook_name if hook_name is None else hook_name
+    meta = {"hook_name": hook, "jaxcrl_architecture": cfg.architecture,
+            "jaxcrl_config": dataclasses.asdict(cfg),
+            "jaxcrl_act_scale": float(np.asarray(act_scale))}
+    doc = {"architecture": _TO_SAELENS[cfg.architecture], "d_in": cfg.d_in,
+           "d_sae": cfg.d_sae, "dtype": "float32", "device": "cpu",
+           "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+           "normalize_activations": "none", "hook_name": hook,
+           "metadata": {"hook_name": hook}, "jaxcrl": meta}
+    if cfg.architecture == "topk":
+        doc["k"] = cfg.k
+    if extra:
+        doc.update(extra)
+    save_file(weights, str(path / WEIGHTS))
+    (path / CFG).write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
+    """Reads an SAE in the SAELens layout: ``(params, cfg)`` acting on raw activations.
+
+    The config keeps jaxcrl's training settings when the directory was written by
+    :func:`export_saelens`, with ``normalize_activations=False`` (the scale is folded in).
+
+    Raises:
+      ValueError: unsupported architecture or normalisation, or shapes that contradict
+        ``cfg.json``.
+    """
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    doc = json.loads((path / CFG).read_text())
+    arch_sl = doc.get("architecture", "standard")
+    if arch_sl not in _FROM_SAELENS:
+        raise ValueError(f"{path}: SAELens architecture {arch_sl!r} is not supported "
+                         f"(supported: {sorted(_FROM_SAELENS)})")
+    if doc.get("normalize_activations", "none") not in ("none", None):
+        raise ValueError(f"{path}: normalize_activations={doc['normalize_activations']!r} "
+                         "is not supported; fold the scaling into the weights first")
+    weights = load_file(str(path / WEIGHTS))
+    d_in, d_sae = int(doc["d_in"]), int(doc["d_sae"])
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,),
+              "b_dec": (d_in,)}
+    arch = _FROM_SAELENS[arch_sl]
+    if arch == "jumprelu":
+        shapes["threshold"] = (d_sae,)
+    for n, s in shapes.items():
+        if n not in weights:
+            raise ValueError(f"{path}: {WEIGHTS} has no {n}")
+        if tuple(weights[n].shape) != s:
+            raise ValueError(f"{path}: {n} has shape {weights[n].shape}, expected {s}")
+    params = {n: jnp.asarray(weights[n], jnp.float32) for n in shapes}
+    saved = doc.get("jaxcrl", {}).get("jaxcrl_config")
+    base: dict[str, Any] = {}
+    if saved is not None:
+        fields = {f.name for f in dataclasses.fields(SAEConfig)}
+        base = {k: v for k, v in saved.items() if k in fields}
+    hook = doc.get("hook_name") or doc.get("metadata", {}).get("hook_name") or ""
+    cfg = SAEConfig(**{**base, "architecture": arch, "d_in": d_in, "d_sae": d_sae,
+                       "k": int(doc.get("k", base.get("k", min(32, d_sae)))),
+                       "apply_b_dec_to_input": bool(doc.get("apply_b_dec_to_input", True)),
+                       "normalize_activations": False, "hook_name": hook})
+    return params, cfg
+
+
+def sae_fn(params: dict, cfg: SAEConfig):
+    """``x [..., d_in] -> x_hat [..., d_in]`` of an SAE on raw activations (for hooks)."""
+
+    def fn(x):
+        shape = x.shape
+        x_hat, _ = sae_model.forward(params, x.reshape(-1, shape[-1]), cfg, inference=True)
+        return x_hat.reshape(shape).astype(x.dtype)
+
+    return fn

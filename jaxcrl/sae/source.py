@@ -1,0 +1,188 @@
+"""Activation sources: where an SAE's training batches come from.
+
+A :class:`Source` is a pair of pure functions, so sampling happens on device inside the
+jit-ed training step::
+
+    state = source.init(key)                      # device state (data array, buffer, ...)
+    state, x = source.sample(state, key)          # x: [batch_size, d_in] float32
+
+Kinds:
+
+- :func:`array_source`: an in-memory array ``[n, d_in]``, rows drawn uniformly by key.
+- :func:`npy_source`: a ``.npy`` file, memory-mapped; up to ``max_rows`` rows (a random
+  subset drawn by key when the file is larger) are moved to the device. ``refresh(key)``
+  draws a new subset; :func:`jaxcrl.sae.train.train` calls it every ``refresh_every`` steps.
+- :func:`generator_source`: ``gen(key) -> [g, d_in]`` producing activations on device
+  (a toy model, or a transformer through :func:`transformer_generator`), optionally through
+  a shuffled buffer of ``buffer_size`` rows: each step writes the ``g`` new rows at random
+  buffer slots and reads ``batch_size`` rows from random slots, so consecutive batches mix
+  activations of many generator calls (each row is read about ``batch_size / g`` times).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A pure activation source.
+
+    Attributes:
+      init: ``key -> state`` (a pytree of device arrays, possibly empty).
+      sample: ``(state, key) -> (state, x [batch_size, d_in])``; pure and jit-able.
+      d_in: activation width.
+      batch_size: rows per sample.
+      refresh: optional host-side ``(state, key) -> state`` run between rounds of training
+        (new data from disk); None for sources that never change.
+    """
+
+    init: Callable[[jax.Array], Any]
+    sample: Callable[[Any, jax.Array], tuple[Any, jax.Array]]
+    d_in: int
+    batch_size: int
+    refresh: Callable[[Any, jax.Array], Any] | None = None
+
+
+def _check_rows(x: np.ndarray | jax.Array, name: str) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be [n, d_in], got shape {x.shape}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} has no rows")
+
+
+def array_source(x: Any, batch_size: int) -> Source:
+    """Rows of ``x`` ``[n, d_in]`` sampled uniformly with replacement by key.
+
+    Raises:
+      ValueError: ``x`` is not 2-D, empty, or holds NaN/inf.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    _check_rows(x, "x")
+    if not bool(jnp.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf values")
+    n = x.shape[0]
+
+    def init(key):
+        del key
+        return {"data": x}
+
+    def sample(state, key):
+        idx = jax.random.randint(key, (batch_size,), 0, n)
+        return state, jnp.take(state["data"], idx, axis=0)
+
+    return Source(init, sample, int(x.shape[1]), batch_size)
+
+
+def npy_source(path: str | Path, batch_size: int, *, max_rows: int = 1_000_000) -> Source:
+    """Activations from a ``.npy`` file ``[n, d_in]``, memory-mapped.
+
+    At most ``max_rows`` rows live on the device: all of them when ``n <= max_rows``, else a
+    random subset drawn from ``key`` by ``init`` (and a fresh one by ``refresh``).
+    """
+    arr = np.load(path, mmap_mode="r")
+    _check_rows(arr, str(path))
+    n, d = arr.shape
+    m = min(n, max_rows)
+
+    def load(key):
+        if m == n:
+            rows = np.asarray(arr, np.float32)
+        else:
+            seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+            idx = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+            rows = np.asarray(arr[idx], np.float32)
+        if not np.isfinite(rows).all():
+            raise ValueError(f"{path} contains NaN or inf values")
+        return {"data": jnp.asarray(rows)}
+
+    def sample(state, key):
+        idx = jax.random.randint(key, (batch_size,), 0, m)
+        return state, jnp.take(state["data"], idx, axis=0)
+
+    refresh = None if m == n else (lambda state, key: load(key))
+    return Source(load, sample, int(d), batch_size, refresh)
+
+
+def generator_source(gen: Callable[[jax.Array], jax.Array], d_in: int, batch_size: int, *,
+                     buffer_size: int | None = None) -> Source:
+    """Activations made on device by ``gen(key) -> [g, d_in]``.
+
+    Without a buffer, ``gen`` must return exactly ``[batch_size, d_in]`` and each batch is
+    fresh. With ``buffer_size`` rows of buffer (filled at init by repeated calls), each step
+    writes one call's ``g`` rows at random slots and reads ``batch_size`` random slots.
+    """
+    if buffer_size is None:
+        def sample(state, key):
+            x = gen(key)
+            _check_gen(x, (batch_size, d_in))
+            return state, x.astype(jnp.float32)
+
+        return Source(lambda key: {}, sample, d_in, batch_size)
+
+    if buffer_size < batch_size:
+        raise ValueError(f"buffer_size={buffer_size} must be >= batch_size={batch_size}")
+
+    def gen_rows(key):
+        x = gen(key)
+        if x.ndim != 2 or x.shape[1] != d_in:
+            raise ValueError(f"gen must return [g, d_in={d_in}], got shape {x.shape}")
+        return x.astype(jnp.float32)
+
+    g = jax.eval_shape(gen_rows, jax.random.key(0)).shape[0]
+    calls = -(-buffer_size // g)
+
+    def init(key):
+        rows = jax.lax.map(gen_rows, jax.random.split(key, calls))
+        return {"buffer": rows.reshape(calls * g, d_in)[:buffer_size]}
+
+    def sample(state, key):
+        k_gen, k_put, k_get = jax.random.split(key, 3)
+        new = gen_rows(k_gen)
+        put = jax.random.randint(k_put, (g,), 0, buffer_size)
+        buf = state["buffer"].at[put].set(new)
+        get = jax.random.randint(k_get, (batch_size,), 0, buffer_size)
+        return {"buffer": buf}, jnp.take(buf, get, axis=0)
+
+    return Source(init, sample, d_in, batch_size)
+
+
+def _check_gen(x: jax.Array, shape: tuple[int, int]) -> None:
+    if tuple(x.shape) != shape:
+        raise ValueError(f"gen must return [batch_size, d_in]={list(shape)}, got {x.shape} "
+                         "(or pass buffer_size)")
+
+
+def transformer_generator(model: Any, params: Any, sample_tokens: Callable[[jax.Array], Any],
+                          hook_name: str, *, stop_at_layer: int | None = None
+                          ) -> Callable[[jax.Array], jax.Array]:
+    """``gen(key) -> [batch·seq, d]``: activations of a hooked transformer at ``hook_name``.
+
+    Written against ``jaxcrl.lm.HookedTransformer``'s TransformerLens-style API::
+
+        logits, cache = model.run_with_cache(params, tokens, names=[hook_name],
+                                             stop_at_layer=stop_at_layer)
+
+    Args:
+      model: object with ``run_with_cache``.
+      params: the model's params.
+      sample_tokens: ``key -> tokens [batch, seq]`` (int), e.g. a synthetic language.
+      hook_name: e.g. ``"blocks.1.hook_resid_post"``.
+      stop_at_layer: skip the layers after the hook (``layer + 1`` for a block hook).
+    """
+
+    def gen(key):
+        tokens = sample_tokens(key)
+        _, cache = model.run_with_cache(params, tokens, names=[hook_name],
+                                        stop_at_layer=stop_at_layer)
+        acts = jax.lax.stop_gradient(cache[hook_name])
+        return acts.reshape(-1, acts.shape[-1])
+
+    return gen

@@ -1,0 +1,442 @@
+"""Training SAEs: one pure step, sweeps by vmap over a shared activation batch.
+
+The step (:func:`update`) for one SAE and one batch ``x`` ``[batch, d_in]``:
+
+1. normalise ``x`` by the fixed ``act_scale`` (E‖x‖ = √d_in, estimated at init);
+2. loss = ``mean_b ‖x − x̂‖²`` (summed over ``d_in``) + ``c(t) · mean_b penalty``
+   (norm-weighted L1 for ``relu``, L0 through the STE for ``jumprelu``; ``c(t)`` ramps
+   linearly over ``coefficient_warmup`` steps) + ``α · AuxK``;
+3. unit-norm architectures: the decoder gradient's component parallel to each row is
+   removed, and rows are renormalised after the update (Gao et al. 2024);
+4. Adam (optax ``scale_by_adam``; optional global-norm clipping) with linear warmup and an
+   optional linear decay to 0 over the last ``lr_decay`` fraction of steps.
+
+Dead latents: every architecture uses the **AuxK** loss of Gao et al. (2024). A latent is
+dead once it has not fired for ``dead_tokens`` training tokens; the ``aux_k`` largest
+pre-activations among dead latents reconstruct the (stop-gradient) residual ``x − x̂``
+through the decoder, scaled by ``min(n_dead / aux_k, 1)``. For ReLU-L1 and JumpReLU this
+replaces neuron resampling / ghost grads with the same single mechanism: it only acts while
+latents are dead and pulls them towards directions the SAE fails to reconstruct.
+
+Sweeps: the hyper-parameters that may differ between runs (``k``, the sparsity
+coefficient, ``lr``) live in the state as traced :class:`HParams`, so S SAEs train as one
+``jax.vmap``-ed program sharing each activation batch (:func:`train_sweep`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcrl import train as train_lib
+from jaxcrl.sae import model as sae_model
+from jaxcrl.sae.config import SAEConfig
+from jaxcrl.sae.source import Source
+
+SWEEPABLE = ("k", "l1_coefficient", "l0_coefficient", "lr")
+
+
+class HParams(NamedTuple):
+    """Traced hyper-parameters of one run (a leading ``[runs]`` axis in a sweep).
+
+    Attributes:
+      k: active latents (TopK kinds), int32, ``<= cfg.k``.
+      coefficient: L1 (``relu``) or L0 (``jumprelu``) coefficient, float32.
+      lr: peak learning rate, float32.
+    """
+
+    k: jax.Array
+    coefficient: jax.Array
+    lr: jax.Array
+
+
+class SAEState(NamedTuple):
+    """Training state of one SAE (a leading ``[runs]`` axis on every leaf in a sweep).
+
+    Attributes:
+      params: SAE params (see :mod:`jaxcrl.sae.model`) for normalised activations.
+      opt_state: optax state.
+      step: int32 step counter.
+      hp: the run's :class:`HParams`.
+      act_scale: float32 factor applied to raw activations (E‖s·x‖ = √d_in).
+      since_fired: ``[d_sae]`` int32 tokens since each latent last fired (capped).
+    """
+
+    params: dict
+    opt_state: Any
+    step: jax.Array
+    hp: HParams
+    act_scale: jax.Array
+    since_fired: jax.Array
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` / :func:`train_sweep` return.
+
+    Attributes:
+      state: final :class:`SAEState` (leading ``[runs]`` axis for a sweep).
+      history: per-step metrics ``[steps]`` (``[steps, runs]`` for a sweep), plus ``wall_s``.
+      cfg: the config (the static base config for a sweep).
+      cfgs: one config per run (with the swept values filled in).
+    """
+
+    state: SAEState
+    history: dict
+    cfg: SAEConfig
+    cfgs: tuple[SAEConfig, ...]
+
+    def params(self, run: int | None = None) -> dict:
+        """Params on raw activations (normalisation folded in), of run ``run`` in a sweep."""
+        state = self.state if run is None else select_run(self.state, run)
+        return inference_params(state, self.cfg)
+
+
+def hparams(cfg: SAEConfig) -> HParams:
+    """The traced hyper-parameters of ``cfg``."""
+    return HParams(jnp.asarray(cfg.k, jnp.int32), jnp.asarray(cfg.coefficient, jnp.float32),
+                   jnp.asarray(cfg.lr, jnp.float32))
+
+
+def make_optimizer(cfg: SAEConfig) -> optax.GradientTransformation:
+    """Adam's direction (the learning rate is applied in :func:`update`, traced)."""
+    adam = optax.scale_by_adam(b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam) if cfg.grad_clip else adam
+
+
+def lr_at(cfg: SAEConfig, lr: jax.Array, step: jax.Array) -> jax.Array:
+    """Learning rate at ``step``: linear warmup, constant, linear decay over ``lr_decay``."""
+    t = step.astype(jnp.float32)
+    warm = jnp.minimum(1.0, (t + 1.0) / max(cfg.warmup, 1))
+    n_decay = cfg.lr_decay * cfg.steps
+    decay = jnp.clip((cfg.steps - t) / n_decay, 0.0, 1.0) if n_decay > 0 else 1.0
+    return lr * warm * decay
+
+
+def coefficient_at(cfg: SAEConfig, coefficient: jax.Array, step: jax.Array) -> jax.Array:
+    """Sparsity coefficient at ``step`` (linear ramp over ``coefficient_warmup`` steps)."""
+    if cfg.coefficient_warmup == 0:
+        return coefficient
+    return coefficient * jnp.minimum(1.0, (step.astype(jnp.float32) + 1.0)
+                                     / cfg.coefficient_warmup)
+
+
+# --------------------------------------------------------------------------- init
+
+
+def activation_scale(x: jax.Array) -> jax.Array:
+    """``√d_in / mean ‖x‖`` over the rows of ``x`` ``[n, d_in]``."""
+    return jnp.sqrt(x.shape[1]) / jnp.linalg.norm(x, axis=1).mean()
+
+
+def init_state(key: jax.Array, cfg: SAEConfig, x_init: jax.Array,
+               hp: HParams | None = None) -> SAEState:
+    """Initial state; ``x_init`` ``[n, d_in]`` raw activations set ``act_scale`` and ``b_dec``."""
+    x_init = sae_model.check_input(x_init, cfg, "x_init")
+    scale = activation_scale(x_init) if cfg.normalize_activations else jnp.float32(1.0)
+    xn = x_init * scale
+    b_dec = {"mean": lambda: xn.mean(0),
+             "geometric_median": lambda: sae_model.geometric_median(xn),
+             "zeros": lambda: jnp.zeros((cfg.d_in,), jnp.float32)}[cfg.b_dec_init]()
+    params = sae_model.init_params(key, cfg, b_dec=b_dec)
+    return SAEState(params=params, opt_state=make_optimizer(cfg).init(params),
+                    step=jnp.zeros((), jnp.int32), hp=hparams(cfg) if hp is None else hp,
+                    act_scale=jnp.asarray(scale, jnp.float32),
+                    since_fired=jnp.zeros((cfg.d_sae,), jnp.int32))
+
+
+# --------------------------------------------------------------------------- loss and step
+
+
+def auxk_loss(params: dict, pre: jax.Array, residual: jax.Array, dead: jax.Array,
+              aux_k: int) -> jax.Array:
+    """AuxK (Gao et al. 2024): reconstruct ``residual`` ``[batch, d_in]`` from dead latents.
+
+    Uses the ``aux_k`` largest pre-activations ``pre`` ``[batch, d_sae]`` among latents with
+    ``dead`` ``[d_sae]`` set (fewer when fewer are dead), decoded without bias; returns
+    ``min(n_dead/aux_k, 1) · mean_b ‖ê − e‖²``.
+    """
+    n_dead = dead.sum()
+    masked = jnp.where(dead, pre, -jnp.inf)
+    thr = jax.lax.top_k(masked, aux_k)[0][:, -1]
+    sel = dead & (masked >= jax.lax.stop_gradient(thr)[:, None])
+    z_aux = jnp.where(sel, jax.nn.relu(pre), 0.0)
+    e_hat = z_aux @ params["W_dec"]
+    scale = jnp.minimum(n_dead / aux_k, 1.0)
+    return scale * jnp.mean(jnp.sum((e_hat - residual) ** 2, -1))
+
+
+def loss_fn(params: dict, x: jax.Array, *, cfg: SAEConfig, k: jax.Array,
+            coefficient: jax.Array, dead: jax.Array) -> tuple[jax.Array, dict]:
+    """Training loss of one SAE on normalised ``x`` ``[batch, d_in]`` and its parts."""
+    x_hat, aux = sae_model.forward(params, x, cfg, k=k)
+    pre, z = aux["pre"], aux["z"]
+    err = jnp.sum((x_hat - x) ** 2, -1)
+    mse = err.mean()
+    sparsity = sae_model.sparsity_penalty(params, pre, z, cfg).mean()
+    loss = mse + coefficient * sparsity
+    aux_k = cfg.effective_aux_k
+    aux_loss = jnp.float32(0.0)
+    if aux_k > 0 and cfg.aux_coefficient > 0:
+        residual = jax.lax.stop_gradient(x - x_hat)
+        aux_loss = jax.lax.cond(dead.any(), lambda: auxk_loss(params, pre, residual, dead, aux_k),
+                                lambda: jnp.float32(0.0))
+        loss = loss + cfg.aux_coefficient * aux_loss
+    centered = jnp.sum((x - x.mean(0)) ** 2)
+    return loss, {"z": z, "mse": mse / cfg.d_in, "fvu": err.sum() / centered,
+                  "sparsity": sparsity, "aux_loss": aux_loss}
+
+
+def _unit_rows(w: jax.Array) -> jax.Array:
+    return w / jnp.maximum(jnp.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+
+
+def update(state: SAEState, x: jax.Array, cfg: SAEConfig) -> tuple[SAEState, dict]:
+    """One training step of one SAE on raw activations ``x`` ``[batch, d_in]``.
+
+    Returns the new state and scalar metrics: ``mse`` (per element, normalised space),
+    ``fvu``, ``l0``, ``dead_frac``, ``loss``, ``aux_loss``.
+    """
+    xn = x * state.act_scale
+    dead = state.since_fired >= cfg.dead_tokens
+    coef = coefficient_at(cfg, state.hp.coefficient, state.step)
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, xn, cfg=cfg, k=state.hp.k, coefficient=coef, dead=dead)
+    params = state.params
+    if cfg.unit_norm_decoder:
+        w, g = params["W_dec"], grads["W_dec"]
+        grads = {**grads, "W_dec": g - jnp.sum(g * w, 1, keepdims=True) * w}
+    if cfg.architecture == "batchtopk":
+        grads = {**grads, "threshold": jnp.zeros_like(grads["threshold"])}
+    direction, opt_state = make_optimizer(cfg).update(grads, state.opt_state, params)
+    lr = lr_at(cfg, state.hp.lr, state.step)
+    params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, direction)
+    z = parts["z"]
+    if cfg.unit_norm_decoder:
+        params["W_dec"] = _unit_rows(params["W_dec"])
+    if cfg.architecture == "jumprelu":
+        params["threshold"] = jnp.maximum(params["threshold"], 0.0)
+    if cfg.architecture == "batchtopk":
+        smallest = jnp.min(jnp.where(z > 0, z, jnp.inf))
+        thr = state.params["threshold"]
+        new = (1 - cfg.batchtopk_threshold_lr) * thr + cfg.batchtopk_threshold_lr * smallest
+        params["threshold"] = jnp.where(jnp.isfinite(smallest), new, thr)
+    fired = (z > 0).any(0)
+    since = jnp.where(fired, 0, jnp.minimum(state.since_fired + x.shape[0], cfg.dead_tokens))
+    new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1,
+                               since_fired=since.astype(jnp.int32))
+    metrics = {"mse": parts["mse"], "fvu": parts["fvu"], "l0": (z > 0).sum(-1).mean(),
+               "dead_frac": dead.mean(), "loss": loss, "aux_loss": parts["aux_loss"]}
+    return new_state, metrics
+
+
+def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False
+              ) -> Callable[[tuple, jax.Array], tuple[tuple, dict]]:
+    """Pure ``step((source_state, sae_state), key) -> (carry, metrics)`` for ``train.run``.
+
+    With ``sweep`` the SAE state has a leading run axis and :func:`update` is vmapped over it
+    while the activation batch (drawn once from ``key``) is shared.
+    """
+    upd = lambda s, x: update(s, x, cfg)
+    if sweep:
+        upd = jax.vmap(upd, in_axes=(0, None))
+
+    def step(carry, key):
+        src, sae = carry
+        src, x = source.sample(src, key)
+        sae, metrics = upd(sae, x)
+        return (src, sae), metrics
+
+    return step
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def select_run(state: Any, run: int) -> Any:
+    """Run ``run`` of a sweep's state (every leaf indexed on its leading axis)."""
+    return jax.tree_util.tree_map(lambda a: a[run], state)
+
+
+def inference_params(state: SAEState, cfg: SAEConfig) -> dict:
+    """Params of one SAE acting on raw activations (normalisation folded in)."""
+    return sae_model.fold_normalization(state.params, state.act_scale, cfg)
+
+
+def sweep_configs(base: SAEConfig, values: Mapping[str, Sequence[Any]]
+                  ) -> tuple[SAEConfig, tuple[SAEConfig, ...]]:
+    """Static base config and per-run configs for a sweep.
+
+    ``values`` maps names in :data:`SWEEPABLE` to equally long sequences; run ``i`` takes the
+    ``i``-th value of each. The base config's ``k`` becomes the largest swept ``k``.
+    """
+    if not values:
+        raise ValueError("values must name at least one hyper-parameter to sweep")
+    bad = [n for n in values if n not in SWEEPABLE]
+    if bad:
+        raise ValueError(f"cannot sweep {bad}: sweepable hyper-parameters are {SWEEPABLE}")
+    lengths = {len(v) for v in values.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"swept values must be non-empty and equally long, got {dict(values)}")
+    n = lengths.pop()
+    cfgs = tuple(dataclasses.replace(base, **{name: v[i] for name, v in values.items()})
+                 for i in range(n))
+    static = dataclasses.replace(base, k=max(c.k for c in cfgs)) if "k" in values else base
+    return static, cfgs
+
+
+def _check_cfgs(cfgs: Sequence[SAEConfig]) -> SAEConfig:
+    """The static config shared by ``cfgs`` (which may differ only in sweepable fields)."""
+    base = dataclasses.replace(cfgs[0], k=max(c.k for c in cfgs))
+    keep = {f: getattr(base, f) for f in SWEEPABLE}
+    for c in cfgs:
+        if dataclasses.replace(c, **keep) != base:
+            raise ValueError(f"sweep configs may differ only in {SWEEPABLE}; got {c} vs {base}")
+    return base
+
+
+def _init_sample(source: Source, src_state: Any, key: jax.Array, rows: int) -> jax.Array:
+    n = max(1, -(-rows // source.batch_size))
+    keys = jax.random.split(key, n)
+    xs = [source.sample(src_state, k)[1] for k in keys]
+    return jnp.concatenate(xs)[:rows]
+
+
+def train(cfg: SAEConfig, source: Source, key: jax.Array, **kwargs: Any) -> TrainResult:
+    """Trains one SAE for ``cfg.steps`` steps on ``source``.
+
+    Args:
+      cfg: SAE config (``cfg.batch_size`` must equal ``source.batch_size``).
+      source: an activation :class:`~jaxcrl.sae.source.Source`.
+      key: root key (init of the source and the SAE, then the data stream).
+      **kwargs: see :func:`train_sweep` (``progress``, ``chunk_size``, ``workdir``, ...).
+    """
+    return _train([cfg], source, key, sweep=False, **kwargs)
+
+
+def train_sweep(cfgs: SAEConfig | Sequence[SAEConfig], source: Source, key: jax.Array, *,
+                values: Mapping[str, Sequence[Any]] | None = None, **kwargs: Any
+                ) -> TrainResult:
+    """Trains several SAEs as one vmapped program sharing every activation batch.
+
+    Args:
+      cfgs: a list of configs differing only in :data:`SWEEPABLE` fields, or a base config
+        together with ``values``.
+      source: activation source.
+      key: root key; every run uses the same init key, so run ``i`` equals
+        ``train(cfgs[i], source, key)`` (up to float reassociation).
+      values: ``{name: [v_0, ..., v_{S-1}]}`` with a base config.
+      progress: tqdm bar with MSE, L0, dead fraction, FVU (mean over runs).
+      chunk_size: steps per compiled ``lax.scan`` chunk.
+      workdir: if given, checkpoints (kind ``"sae"``) go to ``workdir/step_*`` every
+        ``save_every`` steps (rounded to chunks) and training resumes from the latest one.
+      save_every: checkpoint period in steps.
+      refresh_every: for sources with ``refresh`` (large ``.npy`` files), steps between
+        loading a new random subset.
+
+    Returns:
+      :class:`TrainResult` with a leading ``[runs]`` axis on the state.
+    """
+    if isinstance(cfgs, SAEConfig):
+        if values is None:
+            raise ValueError("pass a list of configs, or a base config and values")
+        _, cfgs = sweep_configs(cfgs, values)
+    elif values is not None:
+        raise ValueError("values only go with a single base config")
+    return _train(list(cfgs), source, key, sweep=True, **kwargs)
+
+
+def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool,
+           progress: bool = True, chunk_size: int = 200, workdir: str | Path | None = None,
+           save_every: int = 1000, refresh_every: int | None = None,
+           init_rows: int = 16384) -> TrainResult:
+    cfg = _check_cfgs(cfgs)
+    if cfg.d_in != source.d_in:
+        raise ValueError(f"source gives d_in={source.d_in} but the config says {cfg.d_in}")
+    if cfg.batch_size != source.batch_size:
+        raise ValueError(f"source batch_size={source.batch_size} != cfg.batch_size="
+                         f"{cfg.batch_size}")
+    k_src, k_sample, k_params, k_data = jax.random.split(key, 4)
+    src = source.init(k_src)
+    x0 = _init_sample(source, src, k_sample, init_rows)
+    sae_model.check_finite(x0, "activations from the source")
+    if sweep:
+        hp = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[hparams(c) for c in cfgs])
+        sae = jax.vmap(lambda h: init_state(k_params, cfg, x0, h))(hp)
+    else:
+        sae = init_state(k_params, cfg, x0, hparams(cfgs[0]))
+    start = 0
+    mgr = None
+    if workdir is not None:
+        from jaxcrl.checkpoint import CheckpointManager
+
+        mgr = CheckpointManager(workdir, kind="sae", save_every=save_every)
+        last = mgr.latest(target=jax.eval_shape(lambda: sae))
+        if last is not None:
+            sae, start = jax.tree_util.tree_map(jnp.asarray, last.state), last.step
+    step = make_step(cfg, source, sweep=sweep)
+    bar = _Bar(cfg.steps - start, progress)
+
+    def on_chunk(t, carry, last):
+        bar.update(t - start, last)
+        if mgr is not None and (t // save_every > (t - chunk_size) // save_every
+                                or t == cfg.steps):
+            mgr.save(t, carry[1], config=cfg if not sweep else cfgs[0],
+                     metrics={k: np.asarray(v).tolist() for k, v in last.items()})
+        return None
+
+    rounds = ([cfg.steps - start] if source.refresh is None or refresh_every is None
+              else _split(cfg.steps - start, refresh_every))
+    pieces = []
+    carry = (src, sae)
+    done = start
+    for i, n in enumerate(rounds):
+        if i > 0:
+            carry = (source.refresh(carry[0], jax.random.fold_in(k_src, done)), carry[1])
+        carry, hist = train_lib.run(step, carry, k_data, n_steps=n, chunk_size=chunk_size,
+                                    start_step=done, progress=False, on_chunk=on_chunk)
+        pieces.append(hist)
+        done += n
+    bar.close()
+    history = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0] if k != "wall_s"}
+    history["wall_s"] = np.asarray(sum(float(p["wall_s"]) for p in pieces))
+    return TrainResult(carry[1], history, cfg, tuple(cfgs))
+
+
+def _split(n: int, every: int) -> list[int]:
+    return [min(every, n - i) for i in range(0, n, every)] or [0]
+
+
+class _Bar:
+    """tqdm bar showing MSE, L0, dead fraction and FVU (mean over runs)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        self.done = 0
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="sae", leave=False, mininterval=0.5)
+
+    def update(self, done: int, last: dict) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(done - self.done)
+        self.done = done
+        self.bar.set_postfix({k: _fmt(last[k]) for k in ("mse", "l0", "dead_frac", "fvu")})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fmt(v: Any) -> str:
+    v = float(np.mean(v))
+    return f"{v:.4g}" if math.isfinite(v) else str(v)
