@@ -1,0 +1,166 @@
+"""Linear probes of the true latents from a transformer's residual stream, layer by layer.
+
+For a model trained on a latent-SCM language (:mod:`jaxcrl.lm.tasks`) we know, for every
+sequence, the true latents ``z [B, d]`` and, for every position, the exact posterior
+``p(z_i = k | tokens[:t+1]) [B, T, d, K]``. A ridge-regression probe is fitted on one set of
+sequences and scored on another (out of sample), for the residual stream after the embedding
+(``blocks.0.hook_resid_pre``, "embed") and after each block (``blocks.{l}.hook_resid_post``):
+
+- ``r2_posterior``: R² of the posterior marginals decoded from the residual at every position
+  (per latent, the K probabilities together; mean over latents): does layer ``l`` represent
+  what the Bayes-optimal predictor knows?
+- ``r2_latent_last``: R² of the one-hot true latents decoded at the last position;
+  ``acc_latent_last``: accuracy of the probe's argmax there. Their ceilings are the Bayes
+  posterior's own scores (``bayes_r2_latent_last``, ``bayes_acc_latent_last``): nothing in
+  the tokens determines ``z`` better.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcrl.lm.model import HookedTransformer
+from jaxcrl.lm.tasks import Task, prior_marginals, sample
+
+
+def residual_names(n_layers: int) -> dict[str, str]:
+    """``{label: hook name}``: ``embed`` and ``L0..L{n-1}`` (resid after each block)."""
+    out = {"embed": "blocks.0.hook_resid_pre"}
+    out.update({f"L{layer}": f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)})
+    return out
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float = 1e-3) -> tuple[np.ndarray, ...]:
+    """Ridge regression with an intercept on standardised features.
+
+    Args:
+      x: ``[n, D]`` features.
+      y: ``[n, m]`` targets.
+      alpha: ridge penalty relative to the mean feature variance (features are standardised,
+        so ``alpha * n`` is added to the Gram diagonal).
+
+    Returns:
+      ``(mean, scale, W [D, m], b [m])`` for :func:`ridge_predict`.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    mu, sd = x.mean(0), x.std(0) + 1e-8
+    xs = (x - mu) / sd
+    ym = y.mean(0)
+    gram = xs.T @ xs + alpha * len(xs) * np.eye(xs.shape[1])
+    w = np.linalg.solve(gram, xs.T @ (y - ym))
+    return mu, sd, w, ym
+
+
+def ridge_predict(params: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
+    mu, sd, w, b = params
+    return ((np.asarray(x, np.float64) - mu) / sd) @ w + b
+
+
+def r2_grouped(y: np.ndarray, pred: np.ndarray, groups: int) -> np.ndarray:
+    """R² per group of columns (``y``, ``pred`` ``[n, groups * k]``): ``1 - SSE/SST`` summed
+    over the group's columns. Returns ``[groups]``."""
+    n = y.shape[0]
+    y = y.reshape(n, groups, -1)
+    pred = pred.reshape(n, groups, -1)
+    sse = ((y - pred) ** 2).sum((0, 2))
+    sst = ((y - y.mean(0)) ** 2).sum((0, 2))
+    return 1.0 - sse / np.maximum(sst, 1e-12)
+
+
+def collect(model: HookedTransformer, params: Any, tokens: jax.Array, names: list[str],
+            chunk: int = 256) -> dict[str, np.ndarray]:
+    """Cached activations ``{name: [B, T, D]}`` (in chunks of ``chunk`` sequences)."""
+    out: dict[str, list] = {n: [] for n in names}
+    for i in range(0, tokens.shape[0], chunk):
+        _, cache = model.run_with_cache(params, tokens[i:i + chunk], names=names)
+        for n in names:
+            out[n].append(np.asarray(cache[n]))
+    return {n: np.concatenate(v) for n, v in out.items()}
+
+
+def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Array, *,
+                  n_train: int = 2048, n_test: int = 1024, alpha: float = 1e-3,
+                  positions_per_seq: int | None = 8) -> dict[str, Any]:
+    """Per-layer linear-probe scores of the true latents (see the module docstring).
+
+    Args:
+      model, params: the trained transformer.
+      task: its language.
+      key: PRNG key for the probe's train and test sequences.
+      n_train, n_test: sequences to fit / score the probes on.
+      alpha: ridge penalty.
+      positions_per_seq: positions per sequence used for ``r2_posterior`` (random, fixed by
+        ``key``; None: all), to keep the regression small.
+
+    Returns:
+      ``{"layers": [labels], label: {"r2_posterior", "r2_posterior_per_latent",
+      "r2_latent_last", "r2_latent_last_per_latent", "acc_latent_last"}, "bayes": {...}}``.
+    """
+    cfg = task.cfg
+    d, K = cfg.n_latents, cfg.n_values
+    k_tr, k_te, k_pos = jax.random.split(key, 3)
+    names = residual_names(model.cfg.n_layers)
+    data = {}
+    for split, k, n in (("train", k_tr, n_train), ("test", k_te, n_test)):
+        b = jax.jit(lambda kk, n=n: sample(task, kk, n, with_posterior=True))(k)
+        acts = collect(model, params, b.tokens, list(names.values()))
+        T = b.tokens.shape[1]
+        if positions_per_seq is None or positions_per_seq >= T:
+            pos = np.broadcast_to(np.arange(T), (n, T))
+        else:
+            u = jax.random.uniform(jax.random.fold_in(k_pos, n), (n * T,)).reshape(n, T)
+            pos = np.argsort(np.asarray(u), axis=1)[:, :positions_per_seq]
+        rows = np.arange(n)[:, None]
+        post = np.asarray(b.posterior)
+        data[split] = {
+            "acts": {lab: acts[h] for lab, h in names.items()},
+            "pos": pos, "rows": rows,
+            "post": post[rows, pos].reshape(-1, d * K),
+            "post_last": post[:, -1].reshape(n, d * K),
+            "z": np.asarray(b.latents),
+            "z_onehot": np.eye(K)[np.asarray(b.latents)].reshape(n, d * K),
+        }
+    tr, te = data["train"], data["test"]
+    out: dict[str, Any] = {"layers": list(names)}
+    for lab in names:
+        a_tr, a_te = tr["acts"][lab], te["acts"][lab]
+        dm = a_tr.shape[-1]
+        x_tr = a_tr[tr["rows"], tr["pos"]].reshape(-1, dm)
+        x_te = a_te[te["rows"], te["pos"]].reshape(-1, dm)
+        p = ridge_fit(x_tr, tr["post"], alpha)
+        r2_post = r2_grouped(te["post"], ridge_predict(p, x_te), d)
+        p = ridge_fit(a_tr[:, -1], tr["z_onehot"], alpha)
+        pred = ridge_predict(p, a_te[:, -1])
+        r2_z = r2_grouped(te["z_onehot"], pred, d)
+        acc = (pred.reshape(-1, d, K).argmax(-1) == te["z"]).mean(0)
+        out[lab] = {"r2_posterior": float(r2_post.mean()),
+                    "r2_posterior_per_latent": r2_post.tolist(),
+                    "r2_latent_last": float(r2_z.mean()),
+                    "r2_latent_last_per_latent": r2_z.tolist(),
+                    "acc_latent_last": float(acc.mean())}
+    # ceilings: the exact posterior itself as the "probe"
+    r2_b = r2_grouped(te["z_onehot"], te["post_last"], d)
+    acc_b = (te["post_last"].reshape(-1, d, K).argmax(-1) == te["z"]).mean(0)
+    prior_acc = (np.asarray(jnp.argmax(prior_marginals(task), -1))[None] == te["z"]).mean(0)
+    out["bayes"] = {"r2_latent_last": float(r2_b.mean()), "acc_latent_last": float(acc_b.mean()),
+                    "prior_acc_latent_last": float(prior_acc.mean())}
+    return out
+
+
+def format_probe_table(res: dict) -> str:
+    """A plain-text table of :func:`probe_latents` results, one row per layer."""
+    head = f"{'layer':8s} {'R2 posterior':>13s} {'R2 z (last)':>12s} {'acc z (last)':>13s}"
+    rows = [head, "-" * len(head)]
+    for lab in res["layers"]:
+        r = res[lab]
+        rows.append(f"{lab:8s} {r['r2_posterior']:13.3f} {r['r2_latent_last']:12.3f} "
+                    f"{r['acc_latent_last']:13.3f}")
+    b = res["bayes"]
+    rows.append(f"{'bayes':8s} {'1.000':>13s} {b['r2_latent_last']:12.3f} "
+                f"{b['acc_latent_last']:13.3f}")
+    return "\n".join(rows)

@@ -1,0 +1,115 @@
+"""LM training: exact resume, learning below unigram, char corpus, probes, the experiment."""
+
+import json
+import runpy
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcrl.lm import probe
+from jaxcrl.lm.tasks import TaskConfig
+from jaxcrl.lm.train import LMTrainConfig, cross_entropy, load, train
+
+CFG = LMTrainConfig.tiny(steps=40, eval_every=10, save_every=20)
+
+
+@pytest.fixture(scope="module")
+def full_run():
+    return train(CFG, progress=False)
+
+
+def test_resume_continues_the_same_loss_curve(full_run, tmp_path):
+    part = train(CFG, tmp_path, stop_at=20, progress=False)
+    assert part.start_step == 0 and len(part.history["loss"]) == 20
+    rest = train(CFG, tmp_path, progress=False)
+    assert rest.start_step == 20 and len(rest.history["loss"]) == 20
+    np.testing.assert_allclose(part.history["loss"], full_run.history["loss"][:20], atol=1e-6)
+    np.testing.assert_allclose(rest.history["loss"], full_run.history["loss"][20:], atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(rest.params),
+                    jax.tree_util.tree_leaves(full_run.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert int(rest.state.step) == 40
+    # the finished run's workdir loads as a model
+    model, params, cfg = load(tmp_path)
+    assert cfg == CFG
+    tok = rest.source and jax.numpy.zeros((2, CFG.context), jax.numpy.int32)
+    np.testing.assert_allclose(model.apply(params, tok), rest.model.apply(rest.params, tok),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="differs"):
+        train(LMTrainConfig.tiny(steps=40, eval_every=10, lr=1e-2), tmp_path, progress=False)
+
+
+def test_history_and_reference(full_run):
+    h = full_run.history
+    assert set(h) >= {"loss", "value_loss", "grad_norm", "lr", "eval_step", "eval_loss",
+                      "eval_value_loss", "eval_gap_value"}
+    np.testing.assert_array_equal(h["eval_step"], [10, 20, 30, 40])
+    ref = full_run.reference
+    assert ref["bayes_value_loss"] < ref["cue_only_value"] < ref["unigram_value"] + 1e-9
+    assert full_run.tokens_per_s > 0
+    assert h["lr"][0] == 0.0 and h["lr"].max() <= CFG.lr + 1e-9
+
+
+def test_tiny_run_learns_well_below_unigram():
+    task = TaskConfig.tiny(n_pairs=8)
+    cfg = LMTrainConfig.tiny(task=task, steps=300, eval_every=300, lr=1e-2, d_model=32,
+                             n_layers=2, batch_size=32)
+    res = train(cfg, progress=False)
+    ref = res.reference
+    final = res.history["eval_value_loss"][-1]
+    # well below the context-free and cue-only predictors, approaching the exact bound
+    assert final < ref["unigram_value"] - 0.1, (final, ref)
+    assert final < ref["cue_only_value"] - 0.05, (final, ref)
+    assert final > ref["bayes_value_loss"] - 0.02
+    assert final - ref["bayes_value_loss"] < 0.1, (final, ref)
+    # probes: the exact posterior is linearly decodable from the last layer, better than
+    # from the token embeddings alone (which cannot pool evidence)
+    pr = probe.probe_latents(res.model, res.params, res.source, jax.random.key(1),
+                             n_train=512, n_test=256)
+    assert pr["layers"] == ["embed", "L0", "L1"]
+    assert pr["L1"]["r2_posterior"] > pr["embed"]["r2_posterior"] + 0.2
+    assert pr["L1"]["r2_posterior"] > 0.6
+    assert pr["bayes"]["acc_latent_last"] >= pr["L1"]["acc_latent_last"] - 0.05
+
+
+def test_char_corpus_run(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("abcabcabd " * 300)
+    cfg = LMTrainConfig.for_corpus(path, seq_len=16, d_model=32, n_layers=1, n_heads=2,
+                                   steps=60, batch_size=16, lr=1e-2, warmup=5, eval_every=60,
+                                   eval_batch=64)
+    res = train(cfg, progress=False)
+    assert res.history["eval_loss"][-1] < res.reference["unigram_all"] - 0.4
+
+
+def test_cross_entropy_checks_shapes():
+    with pytest.raises(ValueError, match="logits"):
+        cross_entropy(logits=np.zeros((2, 3)), targets=np.zeros((2, 3), int))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="vocab_size"):
+        LMTrainConfig(model=LMTrainConfig().model, task=TaskConfig(n_values=4))
+    assert LMTrainConfig(task=TaskConfig(n_values=4)).model.vocab_size == 1 + 5 + 20
+    with pytest.raises(ValueError, match="steps"):
+        LMTrainConfig.tiny(steps=0)
+
+
+def test_train_lm_experiment_writes_results(tmp_path, monkeypatch):
+    out = tmp_path / "lm"
+    monkeypatch.setattr(sys, "argv", [
+        "train_lm.py", "--tiny", "--steps", "40", "--eval-every", "20", "--probe-train", "256",
+        "--probe-test", "128", "--no-progress", "--out", str(out)])
+    runpy.run_path("experiments/train_lm.py", run_name="__main__")
+    res = json.loads((out / "results.json").read_text())
+    m = res["methods"]["transformer"]
+    for k in ("final_loss", "bayes_loss", "unigram_loss", "cue_only_loss", "tokens_per_s",
+              "mfu", "wall_s"):
+        assert k in m, k
+    assert set(res["probes"]["layers"]) == {"embed", "L0"}
+    assert (out / "loss_curve.png").stat().st_size > 0
+    assert (out / "probes.png").stat().st_size > 0
+    model, params, cfg = load(out / "ckpt")
+    assert cfg.steps == 40
