@@ -47,7 +47,7 @@ from jaxcrl.sae.source import (
 from jaxcrl.sae.toy import ToyConfig, direction_mcc, make_toy, max_cos, mmcs
 from jaxcrl.sae.toy import generator as toy_generator
 from jaxcrl.sae.toy import sample as toy_sample
-from jaxcrl.sae.train import (
+from jaxcrl.sae.training import (
     HParams,
     SAEState,
     TrainResult,

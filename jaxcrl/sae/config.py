@@ -25,7 +25,7 @@ class SAEConfig:
       bandwidth: width ε of the rectangle kernel of JumpReLU's straight-through estimator.
       threshold_init: initial JumpReLU threshold.
       aux_k: latents used by the AuxK dead-latent loss (0 turns it off); ``None`` means
-        ``d_in // 2``. Used by every architecture (see :mod:`jaxcrl.sae.train`).
+        ``d_in // 2``. Used by every architecture (see :mod:`jaxcrl.sae.training`).
       aux_coefficient: weight α of the AuxK loss (Gao et al.: 1/32).
       dead_tokens: a latent is dead once it has not fired for this many training tokens.
       lr: Adam learning rate; ``adam_b1``, ``adam_b2``, ``adam_eps`` its other settings.

@@ -11,7 +11,7 @@ Kinds:
 - :func:`array_source`: an in-memory array ``[n, d_in]``, rows drawn uniformly by key.
 - :func:`npy_source`: a ``.npy`` file, memory-mapped; up to ``max_rows`` rows (a random
   subset drawn by key when the file is larger) are moved to the device. ``refresh(key)``
-  draws a new subset; :func:`jaxcrl.sae.train.train` calls it every ``refresh_every`` steps.
+  draws a new subset; :func:`jaxcrl.sae.training.train` calls it every ``refresh_every`` steps.
 - :func:`generator_source`: ``gen(key) -> [g, d_in]`` producing activations on device
   (a toy model, or a transformer through :func:`transformer_generator`), optionally through
   a shuffled buffer of ``buffer_size`` rows: each step writes the ``g`` new rows at random
