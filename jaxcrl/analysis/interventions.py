@@ -119,21 +119,23 @@ def belief_shift(p: jax.Array, q: jax.Array) -> jax.Array:
     return 0.5 * jnp.abs(p - q).sum(-1)
 
 
-def effect_matrix(beliefs_fn: Callable[[jax.Array], jax.Array], deltas: jax.Array,
-                  baseline: jax.Array) -> jax.Array:
+def effect_matrix(beliefs_fn: Callable, edits, baseline: jax.Array) -> jax.Array:
     """``E[i, j]``: mean belief shift of latent ``j`` under the edits of latent ``i``.
 
     Args:
-      beliefs_fn: ``delta [D] -> beliefs [B, d, K]`` (e.g. :func:`latent_beliefs` with an
-        ``add_vector(delta)`` hook at the chosen hook point); vmapped over the edits.
-      deltas: ``[d, n_edits, D]`` edits per latent (e.g. :func:`steering_deltas`).
+      beliefs_fn: ``edit -> beliefs [B, d, K]`` (e.g. :func:`latent_beliefs` with an
+        ``add_vector(delta)`` hook at the chosen hook point), mapped over the edits.
+      edits: a pytree whose leaves have leading axes ``[d, n_edits]`` (edits per latent),
+        e.g. the ``[d, K, D]`` deltas of :func:`steering_deltas`.
       baseline: ``[B, d, K]`` beliefs without an edit.
 
     Returns:
       ``[d, d]`` effects (diagonal: the edited latent's own shift).
     """
-    d, n, dim = deltas.shape
-    beliefs = jax.lax.map(beliefs_fn, deltas.reshape(d * n, dim))  # [d n, B, d, K]
+    leaves = jax.tree.leaves(edits)
+    d, n = leaves[0].shape[:2]
+    flat = jax.tree.map(lambda a: a.reshape(d * n, *a.shape[2:]), edits)
+    beliefs = jax.lax.map(beliefs_fn, flat)  # [d n, B, d, K]
     shift = belief_shift(beliefs, baseline[None])  # [d n, B, d]
     return shift.mean(1).reshape(d, n, -1).mean(1)
 
