@@ -133,6 +133,7 @@ def plot_probes(pr: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     x = np.arange(len(pr["layers"]))
     for key, label in (("r2_posterior", "R² posterior (all positions)"),
+                       ("r2_cued", "R² cued variable's posterior"),
                        ("r2_latent_last", "R² true z (last position)"),
                        ("acc_latent_last", "accuracy true z (last)")):
         ax.plot(x, [pr[lab][key] for lab in pr["layers"]], "o-", label=label)

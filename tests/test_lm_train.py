@@ -71,6 +71,7 @@ def test_tiny_run_learns_well_below_unigram():
     assert pr["layers"] == ["embed", "L0", "L1"]
     assert pr["L1"]["r2_posterior"] > pr["embed"]["r2_posterior"] + 0.2
     assert pr["L1"]["r2_posterior"] > 0.6
+    assert pr["L1"]["r2_cued"] > 0.8 > pr["embed"]["r2_cued"]
     assert pr["bayes"]["acc_latent_last"] >= pr["L1"]["acc_latent_last"] - 0.05
 
 

@@ -9,6 +9,9 @@ sequences and scored on another (out of sample), for the residual stream after t
 - ``r2_posterior``: R² of the posterior marginals decoded from the residual at every position
   (per latent, the K probabilities together; mean over latents): does layer ``l`` represent
   what the Bayes-optimal predictor knows?
+- ``r2_cued``: R² of the posterior of the *cued* variable at cue positions (one probe per
+  variable, fitted where the cue asks about it): the part of the posterior the next token
+  depends on.
 - ``r2_latent_last``: R² of the one-hot true latents decoded at the last position;
   ``acc_latent_last``: accuracy of the probe's argmax there. Their ceilings are the Bayes
   posterior's own scores (``bayes_r2_latent_last``, ``bayes_acc_latent_last``): nothing in
@@ -98,7 +101,7 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
         ``key``; None: all), to keep the regression small.
 
     Returns:
-      ``{"layers": [labels], label: {"r2_posterior", "r2_posterior_per_latent",
+      ``{"layers": [labels], label: {"r2_posterior", "r2_posterior_per_latent", "r2_cued",
       "r2_latent_last", "r2_latent_last_per_latent", "acc_latent_last"}, "bayes": {...}}``.
     """
     cfg = task.cfg
@@ -106,14 +109,14 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
     k_tr, k_te, k_pos = jax.random.split(key, 3)
     names = residual_names(model.cfg.n_layers)
     data = {}
-    for split, k, n in (("train", k_tr, n_train), ("test", k_te, n_test)):
+    for s_i, (split, k, n) in enumerate((("train", k_tr, n_train), ("test", k_te, n_test))):
         b = jax.jit(lambda kk, n=n: sample(task, kk, n, with_posterior=True))(k)
         acts = collect(model, params, b.tokens, list(names.values()))
         T = b.tokens.shape[1]
         if positions_per_seq is None or positions_per_seq >= T:
             pos = np.broadcast_to(np.arange(T), (n, T))
         else:
-            u = jax.random.uniform(jax.random.fold_in(k_pos, n), (n * T,)).reshape(n, T)
+            u = jax.random.uniform(jax.random.fold_in(k_pos, s_i), (n * T,)).reshape(n, T)
             pos = np.argsort(np.asarray(u), axis=1)[:, :positions_per_seq]
         rows = np.arange(n)[:, None]
         post = np.asarray(b.posterior)
@@ -124,6 +127,11 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
             "post_last": post[:, -1].reshape(n, d * K),
             "z": np.asarray(b.latents),
             "z_onehot": np.eye(K)[np.asarray(b.latents)].reshape(n, d * K),
+            # cue positions t = 1, 3, ...: the cued variable and its posterior [n, T/2, K]
+            "cue": np.asarray(b.tokens[:, 1::2]) - 1,
+            "post_cued": np.take_along_axis(
+                post[:, 1::2], (np.asarray(b.tokens[:, 1::2]) - 1)[:, :, None, None],
+                axis=2)[:, :, 0],
         }
     tr, te = data["train"], data["test"]
     out: dict[str, Any] = {"layers": list(names)}
@@ -138,7 +146,15 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
         pred = ridge_predict(p, a_te[:, -1])
         r2_z = r2_grouped(te["z_onehot"], pred, d)
         acc = (pred.reshape(-1, d, K).argmax(-1) == te["z"]).mean(0)
-        out[lab] = {"r2_posterior": float(r2_post.mean()),
+        r2_cued = []
+        for i in range(d):  # one probe per variable, fitted where the cue asks about it
+            m_tr, m_te = tr["cue"] == i, te["cue"] == i
+            p = ridge_fit(a_tr[:, 1::2][m_tr], tr["post_cued"][m_tr], alpha)
+            r2_cued.append(r2_grouped(te["post_cued"][m_te],
+                                      ridge_predict(p, a_te[:, 1::2][m_te]), 1)[0])
+        out[lab] = {"r2_cued": float(np.mean(r2_cued)),
+                    "r2_cued_per_latent": [float(v) for v in r2_cued],
+                    "r2_posterior": float(r2_post.mean()),
                     "r2_posterior_per_latent": r2_post.tolist(),
                     "r2_latent_last": float(r2_z.mean()),
                     "r2_latent_last_per_latent": r2_z.tolist(),
@@ -154,13 +170,14 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
 
 def format_probe_table(res: dict) -> str:
     """A plain-text table of :func:`probe_latents` results, one row per layer."""
-    head = f"{'layer':8s} {'R2 posterior':>13s} {'R2 z (last)':>12s} {'acc z (last)':>13s}"
+    head = (f"{'layer':8s} {'R2 posterior':>13s} {'R2 cued':>8s} {'R2 z (last)':>12s} "
+            f"{'acc z (last)':>13s}")
     rows = [head, "-" * len(head)]
     for lab in res["layers"]:
         r = res[lab]
-        rows.append(f"{lab:8s} {r['r2_posterior']:13.3f} {r['r2_latent_last']:12.3f} "
-                    f"{r['acc_latent_last']:13.3f}")
+        rows.append(f"{lab:8s} {r['r2_posterior']:13.3f} {r['r2_cued']:8.3f} "
+                    f"{r['r2_latent_last']:12.3f} {r['acc_latent_last']:13.3f}")
     b = res["bayes"]
-    rows.append(f"{'bayes':8s} {'1.000':>13s} {b['r2_latent_last']:12.3f} "
+    rows.append(f"{'bayes':8s} {'1.000':>13s} {'1.000':>8s} {b['r2_latent_last']:12.3f} "
                 f"{b['acc_latent_last']:13.3f}")
     return "\n".join(rows)
