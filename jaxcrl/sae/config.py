@@ -19,7 +19,7 @@ class SAEConfig:
       d_in: width of the activations.
       d_sae: number of latents.
       k: active latents per example for ``topk`` (per example on average for ``batchtopk``).
-        In a sweep over ``k`` this is the static upper bound; the per-run ``k`` is traced.
+        In a sweep over ``k`` the per-run value is traced (:class:`~jaxcrl.sae.training.HParams`).
       l1_coefficient: weight of the norm-weighted L1 penalty (``relu``).
       l0_coefficient: weight of the L0 penalty (``jumprelu``).
       bandwidth: width ε of the rectangle kernel of JumpReLU's straight-through estimator.

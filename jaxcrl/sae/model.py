@@ -16,9 +16,9 @@ the SAELens layout, so export is a rename-free copy. The encoder computes
   (rectangle kernel of bandwidth ε), penalty ``L0 = Σ_i H(pre_i − θ_i)`` (Rajamanoharan
   et al. 2024, Gemma Scope).
 
-TopK selection is dense: the k-th largest value of each row (``lax.top_k`` over a static
-upper bound, indexed by a possibly traced ``k``) is used as a per-row threshold, so there
-is no scatter and ``k`` can differ across vmapped runs of a sweep.
+TopK selection is dense: the exact k-th largest value of each row
+(:func:`kth_largest_nonneg`, a bitwise binary search) is a per-row threshold, so there is no
+sort, gather or scatter, and ``k`` can be traced (different across vmapped runs of a sweep).
 """
 
 from __future__ import annotations
@@ -163,23 +163,42 @@ def pre_activations(params: Params, x: jax.Array, cfg: SAEConfig) -> jax.Array:
     return x @ params["W_enc"] + params["b_enc"]
 
 
-def topk_mask(pre: jax.Array, k: jax.Array | int, k_max: int) -> jax.Array:
-    """Boolean ``[batch, d_sae]``: each row's ``k`` largest entries (``k <= k_max`` static).
+def kth_largest_nonneg(a: jax.Array, k: jax.Array | int) -> jax.Array:
+    """Exact k-th largest value of each row of a non-negative ``a`` ``[rows, n]`` -> ``[rows]``.
 
-    Uses the k-th largest value of each row as a threshold (dense, no scatter); ``k`` may
-    be traced.
+    A bitwise binary search: non-negative float32 values order like their int32 bit
+    patterns, so 31 passes of ``count(bits >= candidate) >= k`` fix the answer's bits from
+    the highest down. Dense compare-and-count only (no sort, no gather, no scatter); ``k``
+    may be traced. On CPU this is several times faster than ``lax.top_k`` or a sort for
+    wide rows (4096 x 4096, k 32: about 0.5 s against 2.5 s). Returns 0 when fewer than
+    ``k`` entries are positive.
     """
-    vals = jax.lax.top_k(pre, k_max)[0]
-    thr = jnp.take(vals, jnp.asarray(k) - 1, axis=1)
-    return pre >= jax.lax.stop_gradient(thr)[:, None]
+    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(a), jnp.int32)
+    k = jnp.asarray(k, jnp.int32)
+
+    def body(i, lo):
+        cand = lo | jnp.left_shift(jnp.int32(1), 30 - i)
+        ok = (bits >= cand[:, None]).sum(1) >= k
+        return jnp.where(ok, cand, lo)
+
+    lo = jax.lax.fori_loop(0, 31, body, jnp.zeros(a.shape[:1], jnp.int32))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
-def batch_topk_mask(acts: jax.Array, k: jax.Array | int, k_max: int) -> jax.Array:
-    """Boolean ``[batch, d_sae]``: the ``k·batch`` largest entries of the whole batch."""
-    b = acts.shape[0]
-    vals = jax.lax.top_k(acts.reshape(-1), k_max * b)[0]
-    thr = jnp.take(vals, jnp.asarray(k) * b - 1)
-    return acts >= jax.lax.stop_gradient(thr)
+def topk_mask(acts: jax.Array, k: jax.Array | int) -> jax.Array:
+    """Boolean ``[batch, d_sae]``: each row's ``k`` largest entries of ``acts >= 0``.
+
+    Entries equal to 0 are never selected (so a row has fewer than ``k`` when fewer are
+    positive); ``k`` may be traced.
+    """
+    thr = kth_largest_nonneg(acts, k)
+    return (acts >= thr[:, None]) & (acts > 0)
+
+
+def batch_topk_mask(acts: jax.Array, k: jax.Array | int) -> jax.Array:
+    """Boolean ``[batch, d_sae]``: the ``k·batch`` largest positive entries of the batch."""
+    thr = kth_largest_nonneg(acts.reshape(1, -1), jnp.asarray(k) * acts.shape[0])[0]
+    return (acts >= thr) & (acts > 0)
 
 
 def activate(params: Params, pre: jax.Array, cfg: SAEConfig, *, k: Any = None,
@@ -187,8 +206,7 @@ def activate(params: Params, pre: jax.Array, cfg: SAEConfig, *, k: Any = None,
     """Latents from pre-activations ``[batch, d_sae]`` for ``cfg.architecture``.
 
     Args:
-      k: traced or static number of active latents for the TopK kinds (default ``cfg.k``,
-        which must bound it).
+      k: traced or static number of active latents for the TopK kinds (default ``cfg.k``).
       inference: BatchTopK uses its fixed threshold ``params["threshold"]`` instead of the
         batch-level top-k.
     """
@@ -198,11 +216,11 @@ def activate(params: Params, pre: jax.Array, cfg: SAEConfig, *, k: Any = None,
     if arch == "relu":
         return acts
     if arch == "topk":
-        return jnp.where(topk_mask(pre, k, cfg.k), acts, 0.0)
+        return jnp.where(topk_mask(acts, k), acts, 0.0)
     if arch == "batchtopk":
         if inference:
             return jnp.where(acts > params["threshold"], acts, 0.0)
-        return jnp.where(batch_topk_mask(acts, k, cfg.k) & (acts > 0), acts, 0.0)
+        return jnp.where(batch_topk_mask(acts, k), acts, 0.0)
     if arch == "jumprelu":
         return jumprelu(acts, params["threshold"], jnp.asarray(cfg.bandwidth, acts.dtype))
     raise ValueError(f"unknown architecture {arch!r}")

@@ -48,7 +48,7 @@ class HParams(NamedTuple):
     """Traced hyper-parameters of one run (a leading ``[runs]`` axis in a sweep).
 
     Attributes:
-      k: active latents (TopK kinds), int32, ``<= cfg.k``.
+      k: active latents (TopK kinds), int32.
       coefficient: L1 (``relu``) or L0 (``jumprelu``) coefficient, float32.
       lr: peak learning rate, float32.
     """
@@ -164,30 +164,30 @@ def auxk_loss(params: dict, pre: jax.Array, residual: jax.Array, dead: jax.Array
     ``min(n_dead/aux_k, 1) · mean_b ‖ê − e‖²``.
     """
     n_dead = dead.sum()
-    masked = jnp.where(dead, pre, -jnp.inf)
-    thr = jax.lax.top_k(masked, aux_k)[0][:, -1]
-    sel = dead & (masked >= jax.lax.stop_gradient(thr)[:, None])
-    z_aux = jnp.where(sel, jax.nn.relu(pre), 0.0)
+    acts = jnp.where(dead, jax.nn.relu(pre), 0.0)
+    z_aux = jnp.where(sae_model.topk_mask(acts, aux_k), acts, 0.0)
     e_hat = z_aux @ params["W_dec"]
     scale = jnp.minimum(n_dead / aux_k, 1.0)
     return scale * jnp.mean(jnp.sum((e_hat - residual) ** 2, -1))
 
 
 def loss_fn(params: dict, x: jax.Array, *, cfg: SAEConfig, k: jax.Array,
-            coefficient: jax.Array, dead: jax.Array) -> tuple[jax.Array, dict]:
-    """Training loss of one SAE on normalised ``x`` ``[batch, d_in]`` and its parts."""
+            coefficient: jax.Array, dead: jax.Array, with_aux: bool = True
+            ) -> tuple[jax.Array, dict]:
+    """Training loss of one SAE on normalised ``x`` ``[batch, d_in]`` and its parts.
+
+    ``with_aux=False`` leaves the AuxK term out (it is exactly 0 when no latent is dead).
+    """
     x_hat, aux = sae_model.forward(params, x, cfg, k=k)
     pre, z = aux["pre"], aux["z"]
     err = jnp.sum((x_hat - x) ** 2, -1)
     mse = err.mean()
     sparsity = sae_model.sparsity_penalty(params, pre, z, cfg).mean()
     loss = mse + coefficient * sparsity
-    aux_k = cfg.effective_aux_k
     aux_loss = jnp.float32(0.0)
-    if aux_k > 0 and cfg.aux_coefficient > 0:
+    if with_aux and _uses_aux(cfg):
         residual = jax.lax.stop_gradient(x - x_hat)
-        aux_loss = jax.lax.cond(dead.any(), lambda: auxk_loss(params, pre, residual, dead, aux_k),
-                                lambda: jnp.float32(0.0))
+        aux_loss = auxk_loss(params, pre, residual, dead, cfg.effective_aux_k)
         loss = loss + cfg.aux_coefficient * aux_loss
     centered = jnp.sum((x - x.mean(0)) ** 2)
     return loss, {"z": z, "mse": mse / cfg.d_in, "fvu": err.sum() / centered,
@@ -198,17 +198,36 @@ def _unit_rows(w: jax.Array) -> jax.Array:
     return w / jnp.maximum(jnp.linalg.norm(w, axis=1, keepdims=True), 1e-12)
 
 
+def _uses_aux(cfg: SAEConfig) -> bool:
+    return cfg.effective_aux_k > 0 and cfg.aux_coefficient > 0
+
+
+def _any_dead(state: SAEState, cfg: SAEConfig) -> jax.Array:
+    return (state.since_fired >= cfg.dead_tokens).any()
+
+
 def update(state: SAEState, x: jax.Array, cfg: SAEConfig) -> tuple[SAEState, dict]:
     """One training step of one SAE on raw activations ``x`` ``[batch, d_in]``.
+
+    The AuxK term is computed only while some latent is dead (``lax.cond``).
 
     Returns the new state and scalar metrics: ``mse`` (per element, normalised space),
     ``fvu``, ``l0``, ``dead_frac``, ``loss``, ``aux_loss``.
     """
+    if not _uses_aux(cfg):
+        return _update(state, x, cfg, False)
+    return jax.lax.cond(_any_dead(state, cfg), lambda s: _update(s, x, cfg, True),
+                        lambda s: _update(s, x, cfg, False), state)
+
+
+def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
+            ) -> tuple[SAEState, dict]:
     xn = x * state.act_scale
     dead = state.since_fired >= cfg.dead_tokens
     coef = coefficient_at(cfg, state.hp.coefficient, state.step)
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, xn, cfg=cfg, k=state.hp.k, coefficient=coef, dead=dead)
+        state.params, xn, cfg=cfg, k=state.hp.k, coefficient=coef, dead=dead,
+        with_aux=with_aux)
     params = state.params
     if cfg.unit_norm_decoder:
         w, g = params["W_dec"], grads["W_dec"]
@@ -241,12 +260,18 @@ def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False
               ) -> Callable[[tuple, jax.Array], tuple[tuple, dict]]:
     """Pure ``step((source_state, sae_state), key) -> (carry, metrics)`` for ``train.run``.
 
-    With ``sweep`` the SAE state has a leading run axis and :func:`update` is vmapped over it
-    while the activation batch (drawn once from ``key``) is shared.
+    With ``sweep`` the SAE state has a leading run axis and the update is vmapped over it
+    while the activation batch (drawn once from ``key``) is shared. The AuxK branch is
+    chosen outside the vmap (taken when any run has a dead latent), so runs without dead
+    latents do not pay for it.
     """
-    upd = lambda s, x: update(s, x, cfg)
-    if sweep:
-        upd = jax.vmap(upd, in_axes=(0, None))
+    if not sweep:
+        upd = lambda s, x: update(s, x, cfg)
+    else:
+        plain = jax.vmap(lambda s, x: _update(s, x, cfg, False), in_axes=(0, None))
+        with_aux = jax.vmap(lambda s, x: _update(s, x, cfg, True), in_axes=(0, None))
+        upd = plain if not _uses_aux(cfg) else (
+            lambda s, x: jax.lax.cond(_any_dead(s, cfg), with_aux, plain, s, x))
 
     def step(carry, key):
         src, sae = carry
