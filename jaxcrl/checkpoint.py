@@ -388,7 +388,12 @@ def load(
     empty = meta.get("empty_leaves", {})
     try:
         if target is None:
-            state = checkpointer.restore(path / _STATE_DIR)
+            # Restore onto this process's default device whatever the saving machine was
+            # (a GPU checkpoint must load on a CPU laptop): the target comes from the
+            # stored shapes and dtypes, with a local sharding.
+            tree = checkpointer.metadata(path / _STATE_DIR)
+            tree = getattr(tree, "item_metadata", tree)
+            state = checkpointer.restore(path / _STATE_DIR, _abstract(tree))
         else:
             stashed, _ = _stash_empty(_abstract(target))
             state = checkpointer.restore(path / _STATE_DIR, stashed)
@@ -450,13 +455,17 @@ def _unstash_empty(tree: Any, empty: Mapping[str, Any]) -> Any:
 
 
 def _abstract(target: Any) -> Any:
-    """Shape/dtype skeleton of ``target`` (arrays, scalars or ShapeDtypeStructs)."""
+    """Shape/dtype skeleton of ``target`` (arrays, scalars, ShapeDtypeStructs or orbax array
+    metadata) placed on this process's default device: a checkpoint saved on another
+    topology (GPU, TPU) restores here."""
+
+    local = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
     def leaf(x):
-        if isinstance(x, jax.ShapeDtypeStruct):
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is not None:
             return x
-        x = x if hasattr(x, "dtype") else np.asarray(x)
-        return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+        x = x if hasattr(x, "dtype") and hasattr(x, "shape") else np.asarray(x)
+        return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=local)
 
     return jax.tree_util.tree_map(leaf, target)
 

@@ -245,3 +245,24 @@ def test_zero_size_arrays_round_trip(tmp_path):
         assert restored["empty"].shape == (4, 0)
         assert restored["nested"][0].shape == (0,) and restored["nested"][0].dtype == np.int32
         np.testing.assert_array_equal(restored["w"], np.ones(3))
+
+
+@pytest.mark.parametrize("with_target", [False, True])
+def test_checkpoint_saved_on_a_gpu_loads_on_this_cpu(tmp_path, with_target):
+    # A checkpoint from a GPU machine records its arrays' device ("cuda:0"); loading it
+    # here must place them on the local device, with or without a target.
+    state = _state()
+    path = tmp_path / "ck"
+    ckpt.save(path, state, config=Cfg(), kind="test")
+    sharding = path / "state" / "_sharding"
+    text = sharding.read_text()
+    entries = {k: json.loads(v) for k, v in json.loads(text).items()}
+    assert entries, "orbax wrote no sharding metadata"
+    for v in entries.values():
+        v["device_str"] = "cuda:0"
+    sharding.write_text(json.dumps({k: json.dumps(v) for k, v in entries.items()}))
+    ckpt._write_manifest(path)  # the edit stands in for a genuine foreign checkpoint
+    target = jax.eval_shape(lambda: state) if with_target else None
+    out = ckpt.load(path, kind="test", target=target).state
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(out), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
