@@ -143,3 +143,21 @@ def direction_mcc(w_dec: jax.Array, directions: jax.Array) -> float:
 def max_cos(w_dec: jax.Array, directions: jax.Array) -> np.ndarray:
     """``[n_features]`` best |cos| of each true direction (for histograms)."""
     return _cos(w_dec, directions).max(1)
+
+
+def evaluate_recovery(params: dict, cfg, toy: Toy, key: jax.Array, *, rows: int = 16384
+                      ) -> dict:
+    """Recovery and SAE metrics of params on raw toy activations (``rows`` fresh samples).
+
+    Returns ``{"mmcs", "mcc", "l0", "mse", "fvu", "dead_fraction", "dense_fraction",
+    "max_cos" [n_features], "density" [d_sae]}``; ``mcc`` is :func:`direction_mcc`.
+    """
+    from jaxcrl.sae.evaluate import evaluate
+
+    x, _ = sample(toy, key, rows)
+    m = evaluate(params, x, cfg)
+    return {"mmcs": mmcs(params["W_dec"], toy.directions),
+            "mcc": direction_mcc(params["W_dec"], toy.directions),
+            "l0": m["l0"], "mse": m["mse"], "fvu": m["fvu"],
+            "dead_fraction": m["dead_fraction"], "dense_fraction": m["dense_fraction"],
+            "max_cos": max_cos(params["W_dec"], toy.directions), "density": m["density"]}
