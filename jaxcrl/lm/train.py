@@ -278,14 +278,19 @@ def make_train_step(cfg: LMTrainConfig, source: Task | CharCorpus):
 
 def make_eval_fn(cfg: LMTrainConfig, heldout: Task | CharCorpus, key: jax.Array):
     """``eval_fn(params) -> metrics`` on a fixed held-out batch, and that batch's reference
-    losses (``bayes_*`` for tasks: the exact Bayes-optimal loss on the same sequences)."""
+    losses (tasks: ``bayes_*`` the exact Bayes-optimal loss on the same sequences, and
+    ``graph_blind_*`` that of the exact predictor that ignores the dependence between latents,
+    see :func:`jaxcrl.lm.tasks.independent`)."""
     model = HookedTransformer(cfg.model)
     batch = jax.jit(lambda k: draw(heldout, k, cfg.eval_batch, cfg.context))(key)
     ref: dict[str, float] = {}
     if isinstance(heldout, Task):
         nll = bayes_loss(heldout, tokens=batch.tokens, targets=batch.targets)
+        blind = bayes_loss(independent(heldout), tokens=batch.tokens, targets=batch.targets)
         ref = {"bayes_loss": float(nll.mean()),
-               "bayes_value_loss": float(masked_mean(nll, batch.value_mask))}
+               "bayes_value_loss": float(masked_mean(nll, batch.value_mask)),
+               "graph_blind_loss": float(blind.mean()),
+               "graph_blind_value_loss": float(masked_mean(blind, batch.value_mask))}
 
     @jax.jit
     def eval_fn(params):
