@@ -15,9 +15,14 @@ from jaxcrl.analysis import (
     steering_deltas,
 )
 from jaxcrl.lm import HookedTransformer, TransformerConfig, add_vector
+from jaxcrl.lm.tasks import TaskConfig
+from jaxcrl.scm import GraphConfig
 
 D_LAT, K = 3, 2
 HOOK = "blocks.0.hook_resid_post"
+# the planted model speaks the shared-value layout: value k is token 1 + d + k
+TASK = TaskConfig(n_latents=D_LAT, n_values=K, graph=GraphConfig(kind="chain"),
+                  value_vocab="shared")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +85,11 @@ def _effects(model):
     acts = model._resid(tokens)
     w = jnp.eye(D_LAT * K)  # the readout is known by construction: coordinate = logit
     deltas = steering_deltas(w, n_latents=D_LAT, n_values=K, scale=3.0)
-    base = latent_beliefs(model, None, tokens, n_latents=D_LAT, n_values=K)
+    base = latent_beliefs(model, None, tokens, task_cfg=TASK)
 
     def beliefs(delta):
         hook = add_vector(delta)
-        return latent_beliefs(model, None, tokens, n_latents=D_LAT, n_values=K,
-                              hooks={HOOK: hook})
+        return latent_beliefs(model, None, tokens, task_cfg=TASK, hooks={HOOK: hook})
 
     assert acts.shape == (64, D_LAT * K)
     return effect_matrix(beliefs, deltas, base)
@@ -141,7 +145,7 @@ def test_latent_beliefs_match_per_cue_forwards():
     model = HookedTransformer(cfg)
     params = model.init(jax.random.key(3))
     tokens = _tokens(jax.random.key(4), b=5)
-    p = np.asarray(latent_beliefs(model, params, tokens, n_latents=D_LAT, n_values=K))
+    p = np.asarray(latent_beliefs(model, params, tokens, task_cfg=TASK))
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
     for j in range(D_LAT):
         t = tokens.at[:, -1].set(1 + j)

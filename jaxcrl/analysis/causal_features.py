@@ -150,7 +150,7 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
     from jaxcrl.crl.evaluate import score_fit
     from jaxcrl.sae.config import SAEConfig
     from jaxcrl.sae.source import array_source
-    from jaxcrl.sae.train import train as train_sae
+    from jaxcrl.sae.training import train as train_sae
 
     t_start = time.perf_counter()
     tc = task.cfg
@@ -176,11 +176,11 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
 
     out: dict[str, Any] = {"layers": labels, "_arrays": {"adj": adj}}
     steer_tokens = batch.tokens[-cfg.n_steer:]
-    base = latent_beliefs(model, params, steer_tokens, n_latents=d, n_values=K)
+    base = latent_beliefs(model, params, steer_tokens, task_cfg=tc)
 
     def beliefs_with(hook_name):
         def fn(hook):
-            return latent_beliefs(model, params, steer_tokens, n_latents=d, n_values=K,
+            return latent_beliefs(model, params, steer_tokens, task_cfg=tc,
                                   hooks={hook_name: hook})
         return jax.jit(fn)
 

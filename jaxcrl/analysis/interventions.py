@@ -36,7 +36,7 @@ from jaxcrl.metrics import edge_auroc, shd
 from jaxcrl.scm.graphs import transitive_closure
 
 
-def latent_beliefs(model, params, tokens: jax.Array, *, n_latents: int, n_values: int,
+def latent_beliefs(model, params, tokens: jax.Array, *, task_cfg,
                    hooks: dict | None = None) -> jax.Array:
     """The model's predictive of every latent after ``tokens``.
 
@@ -46,24 +46,28 @@ def latent_beliefs(model, params, tokens: jax.Array, *, n_latents: int, n_values
       params: its parameters.
       tokens: ``[B, T]`` latent-language inputs whose last token is a cue position
         (``T`` even); the last token is replaced by the cue of each latent in turn.
-      n_latents, n_values: ``d`` and ``K`` of the language (token ids as in
-        :mod:`jaxcrl.lm.tasks`: cue ``z_j?`` is ``1 + j``, value ``k`` is ``1 + d + k``).
+      task_cfg: the language's :class:`jaxcrl.lm.tasks.TaskConfig` (token ids: cue ``z_j?``
+        is ``cue_token(cfg, j)``, the values of ``z_j`` are ``value_token(cfg, j, k)``).
       hooks: optional ``run_with_hooks`` hooks applied in every forward.
 
     Returns:
-      ``[B, d, K]`` probabilities ``p(next = value k | prefix, cue z_j?)`` renormalised over
-      the ``K`` value tokens.
+      ``[B, d, K]`` probabilities ``p(next = value k of z_j | prefix, cue z_j?)``
+      renormalised over the ``K`` values of ``z_j``.
     """
+    from jaxcrl.lm.tasks import cue_token, value_token
+
     tokens = jnp.asarray(tokens, jnp.int32)
     b, t = tokens.shape
-    d, k = n_latents, n_values
-    cues = 1 + jnp.arange(d, dtype=jnp.int32)
+    d, k = task_cfg.n_latents, task_cfg.n_values
+    cues = jnp.asarray(cue_token(task_cfg, jnp.arange(d)), jnp.int32)
     toks = jnp.broadcast_to(tokens[None], (d, b, t)).at[:, :, -1].set(cues[:, None])
     toks = toks.reshape(d * b, t)
     logits = (model.run_with_hooks(params, toks, hooks=hooks) if hooks
               else model.apply(params, toks))
-    values = logits[:, -1, 1 + d:1 + d + k]
-    return jax.nn.softmax(values, -1).reshape(d, b, k).transpose(1, 0, 2)
+    last = logits[:, -1].reshape(d, b, -1)  # [d, B, V]
+    ids = value_token(task_cfg, jnp.arange(d)[:, None], jnp.arange(k)[None, :])  # [d, K]
+    values = jnp.take_along_axis(last, jnp.broadcast_to(ids[:, None], (d, b, k)), axis=-1)
+    return jax.nn.softmax(values, -1).transpose(1, 0, 2)
 
 
 def probe_readout(acts: jax.Array, targets: jax.Array, *, ridge: float = 1e-3
