@@ -139,3 +139,4 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     assert resumed.history["mse"].shape == (20,)
     np.testing.assert_allclose(resumed.state.params["W_dec"], full.state.params["W_dec"],
                                rtol=1e-5, atol=1e-6)
+
