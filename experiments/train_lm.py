@@ -4,12 +4,14 @@ Command::
 
     python experiments/train_lm.py --out out/train_lm
 
-Expected runtime: about 8 minutes on 2 CPU cores (default: 5 binary-ish latents with 3
-values on a random DAG, 16 noisy (cue, value) pairs per sequence; a 2-layer, width-64
-transformer; 3000 steps of 64 sequences). Expected result: held-out loss on value positions
-within 0.05 nats/token of the exact Bayes-optimal loss, far below the unigram loss and below
-a predictor that pools each latent's own reports but ignores the causal graph; residual
-probes decode the Bayes posterior increasingly well with depth.
+Expected runtime: about 4-5 minutes on 2 CPU cores (default: 5 latents with 3 values on a
+random DAG, 16 noisy (cue, value) pairs per sequence; a 2-layer, width-64 transformer (103k
+parameters); 3000 steps of 64 sequences, 6.1M tokens). Expected result: held-out loss on value
+positions within about 0.01 nats/token of the exact Bayes-optimal loss (bar: 0.05), far below
+the unigram and cue-only losses and below the exact predictor that pools each latent's own
+reports but ignores the causal graph (so the model uses the graph); ridge probes read the
+cued variable's posterior from the residual stream with R² about 0.96 after the first block.
+``--value-vocab shared`` is a harder variant (values must be bound to their cue by attention).
 
 Losses are reported on *value positions* (targets that reveal a latent; cue positions cost
 ``log d`` for every model that learned the format) and on all positions; the Bayes, unigram
@@ -110,22 +112,25 @@ def plot_curves(res, ref: dict, path: Path, task_mode: bool) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     h = res.history
     key = "value_loss" if task_mode else "loss"
-    y = np.asarray(h[key])
+    y = np.asarray(h.get(key, np.zeros(0)))
     steps = res.start_step + np.arange(1, len(y) + 1)
-    w = max(1, len(y) // 100)
-    smooth = np.convolve(y, np.ones(w) / w, mode="valid")
-    where = "value positions" if task_mode else "all positions"
-    ax.plot(steps[w - 1:], smooth, lw=1, label=f"train ({where})")
-    ax.plot(h["eval_step"], h["eval_value_loss" if task_mode else "eval_loss"], "o-", ms=3,
-            label="held-out")
+    if len(y):
+        w = max(1, len(y) // 100)
+        smooth = np.convolve(y, np.ones(w) / w, mode="valid")
+        where = "value positions" if task_mode else "all positions"
+        ax.plot(steps[w - 1:], smooth, lw=1, label=f"train ({where})")
+    if "eval_step" in h:  # (absent when a resumed run had no steps left)
+        ax.plot(h["eval_step"], h["eval_value_loss" if task_mode else "eval_loss"], "o-",
+                ms=3, label="held-out")
     lines = ({"Bayes-optimal": ref["bayes_value_loss"], "graph-blind Bayes":
-              ref["graph_blind_value_loss"], "cue only": ref["cue_only_value"],
-              "unigram": ref["unigram_value"]} if task_mode
+              ref["graph_blind_value_loss"], "cue only": ref["cue_only_value"]} if task_mode
              else {"unigram": ref["unigram_all"]})
-    for (label, v), c in zip(lines.items(), ("k", "tab:purple", "tab:gray", "tab:red"),
-                             strict=False):
-        if v is not None:
-            ax.axhline(v, ls="--", lw=0.8, color=c, label=label)
+    for (label, v), c in zip(lines.items(), ("k", "tab:purple", "tab:gray"), strict=False):
+        ax.axhline(v, ls="--", lw=0.8, color=c, label=f"{label} {v:.3f}")
+    if task_mode:  # zoom on the interesting range; the unigram loss is far above it
+        low, high = ref["bayes_value_loss"], ref["cue_only_value"]
+        ax.set_ylim(low - 0.2 * (high - low), high + 0.6 * (high - low))
+        ax.plot([], [], " ", label=f"(unigram {ref['unigram_value']:.3f}, off scale)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("LM training on a latent-SCM language" if task_mode else "char LM")
