@@ -53,6 +53,9 @@ def test_vmapped_sweep_equals_separate_runs(arch, values):
                                        atol=2e-5, err_msg=n)
         np.testing.assert_allclose(sweep.history["mse"][:, i], single.history["mse"],
                                    rtol=2e-4)
+    with pytest.raises(ValueError, match="pass run="):
+        sweep.params()
+    np.testing.assert_array_equal(sweep.params(1)["b_enc"], sweep.state.params["b_enc"][1])
     # different hyper-parameters really gave different SAEs
     assert np.abs(sweep.history["l0"][-1, 0] - sweep.history["l0"][-1, 1]) > 0.1
 
@@ -62,6 +65,8 @@ def test_sweep_configs_and_errors():
     assert base.k == 5 and [c.k for c in cfgs] == [2, 5] and cfgs[1].lr == 2e-3
     with pytest.raises(ValueError, match="cannot sweep"):
         sae.sweep_configs(CFG, {"d_sae": [8, 16]})
+    with pytest.raises(ValueError, match="only acts on relu"):
+        sae.sweep_configs(CFG, {"l1_coefficient": [1.0, 2.0]})
     with pytest.raises(ValueError, match="equally long"):
         sae.sweep_configs(CFG, {"k": [2], "lr": [1e-3, 2e-3]})
     _, src = _toy_source()

@@ -99,7 +99,8 @@ def main(argv=None):
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--steps", type=int, default=5, help="steps per timed chunk")
+    p.add_argument("--steps", type=int, default=3, help="steps per timed chunk")
+    p.add_argument("--repeats", type=int, default=3, help="timed chunks (best is kept)")
     p.add_argument("--sweep-ks", default="16,24,32,48")
     p.add_argument("--sweep-steps", type=int, default=3)
     p.add_argument("--rows", type=int, default=32768, help="rows of the in-memory data")
@@ -114,7 +115,8 @@ def main(argv=None):
     cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=s, k=args.k, batch_size=b,
                         steps=10_000)
     key = jax.random.key(3)
-    per_step, first = time_training([cfg], source, key, args.steps, sweep=False)
+    per_step, first = time_training([cfg], source, key, args.steps, sweep=False,
+                                    repeats=args.repeats)
     flops = 10 * b * d * s
     achieved = flops / per_step / 1e9
     print(f"TopK SAE d_in={d} d_sae={s} batch={b}: {per_step:.3f} s/step, "

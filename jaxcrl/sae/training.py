@@ -95,7 +95,16 @@ class TrainResult(NamedTuple):
 
     def params(self, run: int | None = None) -> dict:
         """Params on raw activations (normalisation folded in), of run ``run`` in a sweep."""
-        state = self.state if run is None else select_run(self.state, run)
+        if run is None and len(self.cfgs) > 1:
+            raise ValueError(f"this result holds {len(self.cfgs)} runs; pass run=0..."
+                             f"{len(self.cfgs) - 1}")
+        state = self.state
+        if run is not None:
+            if jnp.ndim(self.state.act_scale) == 0:
+                raise ValueError("run= only applies to the result of train_sweep")
+            state = select_run(self.state, run)
+        elif jnp.ndim(state.act_scale) == 1:
+            state = select_run(state, 0)
         return inference_params(state, self.cfg)
 
 
@@ -307,6 +316,10 @@ def sweep_configs(base: SAEConfig, values: Mapping[str, Sequence[Any]]
     bad = [n for n in values if n not in SWEEPABLE]
     if bad:
         raise ValueError(f"cannot sweep {bad}: sweepable hyper-parameters are {SWEEPABLE}")
+    useless = {"l1_coefficient": "relu", "l0_coefficient": "jumprelu"}
+    for name, arch in useless.items():
+        if name in values and base.architecture != arch:
+            raise ValueError(f"{name} only acts on {arch} SAEs, not {base.architecture}")
     lengths = {len(v) for v in values.values()}
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError(f"swept values must be non-empty and equally long, got {dict(values)}")
@@ -413,7 +426,7 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
         bar.update(t - start, last)
         if mgr is not None and (t // save_every > (t - chunk_size) // save_every
                                 or t == cfg.steps):
-            mgr.save(t, carry[1], config=cfg if not sweep else cfgs[0],
+            mgr.save(t, carry[1], config=cfg,
                      metrics={k: np.asarray(v).tolist() for k, v in last.items()})
         return None
 
