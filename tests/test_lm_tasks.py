@@ -145,17 +145,18 @@ def test_sampled_latents_follow_the_prior(default_task):
     np.testing.assert_allclose(emp, T.prior_marginals(default_task), atol=0.015)
 
 
-def test_jit_eager_vmap_agree(default_task):
+def test_jit_eager_vmap_agree(tiny_task):
     key = jax.random.key(7)
-    eager = T.sample(default_task, key, 4)
-    jitted = jax.jit(lambda k: T.sample(default_task, k, 4))(key)
+    eager = T.sample(tiny_task, key, 4)
+    jitted = jax.jit(lambda k: T.sample(tiny_task, k, 4))(key)
     np.testing.assert_array_equal(eager.tokens, jitted.tokens)
     keys = jax.random.split(key, 3)
-    vm = jax.vmap(lambda k: T.sample(default_task, k, 4))(keys)
+    one = jax.jit(lambda k: T.sample(tiny_task, k, 4))
+    vm = jax.jit(jax.vmap(one))(keys)
     for i in range(3):
-        np.testing.assert_array_equal(vm.tokens[i], T.sample(default_task, keys[i], 4).tokens)
-    lp = T.bayes_logprobs(default_task, eager.tokens)
-    np.testing.assert_allclose(jax.jit(T.bayes_logprobs)(default_task, eager.tokens), lp,
+        np.testing.assert_array_equal(vm.tokens[i], one(keys[i]).tokens)
+    lp = T.bayes_logprobs(tiny_task, eager.tokens)
+    np.testing.assert_allclose(jax.jit(T.bayes_logprobs)(tiny_task, eager.tokens), lp,
                                atol=1e-6)
     np.testing.assert_allclose(jax.scipy.special.logsumexp(lp, -1), 0.0, atol=1e-5)
 
@@ -188,6 +189,7 @@ def test_bayes_loss_is_calibrated_and_below_baselines(default_task):
 
 def test_unigram_losses_match_empirical_frequencies(default_task):
     base = T.baseline_losses(default_task)
+    assert T.unigram_loss(default_task, positions="all") == base["unigram_all"]
     b = jax.jit(lambda k: T.sample(default_task, k, 8192))(jax.random.key(13))
     vals = np.asarray(b.targets)[:, 1::2].ravel()
     f = np.bincount(vals, minlength=default_task.cfg.vocab_size) / vals.size

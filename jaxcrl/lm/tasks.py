@@ -467,6 +467,14 @@ def baseline_losses(task: Task) -> dict[str, float]:
             "unigram_all": ent(tok), "cue_only_all": 0.5 * (cue_only + math.log(d))}
 
 
+def unigram_loss(task: Task, *, positions: str = "value") -> float:
+    """Exact loss (nats/token) of the best context-free predictor on ``"value"`` positions or
+    on ``"all"`` positions (see :func:`baseline_losses`)."""
+    if positions not in ("value", "all"):
+        raise ValueError(f"positions must be 'value' or 'all', got {positions!r}")
+    return baseline_losses(task)[f"unigram_{positions}"]
+
+
 def expected_bayes_loss(task: Task, key: jax.Array, n_sequences: int = 4096,
                         chunk: int = 512, predictor: Task | None = None) -> dict[str, float]:
     """Monte-Carlo estimate of the Bayes-optimal loss (exact per sequence, averaged over
