@@ -281,6 +281,8 @@ def make_eval_fn(cfg: LMTrainConfig, heldout: Task | CharCorpus, key: jax.Array)
     losses (tasks: ``bayes_*`` the exact Bayes-optimal loss on the same sequences, and
     ``graph_blind_*`` that of the exact predictor that ignores the dependence between latents,
     see :func:`jaxcrl.lm.tasks.independent`)."""
+    if cfg.eval_batch > 256 and cfg.eval_batch % 256:
+        raise ValueError(f"eval_batch must be <= 256 or a multiple of 256, got {cfg.eval_batch}")
     model = HookedTransformer(cfg.model)
     batch = jax.jit(lambda k: draw(heldout, k, cfg.eval_batch, cfg.context))(key)
     ref: dict[str, float] = {}
@@ -304,8 +306,6 @@ def make_eval_fn(cfg: LMTrainConfig, heldout: Task | CharCorpus, key: jax.Array)
             out["eval_value_loss"] = masked_mean(nll, batch.value_mask)
         return out
 
-    if cfg.eval_batch > 256 and cfg.eval_batch % 256:
-        raise ValueError(f"eval_batch must be <= 256 or a multiple of 256, got {cfg.eval_batch}")
     return eval_fn, ref
 
 
