@@ -145,3 +145,13 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     np.testing.assert_allclose(resumed.state.params["W_dec"], full.state.params["W_dec"],
                                rtol=1e-5, atol=1e-6)
 
+
+
+def test_npy_source_refreshes_between_rounds(tmp_path):
+    toy, _ = _toy_source()
+    x, _ = sae.toy_sample(toy, jax.random.key(7), 400)
+    np.save(tmp_path / "acts.npy", np.asarray(x))
+    src = sae.npy_source(tmp_path / "acts.npy", CFG.batch_size, max_rows=100)
+    cfg = dataclasses.replace(CFG, steps=20)
+    r = sae.train(cfg, src, jax.random.key(8), progress=False, chunk_size=10, refresh_every=10)
+    assert r.history["mse"].shape == (20,) and np.isfinite(r.history["mse"]).all()
