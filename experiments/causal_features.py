@@ -22,7 +22,7 @@ for the residual stream after the embedding and after each block
 Expected runtime: about 10 minutes on 2 CPU cores (LM training is most of it; pass
 ``--lm-ckpt out/train_lm/ckpt`` style directories to reuse a model). Writes
 ``OUT/results.json``, ``OUT/effects.png`` (true graph and descendant relation beside the
-effect matrices of the last layer), ``OUT/identifiability.png`` and prints a table.
+effect matrices, one row per layer), ``OUT/identifiability.png`` and prints a table.
 """
 
 from __future__ import annotations
@@ -88,21 +88,26 @@ def analysis_config(args) -> CausalFeaturesConfig:
                                 seed=args.seed)
 
 
-def plot_effects(out: str, res: dict, layer: str) -> None:
+def plot_effects(out: str, res: dict) -> None:
+    """One row per layer: true graph, descendant relation, then every edit's effect matrix."""
     arrs = res["_arrays"]
     adj = arrs["adj"]
-    keys = [k for k in arrs if k.startswith(f"{layer}/effects_")]
-    fig, axes = plt.subplots(1, 2 + len(keys), figsize=(3.4 * (2 + len(keys)), 3.4))
-    plot.plot_graph(adj, axes[0], title="true graph")
+    layers = res["layers"]
+    names = list(res[layers[-1]]["effects"])
+    fig, axes = plt.subplots(len(layers), 2 + len(names),
+                             figsize=(3.3 * (2 + len(names)), 3.2 * len(layers)), squeeze=False)
     desc = np.asarray(transitive_closure(adj)).astype(float)
-    plot.plot_matrix(desc, axes[1], title="descendants (truth)", xlabel="affected j",
-                     ylabel="edited i")
-    for ax, k in zip(axes[2:], keys, strict=True):
-        e = arrs[k]
-        name = k.split("effects_")[1]
-        auroc = res[layer]["effects"][name]["auroc_descendants"]
-        plot.plot_matrix(e, ax, title=f"{layer} edit {name}\nAUROC {auroc:.2f}",
-                         xlabel="affected j", ylabel="edited i", vmax=max(float(e.max()), 1e-6))
+    for row, layer in zip(axes, layers, strict=True):
+        plot.plot_graph(adj, row[0], title="true graph")
+        plot.plot_matrix(desc, row[1], title="descendants (truth)", xlabel="affected j",
+                         ylabel="edited i")
+        for ax, name in zip(row[2:], names, strict=True):
+            e = arrs[f"{layer}/effects_{name}"]
+            auroc = res[layer]["effects"][name]["auroc_descendants"]
+            plot.plot_matrix(e, ax, title=f"{layer}: edit {name}\nAUROC {auroc:.2f}",
+                             xlabel="affected j", ylabel="edited i",
+                             vmax=max(float(e.max()), 1e-6))
+    fig.tight_layout()
     plot.savefig(fig, f"{out}/effects.png")
 
 
@@ -145,7 +150,7 @@ def main(argv=None) -> dict:
     write_results(args.out, {**vars(args), "analysis": dataclasses.asdict(cfg)}, layers,
                   lm=lm_info, true_graph=np.asarray(task.adj).tolist(),
                   wall_s=time.perf_counter() - t0)
-    plot_effects(args.out, res, res["layers"][-1])
+    plot_effects(args.out, res)
     plot_identifiability(args.out, res)
     print(format_table(res))
     print(f"wrote {args.out}/results.json ({time.perf_counter() - t0:.0f} s)")

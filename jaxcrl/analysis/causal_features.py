@@ -259,7 +259,8 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
         bel = beliefs_with(hook)
         e_probe = np.asarray(effect_matrix(lambda dl, bel=bel: bel(add_vector(dl)), deltas,
                                            base))
-        res["effects"] = {"probe": score_effects(e_probe, adj)}
+        res["effects"] = {"probe": {**score_effects(e_probe, adj),
+                                    "matrix": np.round(e_probe, 5).tolist()}}
         out["_arrays"][f"{lab}/effects_probe"] = e_probe
 
         # SAE clamping: the latent matched to z_i (first variable of latent i) set to 0 or
@@ -278,7 +279,8 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
                 return bel(replace_with(clamp_fn, sp, e["f"], e["a"]))
 
             e_sae = np.asarray(effect_matrix(clamp_beliefs, edits, base))
-            res["effects"][f"sae_{arch}"] = score_effects(e_sae, adj)
+            res["effects"][f"sae_{arch}"] = {**score_effects(e_sae, adj),
+                                             "matrix": np.round(e_sae, 5).tolist()}
             out["_arrays"][f"{lab}/effects_sae_{arch}"] = e_sae
         out[lab] = res
 
