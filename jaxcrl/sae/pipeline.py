@@ -52,6 +52,8 @@ class SAEProbeConfig:
       ks: swept ``k`` of TopK/BatchTopK.
       l1_coefficients: swept L1 coefficients of ReLU SAEs.
       l0_coefficients: swept L0 coefficients of JumpReLU SAEs.
+      dead_tokens: tokens without firing after which a latent counts as dead and gets the
+        AuxK loss (SAEConfig's 10M default is longer than these short runs).
       steps, lr: SAE training.
       seqs_per_batch: sequences per streamed batch (``seqs_per_batch * T`` activations).
       buffer_batches: shuffle-buffer size in batches.
@@ -65,7 +67,8 @@ class SAEProbeConfig:
     expansion: int = 8
     ks: tuple[int, ...] = (4, 8, 16, 32)
     l1_coefficients: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)
-    l0_coefficients: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    l0_coefficients: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
+    dead_tokens: int = 200_000
     steps: int = 2000
     lr: float = 1e-3
     seqs_per_batch: int = 32
@@ -139,7 +142,7 @@ def run(model, params, task, cfg: SAEProbeConfig, *, progress: bool = False) -> 
     for arch in cfg.architectures:
         base = SAEConfig(architecture=arch, d_in=d_model, d_sae=cfg.expansion * d_model,
                          k=max(cfg.ks), steps=cfg.steps, batch_size=rows, lr=cfg.lr,
-                         hook_name=hook)
+                         dead_tokens=cfg.dead_tokens, hook_name=hook)
         t0 = time.perf_counter()
         res = train_sweep(base, source, jax.random.fold_in(k_sae, ARCHITECTURES.index(arch)),
                           values=cfg.sweep(arch), progress=progress)
