@@ -23,8 +23,8 @@ def test_sae_probe_tiny_end_to_end(tmp_path):
     for name in ("frontier.png", "density.png", "mcc_matrix.png"):
         assert (tmp_path / name).stat().st_size > 0
     topk = archs["topk"]["frontier"]
-    for point in topk:  # TopK fires exactly k latents per activation vector
-        assert abs(point["l0"] - point["k"]) < 1e-6
+    for point in topk:  # TopK keeps k latents per vector (fewer only if some are <= 0)
+        assert 0.9 * point["k"] <= point["l0"] <= point["k"] + 1e-6
     # more latents per token reconstruct better
     assert topk[1]["fvu"] < topk[0]["fvu"]
     for arch in archs.values():
