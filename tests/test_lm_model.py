@@ -189,6 +189,10 @@ def test_bad_names_and_tokens(setup):
         model.apply(params, jnp.zeros((1, CFG.n_ctx + 1), jnp.int32))
     with pytest.raises(ValueError, match="integer"):
         model.apply(params, tokens.astype(jnp.float32))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model.apply(params, tokens.at[0, 0].set(CFG.vocab_size))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model.run_with_cache(params, tokens.at[0, 0].set(-1), names=["hook_embed"])
     with pytest.raises(ValueError, match="shape"):
         model.run_with_hooks(params, tokens, {"hook_embed": lambda x: x[:, :1]})
 

@@ -84,6 +84,8 @@ def test_train_lm_experiment_learns_and_writes_results(tmp_path, monkeypatch):
         "--peak-size", "256", "--no-progress", "--out", str(out)])
     runpy.run_path("experiments/train_lm.py", run_name="__main__")
     res = json.loads((out / "results.json").read_text())
+    for k in ("final_loss", "unigram_loss", "bayes_loss", "tokens_per_s"):  # the contract
+        assert res[k] == res["methods"]["transformer"][k], k
     m = res["methods"]["transformer"]
     for k in ("final_loss", "bayes_loss", "unigram_loss", "cue_only_loss", "graph_blind_loss",
               "tokens_per_s", "mfu", "wall_s"):

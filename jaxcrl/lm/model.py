@@ -12,7 +12,8 @@ passes through a *hook point*: the forward takes a mapping ``hooks: name -> fn``
 hooked or cached is static (part of the compiled program), so an unused hook point costs
 nothing after ``jax.jit``; the arrays inside the library's hooks (:class:`Hook` pytrees) are
 traced, so new patch values or steering vectors reuse the program and can be ``vmap``-ed.
-Token ids outside ``[0, V)`` are not checked on the device: they embed as NaN (NaN logits).
+Token ids outside ``[0, V)`` are a ``ValueError`` for concrete inputs; inside a caller's ``jit``
+(traced tokens) they are not checked and embed as NaN (NaN logits).
 
 Public surface (TransformerLens vocabulary)::
 
@@ -353,6 +354,12 @@ def _check_tokens(cfg: TransformerConfig, tokens: Any) -> jax.Array:
         raise ValueError(f"tokens has sequence length {tokens.shape[1]} > n_ctx={cfg.n_ctx}")
     if tokens.shape[1] < 1:
         raise ValueError("tokens has sequence length 0")
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size:  # concrete: check the ids
+        host = np.asarray(tokens)  # numpy, so no op is staged into an enclosing trace
+        lo, hi = int(host.min()), int(host.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise ValueError(f"token ids must be in [0, vocab_size={cfg.vocab_size}), got "
+                             f"min {lo}, max {hi}")
     return jnp.asarray(tokens, jnp.int32)
 
 
