@@ -27,6 +27,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/bench/crl_seeds.py --out out/bench_crl_seeds.json
+	$(PY) experiments/bench/lm_hooks.py --out out/bench_lm_hooks.json
+	$(PY) experiments/bench/sae_speed.py --out out/bench_sae_speed.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
