@@ -2,14 +2,11 @@
 they say."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
+from conftest import load_experiment
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import causal_features  # noqa: E402
+causal_features = load_experiment("experiments/causal_features.py")
 
 
 def test_causal_features_tiny_end_to_end(tmp_path):

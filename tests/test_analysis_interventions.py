@@ -134,7 +134,7 @@ def test_probe_readout_recovers_a_linear_map():
     key1, key2 = jax.random.split(jax.random.key(2))
     x = jax.random.normal(key1, (2000, 8))
     w_true = jax.random.normal(key2, (8, 3))
-    w, mu = probe_readout(x, x @ w_true + 1.0, ridge=1e-8)
+    w = probe_readout(x, x @ w_true + 1.0, ridge=1e-8)
     np.testing.assert_allclose(w, w_true, atol=1e-3)
     with pytest.raises(ValueError, match="share N"):
         probe_readout(x, x[:10])

@@ -1,17 +1,8 @@
 """The SAE experiment scripts run end to end at tiny sizes and write their outputs."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(rel):
-    spec = importlib.util.spec_from_file_location(Path(rel).stem, ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_experiment as _load
 
 
 def test_sae_toy_tiny(tmp_path):

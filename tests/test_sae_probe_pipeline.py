@@ -1,18 +1,9 @@
 """experiments/sae_probe.py runs the whole SAE pipeline at a tiny size, and its numbers obey
 their definitions."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(rel):
-    spec = importlib.util.spec_from_file_location(Path(rel).stem, ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_experiment as _load
 
 
 def test_sae_probe_tiny_end_to_end(tmp_path):

@@ -48,17 +48,21 @@ from jaxcrl.analysis.interventions import (
     score_effects,
     steering_deltas,
 )
+from jaxcrl.crl import CRLConfig, fit
+from jaxcrl.crl.evaluate import score_fit
 from jaxcrl.lm import HookedTransformer, add_vector, replace_with
 from jaxcrl.lm.probe import collect, residual_names, ridge_fit, ridge_predict
 from jaxcrl.lm.tasks import Task, do, posterior_marginals, sample
 from jaxcrl.metrics import mcc
+from jaxcrl.sae.config import SAEConfig
+from jaxcrl.sae.model import encode, forward
+from jaxcrl.sae.source import array_source
+from jaxcrl.sae.training import train as train_sae
 
 
 def _clamp_sae(x, params, f, a, *, cfg):
     """SAE latent clamp ``x + (a - z_f(x)) W_dec[f]`` at every position (``f``, ``a``
     traced; ``z_f`` the SAE's own encoding, so TopK/JumpReLU gating is respected)."""
-    from jaxcrl.sae.model import encode
-
     z = encode(params, x.reshape(-1, x.shape[-1]), cfg, inference=True)[:, f]
     return x + (a - z.reshape(x.shape[:-1]))[..., None] * params["W_dec"][f]
 
@@ -146,11 +150,6 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
       ``{"layers": [...], "truth": {...}, label: {"probe", "sae", "crl", "effects"}, ...}``
       plus arrays for plotting under ``"_arrays"`` (effect matrices, true graph).
     """
-    from jaxcrl.crl import CRLConfig, fit
-    from jaxcrl.crl.evaluate import score_fit
-    from jaxcrl.sae.config import SAEConfig
-    from jaxcrl.sae.source import array_source
-    from jaxcrl.sae.training import train as train_sae
 
     t_start = time.perf_counter()
     tc = task.cfg
@@ -223,8 +222,6 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
                            jax.random.fold_in(k_sae, li), progress=progress)
             wall = time.perf_counter() - t0
             sp = tr.params()
-            from jaxcrl.sae.model import encode, forward
-
             z_fit = np.asarray(encode(sp, jnp.asarray(a_last[:n_fit]), scfg, inference=True))
             z_test = np.asarray(encode(sp, jnp.asarray(a_last[n_fit:]), scfg, inference=True))
             xh, aux = forward(sp, jnp.asarray(a_last[n_fit:]), scfg, inference=True)
@@ -254,7 +251,7 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
         # (3) interventions: probe clamping
         post_all = post[:n_fit, 1::2].reshape(-1, d * K)  # cue positions
         a_all = a[:n_fit, 1::2].reshape(-1, a.shape[-1])
-        w, _ = probe_readout(a_all, post_all)
+        w = probe_readout(a_all, post_all)
         deltas = steering_deltas(w, n_latents=d, n_values=K, scale=cfg.probe_scale)
         bel = beliefs_with(hook)
         e_probe = np.asarray(effect_matrix(lambda dl, bel=bel: bel(add_vector(dl)), deltas,

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.metrics import edge_auroc, shd
+from jaxcrl.sae.probe import fit_ridge
 from jaxcrl.scm.graphs import transitive_closure
 
 
@@ -70,30 +71,25 @@ def latent_beliefs(model, params, tokens: jax.Array, *, task_cfg,
     return jax.nn.softmax(values, -1).transpose(1, 0, 2)
 
 
-def probe_readout(acts: jax.Array, targets: jax.Array, *, ridge: float = 1e-3
-                  ) -> tuple[jax.Array, jax.Array]:
-    """Ridge readout ``targets ~ mean + (acts - mu) @ W`` (closed form, centred).
+def probe_readout(acts: jax.Array, targets: jax.Array, *, ridge: float = 1e-3) -> jax.Array:
+    """Ridge read-out ``targets ~ b + acts @ W`` (:func:`jaxcrl.sae.probe.fit_ridge`).
 
     Args:
       acts: ``[N, D]`` activations.
       targets: ``[N, M]`` (e.g. posterior marginals flattened to ``M = d K``).
-      ridge: ridge strength relative to the mean eigenvalue of the activation covariance.
+      ridge: ridge strength relative to the mean eigenvalue of the activation covariance
+        (scale-free, so it means the same at every layer).
 
     Returns:
-      ``(W [D, M], mu [D])``.
+      ``W [D, M]``.
     """
     acts = jnp.asarray(acts, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
     if acts.ndim != 2 or targets.ndim != 2 or acts.shape[0] != targets.shape[0]:
         raise ValueError(f"probe_readout: acts [N, D] and targets [N, M] must share N, got "
                          f"{acts.shape} and {targets.shape}")
-    mu = acts.mean(0)
-    xc = acts - mu
-    yc = targets - targets.mean(0)
-    cov = xc.T @ xc / acts.shape[0]
-    lam = ridge * jnp.trace(cov) / cov.shape[0]
-    w = jnp.linalg.solve(cov + lam * jnp.eye(cov.shape[0]), xc.T @ yc / acts.shape[0])
-    return w, mu
+    mean_eig = jnp.var(acts, axis=0).sum() / acts.shape[1]
+    return fit_ridge(acts, targets, l2=float(ridge * mean_eig * acts.shape[0])).w
 
 
 def steering_deltas(w: jax.Array, *, n_latents: int, n_values: int, scale: float = 1.0
