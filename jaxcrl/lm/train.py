@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcrl.checkpoint import CheckpointManager
+from jaxcrl.checkpoint import CheckpointManager, register_config
 from jaxcrl.lm.config import TransformerConfig
 from jaxcrl.lm.model import HookedTransformer, count_params
 from jaxcrl.lm.tasks import (
@@ -56,6 +56,7 @@ from jaxcrl.train.loop import run
 # --------------------------------------------------------------------------- config
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class LMTrainConfig:
     """Everything that defines a language-model training run.
