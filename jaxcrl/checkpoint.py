@@ -1076,6 +1076,10 @@ class CheckpointManager:
             if not victim.exists():
                 continue
             trash = _hidden(victim, "trash")
-            os.rename(victim, trash)  # atomic: never a half-deleted step that looks complete
-            _fault("prune:renamed", victim)
-            _rmtree(trash)
+            try:
+                os.rename(victim, trash)  # atomic: never a half-deleted step that looks complete
+                _fault("prune:renamed", victim)
+                _rmtree(trash)
+            except OSError as e:  # the new step is saved; only the clean-up failed
+                warnings.warn(f"{self.workdir}: could not prune step {s} ({e}); the next "
+                              "owner of this workdir retries", stacklevel=3)
