@@ -747,6 +747,10 @@ def _load_once(src: Path, *, kind, target, verify, rebuild_config, allow) -> Che
             config = config_from_json(config_json, allow=allow)
         except CheckpointError as e:
             raise CheckpointError(f"{src}: cannot rebuild the config: {e}") from None
+    if callable(target) and not hasattr(target, "shape"):
+        if not rebuild_config:
+            raise ValueError("a target function needs rebuild_config=True (it gets the config)")
+        target = target(config)
     checkpointer = ocp.StandardCheckpointer()
     empty = meta.get("empty_leaves", {})
     try:
@@ -795,7 +799,9 @@ def load(
       kind: if given, the checkpoint must be of this kind (e.g. "sae").
       target: pytree with the state's structure (concrete arrays or ``jax.ShapeDtypeStruct``
         from ``jax.eval_shape``); restores NamedTuples, dtypes and shapes exactly and checks
-        them. Without it the state comes back as nested dicts/lists.
+        them. Or a function ``config -> target`` for states whose shapes the saved config
+        decides (called with the rebuilt config). Without it the state comes back as nested
+        dicts/lists.
       verify: check every file against the manifest's SHA-256 first (integrity, not trust).
       rebuild_config: rebuild the config as its registered dataclass (else the tagged JSON).
       allow: extra config classes of your own that may be rebuilt (exact module:qualname).
