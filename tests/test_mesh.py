@@ -202,3 +202,40 @@ def test_checkpoint_saved_on_8_devices_loads_on_1_and_back(tmp_path):
     """, str(tmp_path / "from1"))
     assert out == {"spec": ["model", None], "devices": 8, "shard": [16, 32],
                    "equal": True}
+
+
+def test_transformer_fsdp_and_data_parallel_equal_one_device():
+    """Parameters FSDP-sharded over "model", tokens over "data": the same jitted forward and
+    gradient as on one device, with the parameters and their gradients staying sharded."""
+    out = _run8("""
+        import json, jax, jax.numpy as jnp
+        from jaxcrl.lm import HookedTransformer
+        from jaxcrl.lm.config import TransformerConfig
+        from jaxcrl.train.mesh import MeshConfig, make_mesh, shard_batch, shard_params
+        cfg = TransformerConfig(vocab_size=64, n_ctx=16, d_model=64, n_layers=2, n_heads=4)
+        model = HookedTransformer(cfg)
+        params = model.init(jax.random.key(0))
+        tokens = jax.random.randint(jax.random.key(1), (8, 16), 0, 64)
+        def loss(p, t):
+            logits = model.apply(p, t)[:, :-1]
+            return -jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, 1:, None], -1).mean()
+        f = jax.jit(jax.value_and_grad(loss))
+        l_ref, g_ref = f(params, tokens)
+        mesh = make_mesh(MeshConfig(data=4, model=2))
+        ps = shard_params(mesh, params)
+        ts = shard_batch(mesh, tokens)
+        l, g = f(ps, ts)
+        leaves = jax.tree.leaves(ps)
+        sharded = [x for x in leaves if any(a is not None for a in x.sharding.spec)]
+        err = max(float(jnp.abs(a - b).max()) for a, b in
+                  zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)))
+        print(json.dumps({"loss_err": float(abs(l - l_ref)), "grad_err": err,
+                          "n_sharded": len(sharded), "n_leaves": len(leaves),
+                          "biggest_sharded": max(x.size for x in sharded) ==
+                          max(x.size for x in leaves),
+                          "grad_sharded": sum(any(a is not None for a in x.sharding.spec)
+                                              for x in jax.tree.leaves(g))}))
+    """)
+    assert out["loss_err"] < 1e-5 and out["grad_err"] < 1e-5, out
+    assert out["n_sharded"] >= 4 and out["biggest_sharded"], out
+    assert out["grad_sharded"] >= out["n_sharded"] - 1, out
