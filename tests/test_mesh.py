@@ -284,7 +284,7 @@ def test_two_processes_write_one_checkpoint_and_read_it_back(tmp_path):
                                str(tmp_path / "run")], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for i in (0, 1)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     res = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
     assert [r["primary"] for r in res] == [True, False]
