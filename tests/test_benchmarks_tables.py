@@ -1,0 +1,59 @@
+"""The tables in BENCHMARKS.md match the results files kept in ``experiments/results/``.
+
+Each kept file is the ``results.json`` written by the command printed above its table
+(regenerate it with that command and copy ``OUT/results.json`` over the file). Only
+deterministic columns are compared (wall times and throughputs vary with the machine).
+Tables whose runs are too long to regenerate cheaply have no file yet (tests/README.md).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+
+
+def _table_after(marker: str) -> list[list[str]]:
+    """Rows (cells stripped, header and rule dropped) of the first markdown table after the
+    first line of BENCHMARKS.md containing ``marker``."""
+    lines = (ROOT / "BENCHMARKS.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if marker in line)
+    i = next(j for j in range(start, len(lines)) if lines[j].startswith("|"))
+    rows = []
+    while i < len(lines) and lines[i].startswith("|"):
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", lines[i].strip())[1:-1]]
+        rows.append(cells)
+        i += 1
+    return rows[2:]
+
+
+def _num(cell: str) -> float:
+    """The first number of a cell (bold and brackets ignored)."""
+    return float(re.search(r"-?\d+(?:\.\d+)?", cell.replace("*", "")).group())
+
+
+def _mean_std(cell: str) -> tuple[float, float]:
+    mean, std = cell.replace("*", "").split("±")
+    return float(mean), float(std)
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def test_quickstart_table_matches_its_results_file():
+    res = _load("quickstart.json")["methods"]
+    rows = _table_after("python experiments/quickstart.py --out out/quickstart")
+    names = {"oracle inverse of the mixing": "oracle_inverse", "identity (x itself)": "identity",
+             "PCA whitening": "pca", "FastICA": "fast_ica"}
+    cols = ["mcc_pearson_oos", "mcc_spearman", "r2_linear", "r2_kernel"]
+    assert [r[0] for r in rows] == list(names)
+    for row in rows:
+        m = res[names[row[0]]]
+        for cell, key in zip(row[1:], cols, strict=True):
+            mean, std = _mean_std(cell)
+            assert mean == pytest.approx(m[key]["mean"], abs=5e-4), (row[0], key)
+            assert std == pytest.approx(m[key]["std"], abs=5e-4), (row[0], key)
