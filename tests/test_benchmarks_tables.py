@@ -57,3 +57,34 @@ def test_quickstart_table_matches_its_results_file():
             mean, std = _mean_std(cell)
             assert mean == pytest.approx(m[key]["mean"], abs=5e-4), (row[0], key)
             assert std == pytest.approx(m[key]["std"], abs=5e-4), (row[0], key)
+
+
+def _two_numbers(cell: str) -> tuple[float, float | None]:
+    """``**0.775** (1.192)`` -> (0.775, 1.192); a cell without brackets -> (x, None)."""
+    nums = re.findall(r"-?\d+(?:\.\d+)?", cell.replace("*", ""))
+    return float(nums[0]), (float(nums[1]) if len(nums) > 1 and "(" in cell else None)
+
+
+def test_train_lm_loss_table_matches_its_results_file():
+    res = _load("train_lm.json")["methods"]
+    rows = _table_after("python experiments/train_lm.py --out out/train_lm --no-progress")
+    keys = ["transformer", "bayes_optimal", "graph_blind_bayes", "cue_only", "unigram"]
+    assert len(rows) == len(keys)
+    for row, key in zip(rows, keys, strict=True):
+        value, value_all = _two_numbers(row[1])
+        assert value == pytest.approx(res[key]["final_loss"], abs=5e-4), row
+        assert value_all == pytest.approx(res[key]["final_loss_all"], abs=5e-4), row
+
+
+def test_train_lm_probe_table_matches_its_results_file():
+    pr = _load("train_lm.json")["probes"]
+    rows = _table_after("Linear (ridge) probes of the residual stream")
+    labels = {"embedding": "embed", "after block 0": "L0", "after block 1": "L1"}
+    cols = ["r2_posterior", "r2_cued", "r2_latent_last", "acc_latent_last"]
+    for row in rows[:3]:
+        for cell, key in zip(row[1:], cols, strict=True):
+            assert _num(cell) == pytest.approx(pr[labels[row[0]]][key], abs=5e-4), (row[0], key)
+    ceiling = rows[3]
+    assert ceiling[0].startswith("ceiling")
+    assert _num(ceiling[3]) == pytest.approx(pr["bayes"]["r2_latent_last"], abs=5e-4)
+    assert _num(ceiling[4]) == pytest.approx(pr["bayes"]["acc_latent_last"], abs=5e-4)
