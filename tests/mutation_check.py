@@ -142,7 +142,7 @@ MUTATIONS = [
     # ------------------------------------------------------------------ checkpoint
     M("checkpoint-no-hash-check", "checkpoint", "jaxcrl/checkpoint.py",
       'if _sha256(p) != entry["sha256"]:', "if False:",
-      ("tests/test_checkpoint.py",),
+      ("tests/test_checkpoint.py", "tests/test_checkpoint_checksum.py"),
       "corrupt files are not detected"),
     M("checkpoint-prune-newest", "checkpoint", "jaxcrl/checkpoint.py",
       "for s in self.steps()[: -self.keep_last]:", "for s in self.steps()[self.keep_last:]:",
