@@ -88,3 +88,17 @@ def test_train_lm_probe_table_matches_its_results_file():
     assert ceiling[0].startswith("ceiling")
     assert _num(ceiling[3]) == pytest.approx(pr["bayes"]["r2_latent_last"], abs=5e-4)
     assert _num(ceiling[4]) == pytest.approx(pr["bayes"]["acc_latent_last"], abs=5e-4)
+
+
+def test_sae_toy_held_out_table_matches_its_results_files():
+    res = {**_load("sae_toy_seed2_topk_jumprelu.json")["methods"],
+           **_load("sae_toy_seed2_batchtopk_relu.json")["methods"]}
+    rows = _table_after("architecture (seed 2, held out)")
+    names = {"TopK": "topk", "JumpReLU": "jumprelu", "BatchTopK": "batchtopk",
+             "ReLU + norm-weighted L1": "relu"}
+    cols = [("mmcs", 5e-4), ("mcc", 5e-4), ("l0", 0.05), ("fvu", 5e-4), ("dead_fraction", 5e-4)]
+    assert [r[0] for r in rows] == list(names)
+    for row in rows:
+        m = res[names[row[0]]]
+        for cell, (key, tol) in zip(row[1:6], cols, strict=True):
+            assert _num(cell) == pytest.approx(m[key], abs=tol), (row[0], key)
