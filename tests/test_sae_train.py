@@ -148,10 +148,40 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
 
 
 def test_npy_source_refreshes_between_rounds(tmp_path):
+    # A file of 400 distinct rows of which 100 fit on the device: training must see rows
+    # of the first subset only before the refresh, and rows that were not in it after.
     toy, _ = _toy_source()
     x, _ = sae.toy_sample(toy, jax.random.key(7), 400)
-    np.save(tmp_path / "acts.npy", np.asarray(x))
+    # a little noise makes every row distinct (a toy row with no active feature is zero)
+    x = np.asarray(x) + 1e-3 * np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
+    assert len(np.unique(x, axis=0)) == 400
+    np.save(tmp_path / "acts.npy", x)
     src = sae.npy_source(tmp_path / "acts.npy", CFG.batch_size, max_rows=100)
+    loaded, seen = [], []
+
+    def spy_init(key):
+        st = src.init(key)
+        loaded.append(np.asarray(st["data"]))
+        return st
+
+    def spy_refresh(state, key):
+        st = src.refresh(state, key)
+        loaded.append(np.asarray(st["data"]))
+        return st
+
+    def spy_sample(state, key):
+        st, xb = src.sample(state, key)
+        jax.debug.callback(lambda b: seen.append(np.asarray(b)), xb)
+        return st, xb
+
+    spy = dataclasses.replace(src, init=spy_init, sample=spy_sample, refresh=spy_refresh)
     cfg = dataclasses.replace(CFG, steps=20)
-    r = sae.train(cfg, src, jax.random.key(8), progress=False, chunk_size=10, refresh_every=10)
+    r = sae.train(cfg, spy, jax.random.key(8), progress=False, chunk_size=10, refresh_every=10)
     assert r.history["mse"].shape == (20,) and np.isfinite(r.history["mse"]).all()
+    assert len(loaded) == 2, "refresh must run exactly once in 2 rounds of 10 steps"
+    ids = {row.tobytes(): i for i, row in enumerate(x)}
+    first, second = ({ids[row.tobytes()] for row in d} for d in loaded)
+    assert len(first) == len(second) == 100 and first != second
+    rows_seen = {ids[row.tobytes()] for b in seen for row in b}
+    assert rows_seen <= first | second
+    assert rows_seen & first and rows_seen - first, "no new rows arrived after the refresh"
