@@ -1,0 +1,63 @@
+"""Tiny local tokenizers and models for the text/cache tests (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CORPUS = [
+    "The cat sat on the mat. The dog sat on the log.",
+    "A quick brown fox jumps over the lazy dog, and the cat watches.",
+    "Causal variables hide behind the words; the model reads them one token at a time.",
+    "Sparse autoencoders find features in the residual stream of a transformer.",
+    "The mat was red. The log was brown. The fox was quick and the dog was lazy.",
+]
+EOT = "<|endoftext|>"
+
+
+def write_tokenizer(path: str | Path, *, vocab_size: int = 300, bos: bool = True,
+                    model_type: str | None = "gpt2") -> Path:
+    """Trains a byte-level BPE on :data:`CORPUS` and saves ``tokenizer.json`` (+
+    ``tokenizer_config.json`` naming BOS/EOS, + ``config.json`` with ``model_type``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.save(str(path / "tokenizer.json"))
+    special = {"bos_token": EOT, "eos_token": EOT} if bos else {"eos_token": EOT}
+    (path / "tokenizer_config.json").write_text(json.dumps(special))
+    if model_type is not None and not (path / "config.json").exists():
+        (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    return path
+
+
+def write_gpt2(path: str | Path, *, seed: int = 0, n_layers: int = 2, d_model: int = 32,
+               n_ctx: int = 32) -> Path:
+    """A tiny random GPT-2 saved by ``transformers`` plus its tokenizer in ``path``."""
+    import torch
+    import transformers
+
+    path = Path(path)
+    write_tokenizer(path, model_type=None)
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(path / "tokenizer.json")).get_vocab_size()
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=2,
+                                  vocab_size=vocab, n_positions=n_ctx, bos_token_id=0,
+                                  eos_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def write_text(path: str | Path, repeats: int = 20) -> Path:
+    path = Path(path)
+    path.write_text("\n\n".join(CORPUS * repeats))
+    return path
