@@ -39,8 +39,10 @@ def write_tokenizer(path: str | Path, *, vocab_size: int = 300, bos: bool = True
 
 
 def write_gpt2(path: str | Path, *, seed: int = 0, n_layers: int = 2, d_model: int = 32,
-               n_ctx: int = 32) -> Path:
-    """A tiny random GPT-2 saved by ``transformers`` plus its tokenizer in ``path``."""
+               n_ctx: int = 32, train_steps: int = 60) -> Path:
+    """A tiny GPT-2 saved by ``transformers`` plus its tokenizer in ``path``; trained for
+    ``train_steps`` Adam steps on :data:`CORPUS` (in torch) so that it predicts the text
+    better than chance and ablations visibly hurt."""
     import torch
     import transformers
 
@@ -53,7 +55,17 @@ def write_gpt2(path: str | Path, *, seed: int = 0, n_layers: int = 2, d_model: i
     cfg = transformers.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=2,
                                   vocab_size=vocab, n_positions=n_ctx, bos_token_id=0,
                                   eos_token_id=0)
-    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(path, safe_serialization=True)
+    model = transformers.GPT2LMHeadModel(cfg)
+    ids = Tokenizer.from_file(str(path / "tokenizer.json")).encode(" ".join(CORPUS)).ids
+    n = len(ids) // n_ctx
+    data = torch.tensor(ids[:n * n_ctx]).reshape(n, n_ctx)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(train_steps):
+        loss = model(data, labels=data).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(path, safe_serialization=True)
     return path
 
 
