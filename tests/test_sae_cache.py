@@ -235,3 +235,17 @@ def test_bad_arguments(lm, tokens, tmp_path):
     with pytest.raises(ValueError, match="integer"):
         cache_activations(model, params, tokens.astype(float), HOOKS, tmp_path,
                           progress=False)
+
+
+def test_bench_lm_cache_tiny(tmp_path):
+    from conftest import load_experiment
+
+    out = tmp_path / "b.json"
+    res = load_experiment("experiments/bench/lm_cache.py").main([
+        "--d-model", "16", "--layers", "2", "--heads", "2", "--vocab", "32", "--batch", "2",
+        "--seq", "8", "--layer", "0", "--seqs", "8", "--seqs-per-shard", "4",
+        "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["benchmark"] == "lm_cache"
+    assert res["disk"]["rows_per_hook"] == 64 and res["disk"]["shards_per_hook"] == 2
+    assert res["memory"]["apply"]["overhead_vs_apply"] == 1.0
+    assert res["disk"]["write_mb_per_s"] > 0
