@@ -94,7 +94,7 @@ def test_resume_after_crash_mid_shard(lm, tokens, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         cache_activations(again, params, tokens, HOOKS, tmp_path / "c", seqs_per_shard=2,
                           progress=False)
-    assert again.calls == 1  # shards 0 and 1 were skipped
+    assert again.calls <= 2  # shards 0 and 1 were skipped (shard 3 may have started)
     monkeypatch.setattr(cache_lib, "_write_npy", real_write)
     # a truncated shard (a copy killed by hand) is recomputed too
     shard0 = tmp_path / "c" / HOOKS[2] / "shard_00000.npy"
@@ -103,6 +103,7 @@ def test_resume_after_crash_mid_shard(lm, tokens, tmp_path, monkeypatch):
     c = cache_activations(final, params, tokens, HOOKS, tmp_path / "c", seqs_per_shard=2,
                           progress=False)
     assert final.calls == 1 + 3  # shard 0 (truncated) and shards 2, 3, 4
+    assert not list((tmp_path / "c").rglob("*.tmp-*"))  # stale temporaries cleaned up
     for h in HOOKS:
         np.testing.assert_array_equal(c.read(h), ref.read(h))
     # a rerun of a complete cache runs nothing

@@ -43,6 +43,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -278,6 +279,9 @@ def cache_activations(model: Any, params: Any, tokens: Any, hooks: Sequence[str]
         (root / h).mkdir(exist_ok=True)
         if (root / h).is_symlink():
             raise CacheError(f"{root / h} is a symbolic link")
+        for stale in (root / h).glob(".shard_*.npy.tmp-*"):  # left by a crashed writer
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
 
     bar = None
     if progress:
@@ -285,17 +289,31 @@ def cache_activations(model: Any, params: Any, tokens: Any, hooks: Sequence[str]
 
         bar = tqdm(total=n_shards, desc="cache", leave=False)
     entries: dict[str, list[dict]] = {h: [] for h in hooks}
-    for i in range(n_shards):
-        lo, hi = i * seqs_per_shard, min((i + 1) * seqs_per_shard, n_seqs)
-        rows = (hi - lo) * positions
-        files = {h: root / h / f"shard_{i:05d}.npy" for h in hooks}
-        for h in hooks:
-            entries[h].append({"path": f"{h}/shard_{i:05d}.npy", "rows": rows})
-        todo = [h for h in hooks
-                if not _npy_complete(files[h], (rows, widths[h][0]), np_dtype)]
-        if todo:
+    # One writer thread: shard i is written while shard i + 1 is computed (at most one
+    # shard in flight, so a crash loses at most two shards' work and memory stays bounded).
+    writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    pending: list[concurrent.futures.Future] = []
+
+    def wait_pending() -> None:
+        for f in pending:
+            f.result()  # re-raises a failed write
+        pending.clear()
+        if bar is not None and done_before[0] is not None:
+            bar.update(done_before[0])
+            done_before[0] = None
+
+    done_before: list[int | None] = [None]
+    try:
+        for i in range(n_shards):
+            lo, hi = i * seqs_per_shard, min((i + 1) * seqs_per_shard, n_seqs)
+            rows = (hi - lo) * positions
+            files = {h: root / h / f"shard_{i:05d}.npy" for h in hooks}
+            for h in hooks:
+                entries[h].append({"path": f"{h}/shard_{i:05d}.npy", "rows": rows})
+            todo = [h for h in hooks
+                    if not _npy_complete(files[h], (rows, widths[h][0]), np_dtype)]
             parts: dict[str, list[np.ndarray]] = {h: [] for h in todo}
-            for b in range(lo, hi, batch_size):
+            for b in range(lo, hi, batch_size) if todo else ():
                 chunk = tokens[b:b + batch_size]
                 pad = batch_size - chunk.shape[0]
                 if pad:  # the last shard: pad to the compiled batch, drop the padding
@@ -304,10 +322,13 @@ def cache_activations(model: Any, params: Any, tokens: Any, hooks: Sequence[str]
                 for h in todo:
                     a = np.asarray(acts[h])[:batch_size - pad, start_pos:]
                     parts[h].append(a.reshape(-1, widths[h][0]).astype(np_dtype))
+            wait_pending()
             for h in todo:
-                _write_npy(files[h], np.concatenate(parts[h]))
-        if bar is not None:
-            bar.update(1)
+                pending.append(writer.submit(_write_npy, files[h], np.concatenate(parts[h])))
+            done_before[0] = 1
+        wait_pending()
+    finally:
+        writer.shutdown(wait=True)
     if bar is not None:
         bar.close()
     manifest = {**spec, "tokens": "tokens.npy",
