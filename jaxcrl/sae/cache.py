@@ -312,19 +312,20 @@ def cache_activations(model: Any, params: Any, tokens: Any, hooks: Sequence[str]
                 entries[h].append({"path": f"{h}/shard_{i:05d}.npy", "rows": rows})
             todo = [h for h in hooks
                     if not _npy_complete(files[h], (rows, widths[h][0]), np_dtype)]
-            parts: dict[str, list[np.ndarray]] = {h: [] for h in todo}
+            bufs = {h: np.empty((rows, widths[h][0]), np_dtype) for h in todo}
             for b in range(lo, hi, batch_size) if todo else ():
                 chunk = tokens[b:b + batch_size]
                 pad = batch_size - chunk.shape[0]
                 if pad:  # the last shard: pad to the compiled batch, drop the padding
                     chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
                 acts = jax.device_get(forward(params, chunk))  # compiled once inside
+                r0 = (b - lo) * positions
                 for h in todo:
                     a = np.asarray(acts[h])[:batch_size - pad, start_pos:]
-                    parts[h].append(a.reshape(-1, widths[h][0]).astype(np_dtype))
+                    bufs[h][r0:r0 + a.shape[0] * positions] = a.reshape(-1, widths[h][0])
             wait_pending()
             for h in todo:
-                pending.append(writer.submit(_write_npy, files[h], np.concatenate(parts[h])))
+                pending.append(writer.submit(_write_npy, files[h], bufs[h]))
             done_before[0] = 1
         wait_pending()
     finally:
