@@ -10,8 +10,9 @@ Command::
 (``{"text": ...}``). The text is tokenized with the model's own tokenizer, packed into
 ``--context``-token contexts (BOS first where the family expects it) and shuffled by
 ``--seed``; the last ``--eval-seqs`` contexts are held out. One forward pass caches the
-activations at all ``--hooks`` under ``OUT/acts`` (resumable: rerunning skips complete
-shards), a vmapped TopK sweep over ``--ks`` trains per hook from that cache, and every SAE is
+activations at all ``--hooks`` under ``OUT/acts``, a vmapped TopK sweep over ``--ks`` trains
+per hook from that cache (checkpoints in ``OUT/ckpt``; rerunning the same command resumes the
+cache and the sweeps), and every SAE is
 evaluated on the held-out text (L0, FVU, CE loss recovered with the SAE spliced in, against
 zero-ablation) and exported in the SAELens layout under ``OUT/saes``. Writes
 ``OUT/results.json`` (:mod:`jaxcrl.results`) and prints a table. Logic:

@@ -51,6 +51,8 @@ def test_sae_lm_tiny(tmp_path):
             params, held, hooks={h: lambda x, fn=fn: x.at[:, 1:].set(fn(x[:, 1:]))})
         assert runs[8]["ce_sae"] == pytest.approx(float(next_token_ce(spliced, held)),
                                                   rel=1e-4)
+    for h in HOOKS:  # SAE checkpoints, so a rerun resumes training too
+        assert any((out / "ckpt" / h).iterdir())
     resid = res["hooks"][HOOKS[0]]
     assert resid["ce_zero"] > res["ce_clean"] + 1.0  # ablating the residual stream hurts
     assert max(r["ce_loss_recovered"] for r in resid["runs"]) > 0.5

@@ -12,6 +12,9 @@ contexts (:func:`jaxcrl.lm.text.token_dataset`):
    its hook, against zero-ablation (``(CE_zero − CE_sae) / (CE_zero − CE_clean)``);
 4. each SAE is exported in the SAELens layout (``saes/{hook}/k{k}``).
 
+Rerunning on the same ``workdir`` resumes: complete cache shards are skipped and each sweep
+continues from its latest checkpoint (``ckpt/{hook}``).
+
 Positions ``< start_pos`` (BOS, whose residual norms are outliers) are neither trained on
 nor spliced: the clean activation stays there in the CE runs, for the SAE and the zero
 baseline alike.
@@ -29,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.sae.cache import cache_activations, cache_source
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.evaluate import evaluate, next_token_ce
@@ -36,6 +40,7 @@ from jaxcrl.sae.saelens import export_saelens, sae_fn
 from jaxcrl.sae.training import train_sweep
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class LMSweepConfig:
     """What to cache, train and evaluate.
@@ -52,6 +57,8 @@ class LMSweepConfig:
         redrawn every ``refresh_every`` steps when the cache is larger).
       refresh_every: steps between redraws (None: ``steps // 4``).
       eval_batch: sequences per evaluation forward pass.
+      save_every: steps between SAE checkpoints (``workdir/ckpt/{hook}``; a rerun resumes
+        the activation cache and every sweep from where it stopped).
       seed: root seed.
     """
 
@@ -68,6 +75,7 @@ class LMSweepConfig:
     max_rows: int = 1_000_000
     refresh_every: int | None = None
     eval_batch: int = 8
+    save_every: int = 1000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,7 +84,7 @@ class LMSweepConfig:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"LMSweepConfig.ks must be positive, got {self.ks}")
         for name in ("expansion", "steps", "batch_size", "seqs_per_shard", "forward_batch",
-                     "max_rows", "eval_batch"):
+                     "max_rows", "eval_batch", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LMSweepConfig.{name} must be >= 1, got "
                                  f"{getattr(self, name)}")
@@ -148,7 +156,8 @@ def run(model: Any, params: Any, train_tokens: Any, eval_tokens: Any, cfg: LMSwe
       train_tokens: int ``[N, T]`` training contexts (cached to disk in one pass).
       eval_tokens: int ``[M, T]`` held-out contexts.
       cfg: the sweep.
-      workdir: holds ``acts/`` (the activation cache; rerunning resumes it) and ``saes/``.
+      workdir: holds ``acts/`` (the activation cache), ``ckpt/`` (SAE checkpoints; a rerun
+        resumes both) and ``saes/`` (SAELens exports).
       progress: progress bars.
 
     Returns:
@@ -188,7 +197,8 @@ def run(model: Any, params: Any, train_tokens: Any, eval_tokens: Any, cfg: LMSwe
         every = cfg.refresh_every or max(1, cfg.steps // 4)
         t0 = time.perf_counter()
         res = train_sweep(base, src, jax.random.fold_in(root, j), values={"k": list(cfg.ks)},
-                          refresh_every=every, progress=progress)
+                          refresh_every=every, progress=progress,
+                          workdir=workdir / "ckpt" / hook, save_every=cfg.save_every)
         wall = time.perf_counter() - t0
         ce_zero = mean_ce(model, params, eval_tokens, cfg.eval_batch,
                           {hook: _splice(jnp.zeros_like, cfg.start_pos)})
