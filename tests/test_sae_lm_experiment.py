@@ -22,9 +22,10 @@ def test_sae_lm_tiny(tmp_path):
     model_dir, text = write_gpt2(tmp_path / "model"), write_text(tmp_path / "corpus.txt")
     out = tmp_path / "out"
     exp = load_experiment("experiments/sae_lm.py")
-    exp.main(["--model", str(model_dir), "--text", str(text), "--hooks", ",".join(HOOKS),
-              "--out", str(out), "--tiny", "--context", "16", "--eval-seqs", "8",
-              "--ks", "2,8", "--no-progress"])
+    argv = ["--model", str(model_dir), "--text", str(text), "--hooks", ",".join(HOOKS),
+            "--out", str(out), "--tiny", "--context", "16", "--eval-seqs", "8",
+            "--ks", "2,8", "--no-progress"]
+    exp.main(argv)
     res = json.loads((out / "results.json").read_text())
     assert set(res["methods"]) == {f"{h} k={k}" for h in HOOKS for k in (2, 8)}
     model, params = exp._load_model(model_dir)
@@ -56,3 +57,10 @@ def test_sae_lm_tiny(tmp_path):
     resid = res["hooks"][HOOKS[0]]
     assert resid["ce_zero"] > res["ce_clean"] + 1.0  # ablating the residual stream hurts
     assert max(r["ce_loss_recovered"] for r in resid["runs"]) > 0.5
+    # rerunning resumes: no shard rewritten, no training step run, the same SAEs
+    shards = {p: p.stat().st_mtime_ns for p in (out / "acts").rglob("shard_*.npy")}
+    exp.main(argv)
+    again = json.loads((out / "results.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in (out / "acts").rglob("shard_*.npy")} == shards
+    assert again["methods"] == res["methods"]
+    assert all(hr["final_train_fvu"] is None for hr in again["hooks"].values())

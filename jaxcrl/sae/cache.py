@@ -313,16 +313,24 @@ def cache_activations(model: Any, params: Any, tokens: Any, hooks: Sequence[str]
             todo = [h for h in hooks
                     if not _npy_complete(files[h], (rows, widths[h][0]), np_dtype)]
             bufs = {h: np.empty((rows, widths[h][0]), np_dtype) for h in todo}
-            for b in range(lo, hi, batch_size) if todo else ():
-                chunk = tokens[b:b + batch_size]
+            starts = list(range(lo, hi, batch_size)) if todo else []
+
+            def launch(b):  # dispatch is asynchronous: the next batch runs while this
+                chunk = tokens[b:b + batch_size]  # one is copied to the host
                 pad = batch_size - chunk.shape[0]
                 if pad:  # the last shard: pad to the compiled batch, drop the padding
                     chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-                acts = jax.device_get(forward(params, chunk))  # compiled once inside
+                return forward(params, chunk), batch_size - pad  # compiled once inside
+
+            nxt = launch(starts[0]) if starts else None
+            for j, b in enumerate(starts):
+                (out, keep), nxt = nxt, (launch(starts[j + 1]) if j + 1 < len(starts)
+                                         else None)
+                acts = jax.device_get(out)
                 r0 = (b - lo) * positions
                 for h in todo:
-                    a = np.asarray(acts[h])[:batch_size - pad, start_pos:]
-                    bufs[h][r0:r0 + a.shape[0] * positions] = a.reshape(-1, widths[h][0])
+                    a = np.asarray(acts[h])[:keep, start_pos:]
+                    bufs[h][r0:r0 + keep * positions] = a.reshape(-1, widths[h][0])
             wait_pending()
             for h in todo:
                 pending.append(writer.submit(_write_npy, files[h], bufs[h]))

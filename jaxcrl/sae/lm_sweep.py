@@ -119,6 +119,11 @@ def _recovered(clean: float, spliced: float, zero: float) -> float:
     return (zero - spliced) / (zero - clean) if zero != clean else float("nan")
 
 
+def _last(history: Any) -> Any:
+    """Last row of a per-step history (None when this call resumed a finished sweep)."""
+    return None if history is None or len(history) == 0 else np.asarray(history[-1]).tolist()
+
+
 def mean_ce(model: Any, params: Any, tokens: np.ndarray, batch: int,
             hooks: dict | None = None) -> float:
     """Mean next-token cross-entropy over ``tokens`` ``[N, T]`` in batches of ``batch``
@@ -217,6 +222,6 @@ def run(model: Any, params: Any, train_tokens: Any, eval_tokens: Any, cfg: LMSwe
                          "sae_dir": str(sae_dir)})
         out["hooks"][hook] = {"runs": runs, "ce_zero": ce_zero, "train_wall_s": wall,
                               "d_in": d, "d_sae": base.d_sae,
-                              "final_train_fvu": np.asarray(res.history["fvu"][-1]).tolist()}
+                              "final_train_fvu": _last(res.history.get("fvu"))}
     out["wall_s"] = time.perf_counter() - t_start
     return out
