@@ -40,7 +40,12 @@ def test_transformers_backend_agrees(tok_dir):
 
 
 def test_family_decides_bos(tmp_path):
-    qwen = text.load_tokenizer(write_tokenizer(tmp_path / "q", bos=False, model_type="qwen2"))
+    qdir = write_tokenizer(tmp_path / "q", bos=False, model_type="qwen2")
+    # Qwen declares bos_token null but config.json carries a bos_token_id: no BOS
+    (qdir / "tokenizer_config.json").write_text(json.dumps({"bos_token": None,
+                                                            "eos_token": EOT}))
+    (qdir / "config.json").write_text(json.dumps({"model_type": "qwen2", "bos_token_id": 0}))
+    qwen = text.load_tokenizer(qdir)
     assert qwen.bos_id is None and not qwen.default_prepend_bos
     with pytest.raises(ValueError, match="no BOS"):
         text.token_dataset(qwen, CORPUS, context_size=8, prepend_bos=True)
@@ -65,6 +70,8 @@ def test_pack_by_hand():
         text.pack([[1, 2]], 8)
     with pytest.raises(ValueError, match="no room"):
         text.pack(docs, 1, bos_id=0)
+    with pytest.raises(ValueError, match="non-negative"):
+        text.pack([[1, -2, 3]], 2)
 
 
 def test_token_dataset_from_files_matches_manual_packing(tok_dir, tmp_path):

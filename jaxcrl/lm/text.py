@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
 # Family (config.json ``model_type``) -> whether contexts start with BOS by default.
 PREPEND_BOS = {
     "gpt2": True, "gpt_neox": True, "llama": True, "mistral": True, "gemma": True,
@@ -169,6 +171,8 @@ def load_tokenizer(path: str | os.PathLike, *, backend: str = "auto") -> Tokeniz
                            if s in tok.get_vocab() else None)
 
     def special_id(name: str) -> int | None:
+        if f"{name}_token" in special and special[f"{name}_token"] is None:
+            return None  # declared absent (Qwen's bos_token: null)
         s = _token_str(special.get(f"{name}_token"))
         if s is not None:
             i = to_id(s)
@@ -293,20 +297,25 @@ def pack(docs: Iterable[Sequence[int]], context_size: int, *, bos_id: int | None
                          + (" after BOS" if bos_id is not None else ""))
     if max_contexts is not None and max_contexts < 1:
         raise ValueError(f"max_contexts must be >= 1, got {max_contexts}")
-    chunks: list[np.ndarray] = []
+    for name, v in (("bos_id", bos_id), ("sep_id", sep_id)):
+        if v is not None and not 0 <= v <= _INT32_MAX:
+            raise ValueError(f"{name}={v} is not a non-negative int32 token id")
+    chunks: list[np.ndarray] = []  # int32: a billion-token corpus stays at 4 GB
     have = 0
     first = True
     for doc in docs:
         if not first and sep_id is not None:
-            chunks.append(np.asarray([sep_id], np.int64))
+            chunks.append(np.asarray([sep_id], np.int32))
             have += 1
         first = False
         ids = np.asarray(doc, np.int64).reshape(-1)
-        chunks.append(ids)
+        if ids.size and (ids.min() < 0 or ids.max() > _INT32_MAX):
+            raise ValueError("token ids must be non-negative int32 values")
+        chunks.append(ids.astype(np.int32))
         have += ids.size
         if max_contexts is not None and have >= max_contexts * body:
             break
-    stream = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    stream = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
     n = stream.size // body
     if max_contexts is not None:
         n = min(n, max_contexts)
@@ -315,10 +324,8 @@ def pack(docs: Iterable[Sequence[int]], context_size: int, *, bos_id: int | None
                          f"of {context_size}")
     out = stream[:n * body].reshape(n, body)
     if bos_id is not None:
-        out = np.concatenate([np.full((n, 1), bos_id, np.int64), out], axis=1)
-    if out.min() < 0 or out.max() > np.iinfo(np.int32).max:
-        raise ValueError("token ids must be non-negative int32 values")
-    return out.astype(np.int32)
+        out = np.concatenate([np.full((n, 1), bos_id, np.int32), out], axis=1)
+    return np.ascontiguousarray(out, np.int32)
 
 
 def shuffle(tokens: Any, key: jax.Array) -> np.ndarray:
