@@ -64,3 +64,19 @@ def test_sae_lm_tiny(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (out / "acts").rglob("shard_*.npy")} == shards
     assert again["methods"] == res["methods"]
     assert all(hr["final_train_fvu"] is None for hr in again["hooks"].values())
+
+
+def test_sae_lm_bad_input_writes_nothing(tmp_path):
+    model_dir, text = write_gpt2(tmp_path / "model", train_steps=0), write_text(tmp_path / "t")
+    exp = load_experiment("experiments/sae_lm.py")
+    out = tmp_path / "out"
+    base = ["--model", str(model_dir), "--text", str(text), "--out", str(out), "--tiny",
+            "--no-progress", "--eval-seqs", "4"]
+    with pytest.raises(ValueError, match="exceeds the model's n_ctx"):
+        exp.main([*base, "--hooks", "blocks.0.hook_resid_post", "--context", "64"])
+    with pytest.raises(KeyError, match="unknown hook"):
+        exp.main([*base, "--hooks", "blocks.9.hook_resid_post", "--context", "16"])
+    with pytest.raises(FileNotFoundError):
+        exp.main([*base, "--hooks", "blocks.0.hook_resid_post", "--model",
+                  str(tmp_path / "nope")])
+    assert not out.exists()
