@@ -40,13 +40,17 @@ from jaxcrl.sae.lm_sweep import LMSweepConfig, run
 def _load_model(path: str | Path):
     """``(HookedTransformer, params)`` of a Hugging Face model directory.
 
-    GPT-2 only until ``jaxcrl.lm.from_pretrained`` (all issue-11 families) lands; then this
-    body becomes ``return from_pretrained(path)``.
+    ``jaxcrl.lm.from_pretrained`` (every issue-11 family) when this jaxcrl has it, else the
+    GPT-2 loader. Once ``from_pretrained`` is in main this is ``return from_pretrained(path)``.
     """
-    from jaxcrl.lm.gpt2 import load_hf_gpt2
+    try:
+        from jaxcrl.lm import from_pretrained
+    except ImportError:
+        from jaxcrl.lm.gpt2 import load_hf_gpt2
 
-    cfg, params = load_hf_gpt2(path)
-    return HookedTransformer(cfg), params
+        cfg, params = load_hf_gpt2(path)
+        return HookedTransformer(cfg), params
+    return from_pretrained(path)
 
 
 def parse(argv=None) -> argparse.Namespace:
