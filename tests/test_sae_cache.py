@@ -250,3 +250,17 @@ def test_bench_lm_cache_tiny(tmp_path):
     assert res["disk"]["rows_per_hook"] == 64 and res["disk"]["shards_per_hook"] == 2
     assert res["memory"]["apply"]["overhead_vs_apply"] == 1.0
     assert res["disk"]["write_mb_per_s"] > 0
+
+
+def test_per_head_hooks_flatten(lm, tokens, tmp_path):
+    model, params = lm
+    z = "blocks.1.attn.hook_z"  # [B, T, H, Dh]: the per-head hooks of issue 11
+    if z not in model.hook_names:
+        pytest.skip("this model has no per-head hooks yet")
+    c = cache_activations(model, params, tokens[:4], [z], tmp_path, seqs_per_shard=4,
+                          progress=False)
+    _, ref = model.run_with_cache(params, tokens[:4], names=[z], stop_at_layer=2)
+    ref = np.asarray(ref[z])
+    assert c.d(z) == ref.shape[2] * ref.shape[3]
+    assert c.manifest["hooks"][z]["trailing_shape"] == list(ref.shape[2:])
+    np.testing.assert_array_equal(c.read(z), ref.reshape(4 * 12, -1))
