@@ -140,3 +140,25 @@ def test_bad_inputs(tok_dir, tmp_path):
         text.load_tokenizer(tmp_path / "missing")
     with pytest.raises(ValueError, match="separator"):
         text.token_dataset(tok, CORPUS, context_size=8, separator="newline")
+
+
+def test_streamed_source_from_text(tok_dir):
+    """The token dataset feeds the streamed activation store (no disk): every SAE batch
+    row is an activation of some context of the text."""
+    from jaxcrl.lm import HookedTransformer, TransformerConfig
+    from jaxcrl.sae.store import lm_source
+
+    tok = text.load_tokenizer(tok_dir)
+    tokens = text.token_dataset(tok, CORPUS * 2, context_size=8, key=jax.random.key(0))
+    model = HookedTransformer(TransformerConfig.tiny(vocab_size=tok.vocab_size, n_ctx=8))
+    params = model.init(jax.random.key(1))
+    hook = "blocks.0.hook_resid_post"
+    src = lm_source(model, params, text.token_sampler(tokens, 4), hook, batch_size=16,
+                    buffer_size=64)
+    state = src.init(jax.random.key(2))
+    _, x = jax.jit(src.sample)(state, jax.random.key(3))
+    assert x.shape == (16, 32)
+    _, cache = model.run_with_cache(params, tokens, names=[hook])
+    every = np.asarray(cache[hook]).reshape(-1, 32)
+    dist = np.abs(np.asarray(x)[:, None] - every[None]).max(-1).min(1)
+    assert dist.max() < 1e-4
