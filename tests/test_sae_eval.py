@@ -76,7 +76,7 @@ def test_ridge_matches_least_squares():
     x = np.asarray(jax.random.normal(jax.random.key(5), (200, 6)))
     w = np.arange(6.0)
     y = x @ w + 1.5 + 0.01 * np.asarray(jax.random.normal(jax.random.key(6), (200,)))
-    probe = sae.fit_ridge(x, y, l2=1e-6)
+    probe = sae.fit_ridge(x, y, alpha=1e-8)
     xa = np.c_[x, np.ones(200)]
     ref = np.linalg.lstsq(xa, y, rcond=None)[0]
     np.testing.assert_allclose(probe.w, ref[:6], rtol=1e-3, atol=1e-3)

@@ -51,9 +51,9 @@ from jaxcrl.analysis.interventions import (
 from jaxcrl.crl import CRLConfig, fit
 from jaxcrl.crl.evaluate import score_fit
 from jaxcrl.lm import HookedTransformer, add_vector, replace_with
-from jaxcrl.lm.probe import collect, residual_names, ridge_fit, ridge_predict
+from jaxcrl.lm.probe import collect, residual_names
 from jaxcrl.lm.tasks import Task, do, posterior_marginals, sample
-from jaxcrl.metrics import mcc
+from jaxcrl.metrics import fit_ridge, mcc, mcc_out_of_sample, predict_linear, r2_score
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.model import encode, forward
 from jaxcrl.sae.source import array_source
@@ -106,12 +106,6 @@ class CausalFeaturesConfig:
 def _variables(post: np.ndarray) -> np.ndarray:
     """``[..., d, K]`` posterior marginals -> ``[..., d (K - 1)]`` variables (drop ``v = 0``)."""
     return post[..., 1:].reshape(*post.shape[:-2], -1)
-
-
-def _r2(y: np.ndarray, pred: np.ndarray) -> float:
-    sse = ((y - pred) ** 2).sum(0)
-    sst = ((y - y.mean(0)) ** 2).sum(0)
-    return float(np.mean(1.0 - sse / np.maximum(sst, 1e-12)))
 
 
 def _ident(truth: np.ndarray, est: np.ndarray) -> dict:
@@ -204,10 +198,10 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
         res: dict[str, Any] = {"hook": hook}
 
         # (a) probes, out of sample
-        p = ridge_fit(a_last[:n_fit], truth_last[:n_fit])
-        pred = ridge_predict(p, a_last[n_fit:])
+        p = fit_ridge(a_last[:n_fit], truth_last[:n_fit])
+        pred = predict_linear(p, a_last[n_fit:])
         res["probe"] = {**_ident(truth_last[n_fit:], pred),
-                        "r2": _r2(truth_last[n_fit:], pred)}
+                        "r2": float(r2_score(truth_last[n_fit:], pred).mean())}
 
         # (b) SAEs on every position of this layer
         res["sae"] = {}
@@ -228,14 +222,12 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
             xt = a_last[n_fit:]
             fvu = float(((xt - np.asarray(xh)) ** 2).sum() / ((xt - xt.mean(0)) ** 2).sum())
             # match on the fit half, score the matched latents on the test half
-            m_fit = mcc(truth_last[:n_fit], z_fit)
-            matched = np.asarray(m_fit.perm)
-            zt = z_test[:, matched]
-            corr = np.array([abs(np.corrcoef(truth_last[n_fit:, j], zt[:, j])[0, 1])
-                             if zt[:, j].std() > 0 else 0.0 for j in range(zt.shape[1])])
+            m_oos = mcc_out_of_sample(truth_last, np.concatenate([z_fit, z_test]),
+                                      split=n_fit / len(truth_last))
+            matched = np.asarray(m_oos.perm)
             res["sae"][arch] = {
-                "mcc_pearson_oos": float(corr.mean()),
-                "mcc_pearson": float(m_fit.value),
+                "mcc_pearson_oos": m_oos.value,
+                "mcc_pearson": float(mcc(truth_last[:n_fit], z_fit).value),
                 "l0": float((np.asarray(aux["z"]) > 0).sum(-1).mean()),
                 "fvu": fvu,
                 "matched_latents": matched.tolist(),

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.metrics import edge_auroc, shd
-from jaxcrl.sae.probe import fit_ridge
+from jaxcrl.metrics.regression import fit_ridge
 from jaxcrl.scm.graphs import transitive_closure
 
 
@@ -72,24 +72,26 @@ def latent_beliefs(model, params, tokens: jax.Array, *, task_cfg,
 
 
 def probe_readout(acts: jax.Array, targets: jax.Array, *, ridge: float = 1e-3) -> jax.Array:
-    """Ridge read-out ``targets ~ b + acts @ W`` (:func:`jaxcrl.sae.probe.fit_ridge`).
+    """Ridge read-out ``targets ~ b + acts @ W`` on the raw activation geometry.
+
+    :func:`jaxcrl.metrics.regression.fit_ridge` with ``standardize=False``: the penalty is
+    ``ridge`` per sample in units of the mean activation variance (the mean eigenvalue of
+    the activation covariance), so it means the same at every layer, while the read-out
+    directions stay those of the raw residual stream (what :func:`steering_deltas` edits).
 
     Args:
       acts: ``[N, D]`` activations.
       targets: ``[N, M]`` (e.g. posterior marginals flattened to ``M = d K``).
-      ridge: ridge strength relative to the mean eigenvalue of the activation covariance
-        (scale-free, so it means the same at every layer).
+      ridge: ridge strength relative to the mean activation variance.
 
     Returns:
-      ``W [D, M]``.
+      ``W [D, M]`` (float32).
     """
-    acts = jnp.asarray(acts, jnp.float32)
-    targets = jnp.asarray(targets, jnp.float32)
-    if acts.ndim != 2 or targets.ndim != 2 or acts.shape[0] != targets.shape[0]:
+    if np.ndim(acts) != 2 or np.ndim(targets) != 2 or np.shape(acts)[0] != np.shape(targets)[0]:
         raise ValueError(f"probe_readout: acts [N, D] and targets [N, M] must share N, got "
-                         f"{acts.shape} and {targets.shape}")
-    mean_eig = jnp.var(acts, axis=0).sum() / acts.shape[1]
-    return fit_ridge(acts, targets, l2=float(ridge * mean_eig * acts.shape[0])).w
+                         f"{np.shape(acts)} and {np.shape(targets)}")
+    fit = fit_ridge(np.asarray(acts), np.asarray(targets), alpha=ridge, standardize=False)
+    return jnp.asarray(fit.w, jnp.float32)
 
 
 def steering_deltas(w: jax.Array, *, n_latents: int, n_values: int, scale: float = 1.0

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr, ndtri
-from scipy.optimize import linear_sum_assignment
+
+from jaxcrl.metrics.regression import hungarian_match
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +137,7 @@ def mmcs(w_dec: jax.Array, directions: jax.Array) -> float:
 def direction_mcc(w_dec: jax.Array, directions: jax.Array) -> float:
     """Mean |cos| over a one-to-one (Hungarian) matching of true directions to decoder rows."""
     c = _cos(w_dec, directions)
-    rows, cols = linear_sum_assignment(-c)
+    rows, cols, _ = hungarian_match(c)
     return float(c[rows, cols].mean())
 
 
