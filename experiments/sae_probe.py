@@ -28,7 +28,7 @@ from jaxcrl import plot
 from jaxcrl.lm.tasks import TaskConfig
 from jaxcrl.lm.train import LMTrainConfig, load, make_source, train
 from jaxcrl.results import write_results
-from jaxcrl.sae.evaluate import plot_density
+from jaxcrl.sae.metrics import plot_density
 from jaxcrl.sae.pipeline import KNOB, SAEProbeConfig, run
 
 

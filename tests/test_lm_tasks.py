@@ -226,7 +226,7 @@ def test_intervention_sets_the_target_and_moves_only_descendants(default_task):
     l_obs = T.bayes_loss(default_task, tokens=b.tokens, targets=b.targets)[:, 1::2].mean()
     assert l_do < l_obs
     # vmap over interventions
-    ivs = jax.vmap(lambda v: T.Intervention(jnp.eye(cfg.n_latents, dtype=bool)[src],
+    ivs = jax.vmap(lambda v: T.DoIntervention(jnp.eye(cfg.n_latents, dtype=bool)[src],
                                             jnp.full((cfg.n_latents,), v)))(jnp.arange(3))
     lp = jax.vmap(lambda i: T.intervene(default_task, i).log_prior)(ivs)
     assert lp.shape == (3, cfg.n_states)

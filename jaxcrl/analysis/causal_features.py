@@ -33,7 +33,6 @@ causal direction. The scores say which happens; they are not expected to be perf
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any
 
@@ -42,8 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.analysis.interventions import (
+    SAEClamp,
     effect_matrix,
-    latent_beliefs,
+    latent_beliefs_jit,
     probe_readout,
     score_effects,
     steering_deltas,
@@ -58,13 +58,6 @@ from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.model import encode, forward
 from jaxcrl.sae.source import array_source
 from jaxcrl.sae.training import train as train_sae
-
-
-def _clamp_sae(x, params, f, a, *, cfg):
-    """SAE latent clamp ``x + (a - z_f(x)) W_dec[f]`` at every position (``f``, ``a``
-    traced; ``z_f`` the SAE's own encoding, so TopK/JumpReLU gating is respected)."""
-    z = encode(params, x.reshape(-1, x.shape[-1]), cfg, inference=True)[:, f]
-    return x + (a - z.reshape(x.shape[:-1]))[..., None] * params["W_dec"][f]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,13 +162,15 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
 
     out: dict[str, Any] = {"layers": labels, "_arrays": {"adj": adj}}
     steer_tokens = batch.tokens[-cfg.n_steer:]
-    base = latent_beliefs(model, params, steer_tokens, task_cfg=tc)
+    base = latent_beliefs_jit(model, params, steer_tokens, task_cfg=tc)
 
     def beliefs_with(hook_name):
+        # params and tokens are arguments of the jitted function, not constants closed
+        # over by a new jitted closure: one compiled program per hook structure
         def fn(hook):
-            return latent_beliefs(model, params, steer_tokens, task_cfg=tc,
-                                  hooks={hook_name: hook})
-        return jax.jit(fn)
+            return latent_beliefs_jit(model, params, steer_tokens, task_cfg=tc,
+                                      hooks={hook_name: hook})
+        return fn
 
     # -- (c) one latent-SCM fit per layer, all layers in one program
     crl_cfg = CRLConfig(latent_dim=d, n_envs=d + 1, steps=cfg.crl_steps, restarts=1,
@@ -262,10 +257,8 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
                               if (z_fit[:, f] > 0).any() else 1.0 for f in feats])
             edits = {"f": jnp.repeat(jnp.asarray(feats)[:, None], 2, 1),
                      "a": jnp.stack([jnp.zeros(d), jnp.asarray(highs, jnp.float32)], 1)}
-            clamp_fn = functools.partial(_clamp_sae, cfg=scfg)
-
-            def clamp_beliefs(e, sp=sp, clamp_fn=clamp_fn, bel=bel):
-                return bel(replace_with(clamp_fn, sp, e["f"], e["a"]))
+            def clamp_beliefs(e, sp=sp, clamp=SAEClamp(scfg), bel=bel):
+                return bel(replace_with(clamp, sp, e["f"], e["a"]))
 
             e_sae = np.asarray(effect_matrix(clamp_beliefs, edits, base))
             res["effects"][f"sae_{arch}"] = {**score_effects(e_sae, adj),

@@ -26,14 +26,19 @@ Pieces (all pure, jit/vmap-friendly):
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.lm.model import ReplaceWith, replace_with
 from jaxcrl.metrics import edge_auroc, shd
 from jaxcrl.metrics.regression import fit_ridge
+from jaxcrl.sae.config import SAEConfig
+from jaxcrl.sae.model import Reconstruct, encode
 from jaxcrl.scm.graphs import transitive_closure
 
 
@@ -69,6 +74,36 @@ def latent_beliefs(model, params, tokens: jax.Array, *, task_cfg,
     ids = value_token(task_cfg, jnp.arange(d)[:, None], jnp.arange(k)[None, :])  # [d, K]
     values = jnp.take_along_axis(last, jnp.broadcast_to(ids[:, None], (d, b, k)), axis=-1)
     return jax.nn.softmax(values, -1).transpose(1, 0, 2)
+
+
+def sae_hook(params: dict, cfg: SAEConfig) -> ReplaceWith:
+    """Hook splicing an SAE's reconstruction into a model: ``x -> x_hat`` at every position.
+
+    The SAE params travel as traced hook data (:func:`jaxcrl.lm.replace_with` with the
+    hashable :class:`jaxcrl.sae.model.Reconstruct`), so a second SAE with the same config
+    reuses the compiled forward and no weights are pinned in the compile cache.
+
+    Args:
+      params: SAE params acting on raw activations (``TrainResult.params()``).
+      cfg: its config.
+    """
+    return replace_with(Reconstruct(cfg), params)
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEClamp:
+    """``clamp(x, params, f, a) = x + (a − z_f(x)) W_dec[f]`` at every position.
+
+    Sets SAE latent ``f`` to ``a`` (``f``, ``a`` and ``params`` traced; ``z_f`` the SAE's own
+    encoding of ``x [..., d_in]``, so TopK/JumpReLU gating is respected). Hashable per
+    config, for :func:`jaxcrl.lm.replace_with` (``replace_with(SAEClamp(cfg), params, f, a)``).
+    """
+
+    cfg: SAEConfig
+
+    def __call__(self, x: jax.Array, params: dict, f: jax.Array, a: jax.Array) -> jax.Array:
+        z = encode(params, x.reshape(-1, x.shape[-1]), self.cfg, inference=True)[:, f]
+        return x + (a - z.reshape(x.shape[:-1]))[..., None] * params["W_dec"][f]
 
 
 def probe_readout(acts: jax.Array, targets: jax.Array, *, ridge: float = 1e-3) -> jax.Array:
@@ -114,6 +149,14 @@ def steering_deltas(w: jax.Array, *, n_latents: int, n_values: int, scale: float
     target = scale * (eye - block / k)  # [d, K, dK]
     pinv = jnp.linalg.pinv(w.T)  # [D, dK]: least-norm solution of delta @ W = t
     return jnp.einsum("ikm,dm->ikd", target, pinv)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "task_cfg"))
+def latent_beliefs_jit(model, params, tokens: jax.Array, *, task_cfg,
+                       hooks: dict | None = None) -> jax.Array:
+    """:func:`latent_beliefs` compiled once per model, task config and hook structure
+    (params, tokens and the hooks' arrays are traced)."""
+    return latent_beliefs(model, params, tokens, task_cfg=task_cfg, hooks=hooks)
 
 
 def belief_shift(p: jax.Array, q: jax.Array) -> jax.Array:

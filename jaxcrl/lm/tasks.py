@@ -199,8 +199,9 @@ class Task:
     log_prior: jax.Array
 
 
-class Intervention(NamedTuple):
-    """``do(z_i = value[i])`` for every ``i`` with ``mask[i]``.
+class DoIntervention(NamedTuple):
+    """``do(z_i = value[i])`` for every ``i`` with ``mask[i]`` (a hard intervention on the
+    language's discrete latents; :class:`jaxcrl.scm.Intervention` is the continuous SCM's).
 
     Attributes:
       mask: ``[d] bool`` intervened variables.
@@ -211,8 +212,8 @@ class Intervention(NamedTuple):
     value: jax.Array
 
 
-def do(cfg: TaskConfig, assignment: Mapping[int, int]) -> Intervention:
-    """``do({i: v, ...})`` as an :class:`Intervention`, e.g. ``do(cfg, {2: 1})``."""
+def do(cfg: TaskConfig, assignment: Mapping[int, int]) -> DoIntervention:
+    """``do({i: v, ...})`` as a :class:`DoIntervention`, e.g. ``do(cfg, {2: 1})``."""
     mask = np.zeros(cfg.n_latents, bool)
     value = np.zeros(cfg.n_latents, np.int32)
     for i, v in assignment.items():
@@ -220,7 +221,7 @@ def do(cfg: TaskConfig, assignment: Mapping[int, int]) -> Intervention:
             raise ValueError(f"do: variable {i} / value {v} out of range "
                              f"(d={cfg.n_latents}, K={cfg.n_values})")
         mask[i], value[i] = True, v
-    return Intervention(jnp.asarray(mask), jnp.asarray(value))
+    return DoIntervention(jnp.asarray(mask), jnp.asarray(value))
 
 
 def _log_cond(cfg: TaskConfig, adj, bias, emb) -> jax.Array:
@@ -258,7 +259,7 @@ def make_task(key: jax.Array, cfg: TaskConfig) -> Task:
                 log_prior=log_cond.sum(-1))
 
 
-def intervene(task: Task, intervention: Intervention) -> Task:
+def intervene(task: Task, intervention: DoIntervention) -> Task:
     """The task under ``do(z_i = v_i)``: intervened mechanisms replaced by point masses.
 
     Jit- and vmap-able in ``intervention``. The result's :func:`bayes_logprobs` is the exact
@@ -330,8 +331,9 @@ def _sample_one(task: Task, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return seq, z
 
 
-def sample(task: Task, key: jax.Array, batch_size: int, intervention: Intervention | None = None,
-           *, with_posterior: bool = False) -> Batch:
+def sample(task: Task, key: jax.Array, batch_size: int,
+           intervention: DoIntervention | None = None, *, with_posterior: bool = False
+           ) -> Batch:
     """Samples ``batch_size`` sequences (jit-able; ``batch_size``/``with_posterior`` static).
 
     Args:

@@ -23,6 +23,7 @@ sort, gather or scatter, and ``k`` can be traced (different across vmapped runs 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -247,6 +248,25 @@ def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
     pre = pre_activations(params, x, cfg)
     z = activate(params, pre, cfg, k=k, inference=inference)
     return decode(params, z), {"pre": pre, "z": z}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reconstruct:
+    """``reconstruct(x [..., d_in], params) -> x_hat [..., d_in]`` for SAEs of config ``cfg``.
+
+    Inference mode, ``x``'s dtype kept. A frozen dataclass: equal configs give equal,
+    hashable objects, so it can be the static function of a hook whose SAE params are
+    passed as traced data (``jaxcrl.lm.replace_with(Reconstruct(cfg), params)``, see
+    :func:`jaxcrl.analysis.sae_hook`): new params reuse the compiled program and are not
+    pinned in the compile cache, unlike a closure over them.
+    """
+
+    cfg: SAEConfig
+
+    def __call__(self, x: jax.Array, params: Params) -> jax.Array:
+        shape = x.shape
+        x_hat, _ = forward(params, x.reshape(-1, shape[-1]), self.cfg, inference=True)
+        return x_hat.reshape(shape).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------- penalties

@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.analysis.interventions import sae_hook
 from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import ARCHITECTURES, SAEConfig
-from jaxcrl.sae.evaluate import ce_loss_recovered, evaluate
+from jaxcrl.sae.metrics import ce_loss_recovered, evaluate
 from jaxcrl.sae.probe import identifiability, sparse_probe
-from jaxcrl.sae.saelens import sae_fn
 from jaxcrl.sae.source import generator_source, transformer_generator
 from jaxcrl.sae.training import train_sweep
 
@@ -151,7 +151,7 @@ def run(model, params, task, cfg: SAEProbeConfig, *, progress: bool = False) -> 
         for i, c in enumerate(res.cfgs):
             p = res.params(i)
             ev_m = evaluate(p, flat, c)
-            ce = ce_loss_recovered(model, params, ev.tokens, hook, sae_fn(p, c))
+            ce = ce_loss_recovered(model, params, ev.tokens, hook, sae_hook(p, c))
             zs = np.asarray(sae_model.encode(p, jnp.asarray(flat), c, inference=True))
             ident = identifiability(zs[sub], post[sub])
             pooled = zs.reshape(cfg.n_eval, seq_len, -1).mean(1)

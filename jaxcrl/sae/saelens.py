@@ -128,14 +128,3 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
                        "apply_b_dec_to_input": bool(doc.get("apply_b_dec_to_input", True)),
                        "normalize_activations": False, "hook_name": hook})
     return params, cfg
-
-
-def sae_fn(params: dict, cfg: SAEConfig):
-    """``x [..., d_in] -> x_hat [..., d_in]`` of an SAE on raw activations (for hooks)."""
-
-    def fn(x):
-        shape = x.shape
-        x_hat, _ = sae_model.forward(params, x.reshape(-1, shape[-1]), cfg, inference=True)
-        return x_hat.reshape(shape).astype(x.dtype)
-
-    return fn

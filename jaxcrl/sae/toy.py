@@ -25,6 +25,7 @@ import numpy as np
 from jax.scipy.special import ndtr, ndtri
 
 from jaxcrl.metrics.regression import hungarian_match
+from jaxcrl.sae.metrics import evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +154,6 @@ def evaluate_recovery(params: dict, cfg, toy: Toy, key: jax.Array, *, rows: int 
     Returns ``{"mmcs", "mcc", "l0", "mse", "fvu", "dead_fraction", "dense_fraction",
     "max_cos" [n_features], "density" [d_sae]}``; ``mcc`` is :func:`direction_mcc`.
     """
-    from jaxcrl.sae.evaluate import evaluate
 
     x, _ = sample(toy, key, rows)
     m = evaluate(params, x, cfg)
