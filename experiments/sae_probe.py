@@ -29,7 +29,7 @@ from jaxcrl.lm.tasks import TaskConfig
 from jaxcrl.lm.train import LMTrainConfig, load, make_source, train
 from jaxcrl.results import write_results
 from jaxcrl.sae.metrics import plot_density
-from jaxcrl.sae.pipeline import KNOB, SAEProbeConfig, run
+from jaxcrl.sae.pipeline import SAEProbeConfig, run
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -118,7 +118,8 @@ def main(argv=None) -> dict:
     for arch, r in res["architectures"].items():
         for j, f in enumerate(r["frontier"]):
             mark = "*" if j == r["headline_index"] else " "
-            print(f"{arch:9s}{mark} {KNOB[arch][:3] + '=' + format(f[KNOB[arch]], 'g'):>14s} "
+            knob = r["knob"]
+            print(f"{arch:9s}{mark} {knob[:3] + '=' + format(f[knob], 'g'):>14s} "
                   f"{f['l0']:7.1f} {f['fvu']:7.3f} {f['ce_loss_recovered']:7.3f} "
                   f"{f['dead_fraction']:6.2f} {f['latent_mcc']:6.3f} "
                   f"{f['sparse_probe'].get('top1', float('nan')):10.3f}")

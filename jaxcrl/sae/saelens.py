@@ -8,9 +8,10 @@ A directory with::
     sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
                               b_dec [d_in], threshold [d_sae] (jumprelu)
 
-Architecture names: ``relu`` <-> ``standard``, ``topk`` <-> ``topk``, ``jumprelu`` <->
-``jumprelu``; ``batchtopk`` is exported as ``jumprelu`` with its scalar inference
-threshold broadcast to every latent (what SAELens itself saves for BatchTopK SAEs).
+Architecture names and extra weights come from the architecture objects
+(:mod:`jaxcrl.sae.architectures`): ``relu`` <-> ``standard``, ``topk`` <-> ``topk``,
+``jumprelu`` <-> ``jumprelu``; ``batchtopk`` is exported as ``jumprelu`` with its scalar
+inference threshold broadcast to every latent (what SAELens itself saves for BatchTopK SAEs).
 Input normalisation is folded into the weights (:func:`jaxcrl.sae.model.fold_normalization`),
 so the exported SAE acts on raw activations and ``normalize_activations`` is ``"none"``.
 """
@@ -27,14 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.sae import architectures as arch_lib
 from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import SAEConfig
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
-_TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu",
-               "jumprelu": "jumprelu"}
-_FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 
 
 def export_saelens(path: str | os.PathLike, params: dict, cfg: SAEConfig, *,
@@ -60,22 +59,17 @@ def export_saelens(path: str | os.PathLike, params: dict, cfg: SAEConfig, *,
     folded = sae_model.fold_normalization(params, act_scale, cfg)
     weights = {n: np.ascontiguousarray(np.asarray(folded[n], np.float32))
                for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
-    if cfg.architecture == "jumprelu":
-        weights["threshold"] = np.asarray(folded["threshold"], np.float32)
-    elif cfg.architecture == "batchtopk":
-        weights["threshold"] = np.full((cfg.d_sae,), np.asarray(folded["threshold"]),
-                                       np.float32)
+    weights.update(cfg.arch.saelens_weights(folded, cfg))
     hook = cfg.hook_name if hook_name is None else hook_name
     meta = {"hook_name": hook, "jaxcrl_architecture": cfg.architecture,
             "jaxcrl_config": dataclasses.asdict(cfg),
             "jaxcrl_act_scale": float(np.asarray(act_scale))}
-    doc = {"architecture": _TO_SAELENS[cfg.architecture], "d_in": cfg.d_in,
+    doc = {"architecture": cfg.arch.saelens_name, "d_in": cfg.d_in,
            "d_sae": cfg.d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
            "normalize_activations": "none", "hook_name": hook,
            "metadata": {"hook_name": hook}, "jaxcrl": meta}
-    if cfg.architecture == "topk":
-        doc["k"] = cfg.k
+    doc.update(cfg.arch.saelens_cfg(cfg))
     if extra:
         doc.update(extra)
     save_file(weights, str(path / WEIGHTS))
@@ -97,10 +91,10 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
 
     path = Path(path)
     doc = json.loads((path / CFG).read_text())
-    arch_sl = doc.get("architecture", "standard")
-    if arch_sl not in _FROM_SAELENS:
-        raise ValueError(f"{path}: SAELens architecture {arch_sl!r} is not supported "
-                         f"(supported: {sorted(_FROM_SAELENS)})")
+    try:
+        arch = arch_lib.from_saelens(doc.get("architecture", "standard"))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     if doc.get("normalize_activations", "none") not in ("none", None):
         raise ValueError(f"{path}: normalize_activations={doc['normalize_activations']!r} "
                          "is not supported; fold the scaling into the weights first")
@@ -108,9 +102,7 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
     d_in, d_sae = int(doc["d_in"]), int(doc["d_sae"])
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,),
               "b_dec": (d_in,)}
-    arch = _FROM_SAELENS[arch_sl]
-    if arch == "jumprelu":
-        shapes["threshold"] = (d_sae,)
+    shapes.update(arch.saelens_shapes(d_sae))
     for n, s in shapes.items():
         if n not in weights:
             raise ValueError(f"{path}: {WEIGHTS} has no {n}")
@@ -123,7 +115,7 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
         fields = {f.name for f in dataclasses.fields(SAEConfig)}
         base = {k: v for k, v in saved.items() if k in fields}
     hook = doc.get("hook_name") or doc.get("metadata", {}).get("hook_name") or ""
-    cfg = SAEConfig(**{**base, "architecture": arch, "d_in": d_in, "d_sae": d_sae,
+    cfg = SAEConfig(**{**base, "architecture": arch.name, "d_in": d_in, "d_sae": d_sae,
                        "k": int(doc.get("k", base.get("k", min(32, d_sae)))),
                        "apply_b_dec_to_input": bool(doc.get("apply_b_dec_to_input", True)),
                        "normalize_activations": False, "hook_name": hook})
