@@ -67,7 +67,8 @@ def test_registering_clashes_is_an_error(shifted):
 
 
 def test_a_registered_architecture_trains_sweeps_and_exports(shifted, tmp_path):
-    toy = sae.make_toy(jax.random.key(0), sae.ToyConfig(n_features=32, dim=16, avg_active=3, corr_rank=4))
+    toy_cfg = sae.ToyConfig(n_features=32, dim=16, avg_active=3, corr_rank=4)
+    toy = sae.make_toy(jax.random.key(0), toy_cfg)
     x, _ = sae.toy_sample(toy, jax.random.key(1), 2048)
     cfg = sae.SAEConfig.tiny(architecture="shifted_relu", d_sae=48, steps=60,
                              l1_coefficient=0.01, hook_name="blocks.0.hook_resid_post")
