@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +92,10 @@ def plot_density(density: Any, ax=None, *, title: str = "latent density", bins: 
 
 def next_token_ce(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy of ``logits`` ``[b, T, V]`` on ``tokens`` ``[b, T]``."""
+    chex.assert_rank([logits, tokens], [3, 2], custom_message="logits [b, T, V], tokens [b, T]")
+    chex.assert_equal_shape_prefix([logits, tokens], 2,
+                                   custom_message="logits [b, T, V] and tokens [b, T]")
+    chex.assert_type(tokens, int, custom_message="tokens")
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
     tgt = tokens[:, 1:]
     return -jnp.take_along_axis(logp, tgt[..., None], -1).mean()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -97,8 +98,26 @@ def check_finite(x: jax.Array, name: str = "x") -> None:
         raise ValueError(f"{name} contains NaN or inf values")
 
 
+def check_params(params: Params, cfg: SAEConfig) -> None:
+    """chex shape/dtype assertions on the SAE params (at trace time: free under jit).
+
+    Raises:
+      AssertionError: naming the parameter, e.g. ``params["W_dec"]`` not ``[d_sae, d_in]``.
+    """
+    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,),
+              "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+    for name, shape in shapes.items():
+        if name not in params:
+            raise KeyError(f"SAE params have no {name!r} (keys: {sorted(params)})")
+        msg = f'params["{name}"] must be {shape} for d_in={cfg.d_in}, d_sae={cfg.d_sae}'
+        chex.assert_shape(params[name], shape, custom_message=msg)
+        chex.assert_type(params[name], float, custom_message=f'params["{name}"]')
+
+
 def pre_activations(params: Params, x: jax.Array, cfg: SAEConfig) -> jax.Array:
     """``(x − b_dec) W_enc + b_enc``: ``[batch, d_in] -> [batch, d_sae]``."""
+    check_params(params, cfg)
+    chex.assert_shape(x, (None, cfg.d_in), custom_message=f"x must be [batch, d_in={cfg.d_in}]")
     if cfg.apply_b_dec_to_input:
         x = x - params["b_dec"]
     return x @ params["W_enc"] + params["b_enc"]
