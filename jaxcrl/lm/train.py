@@ -167,6 +167,12 @@ class LMTrainConfig:
                                   n_layers=n_layers, n_heads=n_heads)
         return cls(**{"model": model, "corpus": str(path), "seq_len": seq_len, **override})
 
+    def with_task(self, task: TaskConfig) -> LMTrainConfig:
+        """This run on the language ``task``, its model resized to the task's vocabulary
+        and context (every other model setting kept)."""
+        model = dataclasses.replace(self.model, vocab_size=task.vocab_size, n_ctx=task.seq_len)
+        return dataclasses.replace(self, task=task, model=model, corpus=None, seq_len=None)
+
 
 class TrainState(NamedTuple):
     """Params, optimizer state and the number of steps taken (a pytree)."""
