@@ -41,8 +41,8 @@ import numpy as np
 
 from jaxcrl import plot
 from jaxcrl.analysis.causal_features import CausalFeaturesConfig, analyse, format_table
-from jaxcrl.analysis.lm_runs import trained_lm
-from jaxcrl.config import add_config_flags, config_from_args
+from jaxcrl.analysis.lm_runs import TINY_LM, trained_lm
+from jaxcrl.config import parse_config
 from jaxcrl.lm.tasks import TaskConfig
 from jaxcrl.lm.train import LMTrainConfig
 from jaxcrl.results import write_results
@@ -68,7 +68,7 @@ class CausalFeaturesExperiment:
     def tiny(cls) -> CausalFeaturesExperiment:
         """A seconds-long run (tests): tiny language and model, TopK SAEs only."""
         return cls(task=TaskConfig.tiny(),
-                   lm=LMTrainConfig.tiny(steps=150, eval_every=150, eval_batch=128),
+                   lm=TINY_LM,
                    analysis=CausalFeaturesConfig.tiny())
 
 
@@ -82,16 +82,9 @@ def parse(argv=None) -> tuple[argparse.Namespace, CausalFeaturesExperiment]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/causal_features")
     p.add_argument("--lm-ckpt", default=None, help="load this LM run (workdir or checkpoint)")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests)")
     p.add_argument("--no-progress", action="store_true")
-    add_config_flags(p, ALIASES)
-    args = p.parse_args(argv)
-    base = CausalFeaturesExperiment.tiny() if args.tiny else CausalFeaturesExperiment()
-    try:
-        exp = config_from_args(base, args, ALIASES)
-    except ValueError as err:
-        p.error(str(err))
-    return args, exp
+    return parse_config(p, CausalFeaturesExperiment(), argv, aliases=ALIASES,
+                        tiny=CausalFeaturesExperiment.tiny())
 
 
 def plot_effects(out: str, res: dict) -> None:

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from jaxcrl.config import add_config_flags, config_from_args
+from jaxcrl.config import parse_config
 from jaxcrl.crl.synthetic import GENERALIZATION_ROWS, SyntheticConfig, run, variant
 from jaxcrl.results import write_results
 
@@ -37,15 +37,13 @@ def main(argv=None):
     p.add_argument("--tag", default="", help="suffix of the summary file name")
     p.add_argument("--rows", default=None,
                    help=f"'|'-separated row names (default: all of {list(GENERALIZATION_ROWS)})")
-    add_config_flags(p, ALIASES)
-    args = p.parse_args(argv)
+    args, base = parse_config(p, BASE, argv, aliases=ALIASES)
     names = list(GENERALIZATION_ROWS) if args.rows is None else [
         r for r in args.rows.split("|") if r]
     unknown = set(names) - set(GENERALIZATION_ROWS)
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {list(GENERALIZATION_ROWS)}")
     try:
-        base = config_from_args(BASE, args, ALIASES)
         rows = {name: variant(base, name) for name in names}
     except ValueError as err:
         p.error(str(err))

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxcrl import plot
-from jaxcrl.config import add_config_flags, config_from_args
+from jaxcrl.config import parse_config
 from jaxcrl.crl.evaluate import standardized_graph
 from jaxcrl.crl.synthetic import SyntheticConfig, run
 from jaxcrl.metrics import mcc
@@ -48,13 +48,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, SyntheticConfig]:
     p.add_argument("--out", default="out/crl")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--save", action="store_true", help="save each method's fit in OUT/ckpt_*")
-    add_config_flags(p, ALIASES)
-    args = p.parse_args(argv)
-    try:
-        cfg = config_from_args(SyntheticConfig(), args, ALIASES)
-    except ValueError as err:
-        p.error(str(err))
-    return args, cfg
+    return parse_config(p, SyntheticConfig(), argv, aliases=ALIASES)
 
 
 def make_plots(out: str, data, fits: dict) -> None:

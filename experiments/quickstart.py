@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxcrl import plot
-from jaxcrl.config import add_config_flags, config_from_args
+from jaxcrl.config import parse_config
 from jaxcrl.crl import fast_ica, pca
 from jaxcrl.crl.synthetic import SyntheticConfig
 from jaxcrl.metrics import mcc, score_latents
@@ -61,12 +61,7 @@ def reference_unmixings(x: jax.Array, z_true: jax.Array, ds, key: jax.Array) -> 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/quickstart")
-    add_config_flags(p, ALIASES)
-    args = p.parse_args(argv)
-    try:
-        exp = config_from_args(QuickstartConfig(), args, ALIASES)
-    except ValueError as err:
-        p.error(str(err))
+    args, exp = parse_config(p, QuickstartConfig(), argv, aliases=ALIASES)
 
     cfg = exp.data
     t0 = time.perf_counter()

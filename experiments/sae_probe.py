@@ -29,8 +29,8 @@ import time
 import matplotlib.pyplot as plt
 
 from jaxcrl import plot
-from jaxcrl.analysis.lm_runs import trained_lm
-from jaxcrl.config import add_config_flags, config_from_args
+from jaxcrl.analysis.lm_runs import TINY_LM, trained_lm
+from jaxcrl.config import parse_config
 from jaxcrl.lm.tasks import TaskConfig
 from jaxcrl.lm.train import LMTrainConfig
 from jaxcrl.results import write_results
@@ -56,7 +56,7 @@ class SAEProbeExperiment:
     def tiny(cls) -> SAEProbeExperiment:
         """A seconds-long run (tests)."""
         return cls(task=TaskConfig.tiny(),
-                   lm=LMTrainConfig.tiny(steps=150, eval_every=150, eval_batch=128),
+                   lm=TINY_LM,
                    probe=SAEProbeConfig.tiny())
 
 
@@ -70,16 +70,9 @@ def parse(argv=None) -> tuple[argparse.Namespace, SAEProbeExperiment]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/sae_probe")
     p.add_argument("--lm-ckpt", default=None, help="LM run workdir or checkpoint to load")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests)")
     p.add_argument("--no-progress", action="store_true")
-    add_config_flags(p, ALIASES)
-    args = p.parse_args(argv)
-    base = SAEProbeExperiment.tiny() if args.tiny else SAEProbeExperiment()
-    try:
-        exp = config_from_args(base, args, ALIASES)
-    except ValueError as err:
-        p.error(str(err))
-    return args, exp
+    return parse_config(p, SAEProbeExperiment(), argv, aliases=ALIASES,
+                        tiny=SAEProbeExperiment.tiny())
 
 
 def make_plots(out: str, res: dict) -> None:

@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxcrl import plot
-from jaxcrl.config import add_config_flags, config_from_args
+from jaxcrl.config import parse_config
 from jaxcrl.lm import probe
 from jaxcrl.lm.tasks import CharCorpus, TaskConfig
 from jaxcrl.lm.train import (
@@ -101,15 +101,12 @@ def parse(argv=None) -> tuple[argparse.Namespace, TrainLMExperiment]:
     p.add_argument("--out", default="out/train_lm")
     p.add_argument("--corpus", default=None, help="train on this local text file instead")
     p.add_argument("--seq-len", type=int, default=64, help="context for --corpus")
-    p.add_argument("--tiny", action="store_true", help="tiny task and model (tests)")
     p.add_argument("--resume", action="store_true",
                    help="continue OUT/ckpt instead of starting afresh")
     p.add_argument("--no-progress", action="store_true")
-    add_config_flags(p, ALIASES)
-    args = p.parse_args(argv)
-    base = TrainLMExperiment.tiny() if args.tiny else TrainLMExperiment()
+    args, exp = parse_config(p, TrainLMExperiment(), argv, aliases=ALIASES,
+                             tiny=TrainLMExperiment.tiny())
     try:
-        exp = config_from_args(base, args, ALIASES)
         exp.lm_config(args.corpus, args.seq_len)
     except ValueError as err:
         p.error(str(err))

@@ -36,7 +36,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["add_config_flags", "apply_overrides", "config_from_args", "override", "parse_value"]
+__all__ = ["add_config_flags", "apply_overrides", "config_from_args", "override", "parse_config",
+           "parse_value"]
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -188,3 +189,24 @@ def config_from_args(base: T, args: argparse.Namespace,
         if value is not None:
             assignments += [f"{p}={value}" for p in paths]
     return apply_overrides(base, [*assignments, *getattr(args, "set", [])])
+
+
+def parse_config(parser: argparse.ArgumentParser, default: T, argv: Sequence[str] | None = None,
+                 *, aliases: Mapping[str, str | Sequence[str]] | None = None,
+                 tiny: T | None = None) -> tuple[argparse.Namespace, T]:
+    """Parses ``argv`` into ``(args, config)`` for an experiment script.
+
+    Adds ``--set``, the alias flags and (when a ``tiny`` preset is given) ``--tiny`` to the
+    script's ``parser``; the config is ``default`` (or ``tiny``) with the command line's
+    overrides applied. A bad override exits through ``parser.error`` with its message.
+    """
+    if tiny is not None:
+        parser.add_argument("--tiny", action="store_true", help="a seconds-long run (tests)")
+    add_config_flags(parser, aliases)
+    args = parser.parse_args(argv)
+    base = tiny if getattr(args, "tiny", False) else default
+    try:
+        cfg = config_from_args(base, args, aliases)
+    except ValueError as err:
+        parser.error(str(err))
+    return args, cfg

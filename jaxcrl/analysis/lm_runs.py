@@ -6,6 +6,9 @@ from typing import Any
 
 from jaxcrl.lm.train import LMTrainConfig, load, make_source, train
 
+# The transformer of the studies' seconds-long runs (tests): LMTrainConfig.tiny, 150 steps.
+TINY_LM = LMTrainConfig.tiny(steps=150, eval_every=150, eval_batch=128)
+
 
 def trained_lm(cfg: LMTrainConfig, *, checkpoint: str | None = None, progress: bool = True
                ) -> tuple[Any, Any, Any, dict[str, Any]]:
