@@ -48,6 +48,7 @@ from jaxcrl.analysis.interventions import (
     score_effects,
     steering_deltas,
 )
+from jaxcrl.checkpoint import register_config
 from jaxcrl.crl import CRLConfig, fit
 from jaxcrl.crl.evaluate import score_fit
 from jaxcrl.lm import HookedTransformer, add_vector, replace_with
@@ -60,6 +61,7 @@ from jaxcrl.sae.source import array_source
 from jaxcrl.sae.training import train as train_sae
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class CausalFeaturesConfig:
     """What to analyse and how much of it.

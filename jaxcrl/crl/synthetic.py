@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.config import apply_overrides
 from jaxcrl.crl import CRLConfig, fit
 from jaxcrl.crl.config import METHODS
@@ -38,6 +39,7 @@ __all__ = ["GENERALIZATION_ROWS", "SyntheticConfig", "run", "variant"]
 _BASELINES = ("beta_vae", "ivae")
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """A CRL benchmark setting.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.sae import architectures as arch_lib
 
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
     """One SAE: architecture, sizes, sparsity, optimisation.

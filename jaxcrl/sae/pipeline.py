@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.analysis.interventions import sae_hook
+from jaxcrl.checkpoint import register_config
 from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.architectures import ARCHITECTURES
 from jaxcrl.sae.architectures import get as get_architecture
@@ -39,6 +40,7 @@ from jaxcrl.sae.source import generator_source, transformer_generator
 from jaxcrl.sae.training import train_sweep
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class SAEProbeConfig:
     """What to train and evaluate.

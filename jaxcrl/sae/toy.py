@@ -24,10 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr, ndtri
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.metrics.regression import hungarian_match
 from jaxcrl.sae.metrics import evaluate
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
     """Toy superposition setup.
