@@ -126,8 +126,8 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
         doc.get("activation_fn_kwargs"), dict) else {}
     k = doc.get("k", kwargs.get("k", base.get("k", min(32, d_sae))))  # pre-6.0: kwargs.k
     if arch.knob == "k" and not (isinstance(k, int) and 1 <= k <= d_sae):
-        raise ValueError(f"{path}: {arch.name} k must be an integer in [1, d_sae={d_sae}], "
-                         f"got {k!r}")
+        raise ValueError(f"{path}: TopK k must be an integer in [1, d_sae={d_sae}], got "
+                         f"{k!r} ({arch.name} SAE)")
     try:
         cfg = SAEConfig(**{**base, "architecture": arch.name, "d_in": d_in, "d_sae": d_sae,
                            "k": int(k),
