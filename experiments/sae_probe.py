@@ -8,7 +8,7 @@ Trains the default transformer of ``experiments/train_lm.py`` (or loads ``--lm-c
 streams activations at ``blocks.{layer}.hook_resid_post`` from fresh sequences through a
 shuffled buffer, trains a vmapped sweep of SAEs per architecture (ReLU over L1 coefficients,
 TopK and BatchTopK over k, JumpReLU over L0 coefficients), and evaluates every SAE on
-held-out sequences (:mod:`jaxcrl.sae.pipeline`). Writes ``OUT/results.json``: per
+held-out sequences (:mod:`jaxcrl.analysis.sae_probe`). Writes ``OUT/results.json``: per
 architecture the headline SAE (L0 closest to ``--target-l0``) with ``l0``, ``fvu``,
 ``ce_loss_recovered``, ``dead_fraction``, ``latent_mcc``, ``sparse_probe_accuracy`` (top-1)
 and the whole ``frontier``, plus ``raw_probe`` (the residual-channel baseline), and PNGs:
@@ -30,12 +30,12 @@ import matplotlib.pyplot as plt
 
 from jaxcrl import plot
 from jaxcrl.analysis.lm_runs import TINY_LM, trained_lm
+from jaxcrl.analysis.sae_probe import SAEProbeConfig, run
 from jaxcrl.config import parse_config
-from jaxcrl.lm.tasks import TaskConfig
 from jaxcrl.lm.train import LMTrainConfig
 from jaxcrl.results import write_results
 from jaxcrl.sae.metrics import plot_density
-from jaxcrl.sae.pipeline import SAEProbeConfig, run
+from jaxcrl.scm.language import TaskConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,9 +40,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxcrl import plot
+from jaxcrl.analysis import probes as probe
 from jaxcrl.config import parse_config
-from jaxcrl.lm import probe
-from jaxcrl.lm.tasks import CharCorpus, TaskConfig
 from jaxcrl.lm.train import (
     LMTrainConfig,
     make_eval_fn,
@@ -53,6 +52,7 @@ from jaxcrl.lm.train import (
     train,
 )
 from jaxcrl.results import format_table, write_results
+from jaxcrl.scm.language import CharCorpus, TaskConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Are a transformer's features the true causal variables, and do edits respect the graph?
 
 The end-to-end analysis behind ``experiments/causal_features.py``. A transformer trained on
-a latent-SCM language (:mod:`jaxcrl.lm.tasks`) is read at its residual stream, layer by layer
+a latent-SCM language (:mod:`jaxcrl.scm.language`) is read at its residual stream, layer by layer
 (``embed`` = ``blocks.0.hook_resid_pre``, ``L{l}`` = ``blocks.{l}.hook_resid_post``):
 
 1. **Identifiability.** The ground-truth variables are what a Bayes-optimal reader of the
@@ -48,17 +48,17 @@ from jaxcrl.analysis.interventions import (
     score_effects,
     steering_deltas,
 )
+from jaxcrl.analysis.probes import collect, residual_names
 from jaxcrl.checkpoint import register_config
 from jaxcrl.crl import CRLConfig, fit
 from jaxcrl.crl.evaluate import score_fit
 from jaxcrl.lm import HookedTransformer, add_vector, replace_with
-from jaxcrl.lm.probe import collect, residual_names
-from jaxcrl.lm.tasks import Task, do, posterior_marginals, sample
 from jaxcrl.metrics import fit_ridge, mcc, mcc_out_of_sample, predict_linear, r2_score
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.model import encode, forward
 from jaxcrl.sae.source import array_source
 from jaxcrl.sae.training import train as train_sae
+from jaxcrl.scm.language import Task, do, posterior_marginals, sample, sample_jit
 
 
 @register_config
@@ -149,7 +149,7 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
     labels = list(names)
 
     # -- observational data: activations at every position, exact posteriors
-    batch = jax.jit(lambda k: sample(task, k, cfg.n_sequences, with_posterior=True))(k_obs)
+    batch = sample_jit(task, k_obs, cfg.n_sequences, with_posterior=True)
     acts = collect(model, params, batch.tokens, list(names.values()))
     post = np.asarray(batch.posterior)  # [N, T, d, K]
     truth_last = _variables(post[:, -1])  # [N, m]

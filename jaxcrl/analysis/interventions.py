@@ -8,7 +8,7 @@ descendants, and leave its beliefs about non-descendants alone.
 Pieces (all pure, jit/vmap-friendly):
 
 * :func:`latent_beliefs` reads the model's belief about every latent from its next-token
-  distribution: for the latent-SCM language (:mod:`jaxcrl.lm.tasks`), the value predicted
+  distribution: for the latent-SCM language (:mod:`jaxcrl.scm.language`), the value predicted
   after the cue ``z_j?`` *is* the model's predictive of ``z_j`` (up to the known report
   noise). The last input token is replaced by each cue in turn (one batched forward).
 * :func:`steering_deltas` builds, from a linear readout ``W [D, d K]`` of the latents at a
@@ -52,7 +52,7 @@ def latent_beliefs(model, params, tokens: jax.Array, *, task_cfg,
       params: its parameters.
       tokens: ``[B, T]`` latent-language inputs whose last token is a cue position
         (``T`` even); the last token is replaced by the cue of each latent in turn.
-      task_cfg: the language's :class:`jaxcrl.lm.tasks.TaskConfig` (token ids: cue ``z_j?``
+      task_cfg: the language's :class:`jaxcrl.scm.language.TaskConfig` (token ids: cue ``z_j?``
         is ``cue_token(cfg, j)``, the values of ``z_j`` are ``value_token(cfg, j, k)``).
       hooks: optional ``run_with_hooks`` hooks applied in every forward.
 
@@ -60,7 +60,7 @@ def latent_beliefs(model, params, tokens: jax.Array, *, task_cfg,
       ``[B, d, K]`` probabilities ``p(next = value k of z_j | prefix, cue z_j?)``
       renormalised over the ``K`` values of ``z_j``.
     """
-    from jaxcrl.lm.tasks import cue_token, value_token
+    from jaxcrl.scm.language import cue_token, value_token
 
     tokens = jnp.asarray(tokens, jnp.int32)
     b, t = tokens.shape

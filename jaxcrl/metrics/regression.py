@@ -1,7 +1,7 @@
 """Regression helpers shared by every probe and metric: ridge, R², Hungarian matching, kernel ridge.
 
 The one home of these estimators; :mod:`jaxcrl.metrics.identifiability`,
-:mod:`jaxcrl.lm.probe`, :mod:`jaxcrl.sae.probe` and :mod:`jaxcrl.analysis` call them.
+:mod:`jaxcrl.analysis.probes`, :mod:`jaxcrl.sae.probe` and :mod:`jaxcrl.analysis` call them.
 Everything here is host-side numpy/scipy in float64 (not meant to be jitted); inputs are
 validated at the boundary and a ``ValueError`` names the offending argument.
 

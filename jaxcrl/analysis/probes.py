@@ -1,6 +1,6 @@
 """Linear probes of the true latents from a transformer's residual stream, layer by layer.
 
-For a model trained on a latent-SCM language (:mod:`jaxcrl.lm.tasks`) we know, for every
+For a model trained on a latent-SCM language (:mod:`jaxcrl.scm.language`) we know, for every
 sequence, the true latents ``z [B, d]`` and, for every position, the exact posterior
 ``p(z_i = k | tokens[:t+1]) [B, T, d, K]``. A ridge-regression probe is fitted on one set of
 sequences and scored on another (out of sample), for the residual stream after the embedding
@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.lm.model import HookedTransformer
-from jaxcrl.lm.tasks import Task, prior_marginals, sample
 from jaxcrl.metrics.regression import fit_ridge, predict_linear, r2_score
+from jaxcrl.scm.language import Task, prior_marginals, sample_jit
 
 
 def residual_names(n_layers: int) -> dict[str, str]:
@@ -74,7 +74,7 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
     names = residual_names(model.cfg.n_layers)
     data = {}
     for s_i, (split, k, n) in enumerate((("train", k_tr, n_train), ("test", k_te, n_test))):
-        b = jax.jit(lambda kk, n=n: sample(task, kk, n, with_posterior=True))(k)
+        b = sample_jit(task, k, n, with_posterior=True)
         acts = collect(model, params, b.tokens, list(names.values()))
         T = b.tokens.shape[1]
         if positions_per_seq is None or positions_per_seq >= T:

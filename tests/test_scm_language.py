@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcrl.lm import tasks as T
 from jaxcrl.scm import GraphConfig, descendants
+from jaxcrl.scm import language as T
 
 TINY = T.TaskConfig.tiny()
 

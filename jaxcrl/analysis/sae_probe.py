@@ -1,7 +1,7 @@
 """SAEs on a transformer's residual stream, end to end: stream, sweep, evaluate, probe.
 
 The logic behind ``experiments/sae_probe.py``. For a model trained on a latent-SCM language
-(:mod:`jaxcrl.lm.tasks`):
+(:mod:`jaxcrl.scm.language`):
 
 1. activations at ``hook`` stream from the transformer (fresh sequences sampled on device,
    ``run_with_cache`` with ``stop_at_layer``) through a shuffled buffer;
@@ -38,9 +38,10 @@ from jaxcrl.sae.metrics import ce_loss_recovered, evaluate
 from jaxcrl.sae.probe import identifiability, sparse_probe
 from jaxcrl.sae.source import generator_source, transformer_generator
 from jaxcrl.sae.training import train_sweep
+from jaxcrl.scm.language import sample, sample_jit
 
 
-@register_config
+@register_config(aliases=("jaxcrl.sae.pipeline:SAEProbeConfig",))  # before the move
 @dataclasses.dataclass(frozen=True)
 class SAEProbeConfig:
     """What to train and evaluate.
@@ -97,8 +98,6 @@ def run(model, params, task, cfg: SAEProbeConfig, *, progress: bool = False) -> 
       ``{"hook", "raw_probe", "architectures": {arch: {headline metrics, "frontier": [...]}}}``
       plus ``"_arrays"`` (densities, the best MCC matrix) for plotting.
     """
-    from jaxcrl.lm.tasks import sample
-
     t_start = time.perf_counter()
     hook = f"blocks.{cfg.layer}.hook_resid_post"
     d_model = model.cfg.d_model
@@ -115,7 +114,7 @@ def run(model, params, task, cfg: SAEProbeConfig, *, progress: bool = False) -> 
     source = generator_source(gen, d_model, rows, buffer_size=rows * cfg.buffer_batches)
 
     # held-out data: tokens, activations at every position, exact posteriors, true latents
-    ev = jax.jit(lambda k: sample(task, k, cfg.n_eval, with_posterior=True))(k_eval)
+    ev = sample_jit(task, k_eval, cfg.n_eval, with_posterior=True)
     _, cache = model.run_with_cache(params, ev.tokens, names=[hook])
     acts = np.asarray(cache[hook])  # [N, T, D]
     flat = acts.reshape(-1, d_model)

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.checkpoint import register_config
-from jaxcrl.scm import GraphConfig, make_graph
+from jaxcrl.scm.graphs import GraphConfig, make_graph
 
 BOS = 0
 MAX_STATES = 4096
@@ -69,7 +69,7 @@ VALUE_VOCABS = ("per_variable", "shared")
 # --------------------------------------------------------------------------- config
 
 
-@register_config
+@register_config(aliases=("jaxcrl.lm.tasks:TaskConfig",))  # its home before the move
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     """A latent-SCM token language.
@@ -359,6 +359,11 @@ def sample(task: Task, key: jax.Array, batch_size: int,
 
 
 # --------------------------------------------------------------------------- exact Bayes
+
+
+# ``sample`` compiled once per batch size (the task's tables are traced arguments, so a new
+# task reuses the program; use this instead of jitting a closure over a task).
+sample_jit = jax.jit(sample, static_argnames=("batch_size", "with_posterior"))
 
 
 def _check_tokens(cfg: TaskConfig, tokens) -> jax.Array:
