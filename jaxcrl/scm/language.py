@@ -494,10 +494,9 @@ def expected_bayes_loss(task: Task, key: jax.Array, n_sequences: int = 4096,
     :func:`independent`), still on sequences from ``task``.
     """
     pred = task if predictor is None else predictor
-    f = jax.jit(lambda k: _bayes_batch(task, pred, k, chunk))
     vals, alls = [], []
     for k in jax.random.split(key, max(1, n_sequences // chunk)):
-        v, a = f(k)
+        v, a = _bayes_batch(task, pred, k, chunk)
         vals.append(np.asarray(v))
         alls.append(np.asarray(a))
     v, a = np.concatenate(vals), np.concatenate(alls)
@@ -505,7 +504,9 @@ def expected_bayes_loss(task: Task, key: jax.Array, n_sequences: int = 4096,
             "all": float(a.mean()), "all_se": float(a.std() / math.sqrt(len(a)))}
 
 
+@functools.partial(jax.jit, static_argnames=("batch_size",))
 def _bayes_batch(task: Task, predictor: Task, key: jax.Array, batch_size: int):
+    """Per-sequence Bayes losses of one batch (tasks traced: compiled once per shape)."""
     b = sample(task, key, batch_size)
     nll = bayes_loss(predictor, tokens=b.tokens, targets=b.targets)
     return nll[:, 1::2].mean(1), nll.mean(1)
