@@ -13,6 +13,7 @@ Quick start::
     sae.mmcs(params["W_dec"], toy.directions)
 """
 
+from jaxcrl.sae.architectures import ARCHITECTURES, Architecture, register
 from jaxcrl.sae.cache import (
     ActivationCache,
     CacheError,
@@ -20,7 +21,6 @@ from jaxcrl.sae.cache import (
     cache_source,
     open_cache,
 )
-from jaxcrl.sae.architectures import ARCHITECTURES, Architecture, register
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.metrics import ce_loss_recovered, evaluate, next_token_ce, plot_density
 from jaxcrl.sae.model import (

@@ -22,9 +22,8 @@ baseline alike.
 
 from __future__ import annotations
 
-import functools
-
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
