@@ -230,7 +230,7 @@ def test_legacy_config_style_and_sharded_index(tmp_path, tokens):
 
 
 def test_load_hf_gpt2_alias(tmp_path, tokens):
-    hf = build("gpt2", tmp_path)
+    build("gpt2", tmp_path)
     cfg, params = load_hf_gpt2(tmp_path)
     model, params2 = from_pretrained(tmp_path)
     assert cfg == model.cfg

@@ -125,7 +125,7 @@ def bench_model(name: str, hf_cfg, args, tmp: Path) -> dict:
            "seconds": times, "tokens_per_s": {k: n_tok / v for k, v in times.items()},
            "ratio_jaxcrl_over_torch": times["torch"] / times["jaxcrl"],
            "all_hooks_layer0_overhead": times["jaxcrl_all_hooks_layer0"] / times["jaxcrl"]}
-    del params
+    params = None  # free the loaded weights before the memory subprocesses
     res["from_pretrained_memory"] = [load_memory(path, d) for d in ("float32", "bfloat16")]
     return res
 
