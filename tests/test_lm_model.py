@@ -314,3 +314,23 @@ def test_activation_patching(setup):
     sub = activation_patching(model, params, clean, corrupted, metric, [name], positions=[1, 4],
                               chunk_size=1)
     np.testing.assert_allclose(sub[0], res[1, [1, 4]], atol=1e-5)
+
+
+def test_patch_from_four_dim_axis(setup):
+    model, params, tokens, _, c = setup
+    name = "blocks.0.attn.hook_z"  # [B, T, H, Dh]: positions on axis 1
+    other = jnp.roll(tokens, 1, axis=1)
+    _, oc = model.run_with_cache(params, other, [name])
+    with pytest.raises(ValueError, match="pos_axis"):
+        patch_from(oc[name], positions=[3])
+    _, got = model.run_with_cache(params, tokens, [name],
+                                  hooks={name: patch_from(oc[name], [3], pos_axis=1)})
+    want = np.asarray(c[name]).copy()
+    want[:, 3] = np.asarray(oc[name])[:, 3]
+    np.testing.assert_allclose(got[name], want, atol=1e-6)
+    res = activation_patching(model, params, tokens, other,
+                              logit_diff(answer=jnp.array([1, 2, 3]), wrong=4), [name],
+                              positions=[3])
+    manual = logit_diff(answer=jnp.array([1, 2, 3]), wrong=4)(model.run_with_hooks(
+        params, other, {name: patch_from(c[name], [3], pos_axis=1)}))
+    np.testing.assert_allclose(res[0, 0], manual, atol=1e-5)

@@ -18,6 +18,7 @@ from jaxcrl.lm.model import (
     count_params,
     mean_ablate,
     patch_from,
+    pos_axis_of,
     replace_with,
     zero_ablate,
 )
@@ -28,5 +29,5 @@ __all__ = [
     "RopeScaling", "from_pretrained", "generate",
     "Transformer", "TransformerConfig", "ZeroAblate", "activation_patching", "add_vector",
     "check_hook_names", "count_params", "hook_names", "load_hf_gpt2", "logit_diff",
-    "mean_ablate", "patch_from", "replace_with", "save_hf_gpt2", "zero_ablate",
+    "mean_ablate", "patch_from", "pos_axis_of", "replace_with", "save_hf_gpt2", "zero_ablate",
 ]

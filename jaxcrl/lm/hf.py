@@ -12,15 +12,15 @@ implement (a ``rope_scaling`` type other than ``linear``/``llama3``, an unknown 
 defaults (dropouts, token ids, ``use_cache``, ...) are accepted and ignored. Weight files are
 ``model.safetensors`` or the shards of ``model.safetensors.index.json``; a shard name that
 leaves the model directory (``../x``, an absolute path) and any symlinked file are refused.
-Tensors are read one at a time (``safetensors``' numpy API; bfloat16 tensors, which numpy
-cannot name, through the file's own header offsets), converted to the target dtype, laid
-out, and handed to JAX before the next is read, so peak host memory is about the weights in
-the target dtype plus one tensor. Every tensor the config implies must be present with the
-implied shape, and every tensor in the files must be used (except a few known buffers such as
-``rotary_emb.inv_freq``): a config whose layer count, widths, head counts or vocabulary
-disagree with the weights is an error, never a silently different model. (Head counts are
-only visible in the shapes when they change a tensor's shape, e.g. with an explicit
-``head_dim`` or grouped key/value heads; GPT-2's ``n_head`` is not.)
+Tensors are read one at a time (at the offsets of the file's header, checked against
+``safetensors``' own reading of it; plain reads, no memory map), converted to the target
+dtype, laid out, and handed to JAX before the next is read, so peak host memory is about the
+weights in the target dtype plus a few copies of one tensor. Every tensor the config implies
+must be present with the implied shape, and every tensor in the files must be used (except a
+few known buffers such as ``rotary_emb.inv_freq``): a config whose layer count, widths, head
+counts or vocabulary disagree with the weights is an error, never a silently different
+model. (Head counts are only visible in the shapes when they change a tensor's shape, e.g.
+with an explicit ``head_dim`` or grouped key/value heads; GPT-2's ``n_head`` is not.)
 
 Weight layouts (torch ``Linear`` stores ``[out, in]``; GPT-2's ``Conv1D`` ``[in, out]``)::
 
@@ -380,7 +380,15 @@ def _inside(root: Path, name: str, what: str, allow_links_under: Path | None) ->
 
 
 class _SafetensorsFile:
-    """One ``.safetensors`` file read tensor by tensor (header checked against the file)."""
+    """One ``.safetensors`` file read tensor by tensor.
+
+    The header is parsed and checked against the file (dtypes, shapes, offsets, size) and the
+    file is opened once with ``safetensors.safe_open`` (numpy) to confirm the format. Tensor
+    bytes are then read at their offsets with plain file reads rather than through the
+    library's memory map: every page of a mapped file that is touched counts as resident
+    memory until the map closes, which would hold a second copy of the weights during the
+    load. (numpy also cannot name bfloat16, which the offsets handle alike.)
+    """
 
     def __init__(self, file: Path):
         from safetensors import safe_open
@@ -395,11 +403,14 @@ class _SafetensorsFile:
                 if not 0 < n <= min(size - 8, 100 << 20):
                     raise ValueError("bad header length")
                 header = json.loads(f.read(n))
-            self.handle = safe_open(str(file), framework="numpy")
+            with safe_open(str(file), framework="numpy") as handle:
+                names = set(handle.keys())
         except Exception as e:  # safetensors raises SafetensorError/OSError/ValueError
             raise ValueError(f"{file}: not a readable safetensors file ({type(e).__name__}: "
                              f"{e})") from None
         header.pop("__metadata__", None)
+        if set(header) != names:
+            raise ValueError(f"{file}: inconsistent safetensors header")
         self.data_start = 8 + n
         self.entries = header
         for name, e in header.items():
@@ -417,12 +428,9 @@ class _SafetensorsFile:
 
     def read(self, name: str) -> np.ndarray:
         e = self.entries[name]
-        if e["dtype"] == "BF16":  # numpy cannot name bfloat16: read the bytes at the offsets
-            start, _ = e["data_offsets"]
-            x = np.fromfile(self.file, dtype=ml_dtypes.bfloat16, count=math.prod(e["shape"]),
-                            offset=self.data_start + start)
-            return x.reshape(e["shape"])
-        return self.handle.get_tensor(name)
+        x = np.fromfile(self.file, dtype=_NP_DTYPES[e["dtype"]], count=math.prod(e["shape"]),
+                        offset=self.data_start + e["data_offsets"][0])
+        return x.reshape(e["shape"])
 
 
 class _Weights:

@@ -530,14 +530,30 @@ def patch_from(cache_value: jax.Array, positions: Any = None, *, pos_axis: int |
     """Hook writing ``cache_value`` (same shape as the activation, e.g. from a clean run's
     cache) into the activation at ``positions`` (int or int array; all if ``None``).
 
-    ``pos_axis`` is the sequence axis: 1 for ``[B, T, ...]`` activations (default), 2 (the
-    query axis) for ``attn.hook_pattern`` ``[B, H, T, T]``; inferred from ``ndim == 4``.
+    ``pos_axis`` is the sequence axis: 1 for ``[B, T, ...]`` activations (inferred for
+    ``ndim <= 3``), 2 (the query axis) for ``attn.hook_pattern``/``hook_attn_scores``
+    ``[B, H, T, T]``. Four-dimensional activations are either those or per-head ones
+    (``hook_q``, ``hook_z``, ... ``[B, T, H, Dh]``), so with ``positions`` they need an explicit
+    ``pos_axis`` (:func:`pos_axis_of` gives it from the hook name).
+
+    Raises:
+      ValueError: ``positions`` given for a 4-D value without ``pos_axis``.
     """
     value = jnp.asarray(cache_value)
     if pos_axis is None:
-        pos_axis = 2 if value.ndim == 4 else 1
+        if value.ndim == 4 and positions is not None:
+            raise ValueError("patch_from: a 4-D value is ambiguous; pass pos_axis=2 for "
+                             "attention patterns/scores [B, H, T, T], pos_axis=1 for per-head "
+                             "activations [B, T, H, Dh] (or pos_axis_of(hook_name))")
+        pos_axis = 1
     pos = None if positions is None else jnp.asarray(positions)
     return PatchFrom(value, pos, pos_axis)
+
+
+def pos_axis_of(name: str) -> int:
+    """The sequence (query) axis of hook ``name``'s activation: 2 for ``attn.hook_pattern``
+    and ``attn.hook_attn_scores`` ``[B, H, T, T]``, else 1."""
+    return 2 if name.endswith((".hook_pattern", ".hook_attn_scores")) else 1
 
 
 def add_vector(v: jax.Array, positions: Any = None, scale: float | jax.Array = 1.0, *,
