@@ -9,11 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-try:  # the lead's checkpoint registry (lands in main); identity until then
-    from jaxcrl.checkpoint import register_config
-except ImportError:  # pragma: no cover
-    def register_config(cls):
-        return cls
+from jaxcrl.checkpoint import register_config
 
 POSITIONS = ("learned", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
