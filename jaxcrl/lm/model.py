@@ -233,17 +233,22 @@ class Attention(nn.Module):
         g = h // kh
         w_init = nn.initializers.normal(cfg.init_std)
         out_init = nn.initializers.normal(cfg.init_std / np.sqrt(2 * cfg.n_layers))
+        # Parameters are created in the order of earlier versions: Linen draws each init key
+        # from a per-module counter, so the same seed gives the same initial weights.
         w_q = self.param("W_Q", w_init, (d, h, dh))
         w_k = self.param("W_K", w_init, (d, kh, dh))
         w_v = self.param("W_V", w_init, (d, kh, dh))
+        if cfg.qkv_bias:
+            b_q = self.param("b_Q", nn.initializers.zeros, (h, dh))
+            b_k = self.param("b_K", nn.initializers.zeros, (kh, dh))
+            b_v = self.param("b_V", nn.initializers.zeros, (kh, dh))
         w_o = self.param("W_O", out_init, (h, dh, d))
+        b_o = self.param("b_O", nn.initializers.zeros, (d,)) if cfg.out_bias else None
         q = jnp.einsum("btd,dhe->bthe", x, w_q)
         k = jnp.einsum("btd,dhe->bthe", x, w_k)
         v = jnp.einsum("btd,dhe->bthe", x, w_v)
         if cfg.qkv_bias:
-            q = q + self.param("b_Q", nn.initializers.zeros, (h, dh))
-            k = k + self.param("b_K", nn.initializers.zeros, (kh, dh))
-            v = v + self.param("b_V", nn.initializers.zeros, (kh, dh))
+            q, k, v = q + b_q, k + b_k, v + b_v
         if cfg.qk_norm:
             q = Norm(cfg, kind="rmsnorm", name="q_norm")(q)
             k = Norm(cfg, kind="rmsnorm", name="k_norm")(k)
@@ -286,8 +291,8 @@ class Attention(nn.Module):
             out = result.sum(axis=2)
         else:
             out = jnp.einsum("bthe,hed->btd", z, w_o)
-        if cfg.out_bias:
-            out = out + self.param("b_O", nn.initializers.zeros, (d,))
+        if b_o is not None:
+            out = out + b_o
         return out, new_kv
 
 
