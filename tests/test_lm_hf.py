@@ -402,3 +402,31 @@ def test_sampling_is_keyed_and_top_k_respected(llama_dir):
     for pos in range(4, 10):
         top5 = np.argsort(-logits[:, pos - 1], axis=-1)[:, :5]
         assert all(seq[i, pos] in top5[i] for i in range(3))
+
+
+def test_hub_id_through_snapshot_cache(llama_dir, tmp_path, monkeypatch):
+    """A hub id resolves through huggingface_hub (mocked: no network in tests); the cache's
+    symlinks into the repository's blobs/ are followed, one pointing elsewhere is refused."""
+    hub = pytest.importorskip("huggingface_hub")
+    repo = tmp_path / "cache" / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    for f in llama_dir.iterdir():
+        shutil.copy(f, repo / "blobs" / f.name)
+        (snap / f.name).symlink_to(repo / "blobs" / f.name)
+    monkeypatch.setattr(hub, "snapshot_download", lambda repo_id, **kw: str(snap))
+    monkeypatch.chdir(tmp_path)
+    model, params = from_pretrained("org/tiny")
+    ref_model, ref_params = from_pretrained(llama_dir)
+    assert model.cfg == ref_model.cfg
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, ref_params)
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copy(llama_dir / "model.safetensors", outside)
+    (snap / "model.safetensors").unlink()
+    (snap / "model.safetensors").symlink_to(outside)
+    with pytest.raises(ValueError, match="symlink"):
+        from_pretrained("org/tiny")
+    # a local directory may not hold symlinks at all
+    with pytest.raises(ValueError, match="symlink"):
+        from_pretrained(snap)
