@@ -13,7 +13,9 @@ vocab 32000). ``--layers`` overrides both layer counts.
 
 Arms, same tokens ``[batch, seq]``, each warmed up (compiled) once, best of ``--repeats``
 rounds that alternate between arms so load from other processes hits both alike:
-``jaxcrl`` (``model.apply`` under jit, float32), ``jaxcrl_all_hooks_layer0`` (``run_with_cache``
+``jaxcrl`` (``model.apply`` under jit, float32), ``jaxcrl_bf16`` (the same with bfloat16
+parameters and activations; CPUs without native bfloat16 matmuls run it slower),
+``jaxcrl_all_hooks_layer0`` (``run_with_cache``
 of every hook of block 0, incl. ``hook_result``), ``torch`` (``transformers`` eager forward under
 ``torch.no_grad``, float32, sdpa attention, ``torch.get_num_threads()`` threads). Reported:
 tokens/s and the ratio jaxcrl / torch (> 1: jaxcrl faster).
@@ -113,8 +115,10 @@ def bench_model(name: str, hf_cfg, args, tmp: Path) -> dict:
 
     # numerical agreement of the two arms on this very input
     diff = float(np.abs(np.asarray(model.apply(params, tokens)) - run_torch().numpy()).max())
+    params16 = jax.tree_util.tree_map(lambda x: x.astype(jax.numpy.bfloat16), params)
     times = best_times({
         "jaxcrl": lambda: jax.block_until_ready(model.apply(params, tokens)),
+        "jaxcrl_bf16": lambda: jax.block_until_ready(model.apply(params16, tokens)),
         "jaxcrl_all_hooks_layer0": lambda: jax.block_until_ready(
             model.run_with_cache(params, tokens, layer0)),
         "torch": run_torch,
@@ -125,7 +129,7 @@ def bench_model(name: str, hf_cfg, args, tmp: Path) -> dict:
            "seconds": times, "tokens_per_s": {k: n_tok / v for k, v in times.items()},
            "ratio_jaxcrl_over_torch": times["torch"] / times["jaxcrl"],
            "all_hooks_layer0_overhead": times["jaxcrl_all_hooks_layer0"] / times["jaxcrl"]}
-    params = None  # free the loaded weights before the memory subprocesses
+    params = params16 = None  # free the loaded weights before the memory subprocesses
     res["from_pretrained_memory"] = [load_memory(path, d) for d in ("float32", "bfloat16")]
     return res
 
@@ -176,7 +180,8 @@ def main(argv=None) -> dict:
     for r in results:
         tps = r["tokens_per_s"]
         print(f"{r['model']:18s} params {r['n_params'] / 1e6:6.1f}M  jaxcrl {tps['jaxcrl']:8.0f} "
-              f"tok/s  torch {tps['torch']:8.0f} tok/s  ratio {r['ratio_jaxcrl_over_torch']:.2f}"
+              f"tok/s  (bf16 {tps['jaxcrl_bf16']:6.0f})  torch {tps['torch']:8.0f} tok/s  "
+              f"ratio {r['ratio_jaxcrl_over_torch']:.2f}"
               f"  all hooks of layer 0: x{r['all_hooks_layer0_overhead']:.2f}  "
               f"|dlogits| {r['max_abs_logit_diff_vs_torch']:.1e}")
         for m in r["from_pretrained_memory"]:
