@@ -430,3 +430,16 @@ def test_hub_id_through_snapshot_cache(llama_dir, tmp_path, monkeypatch):
     # a local directory may not hold symlinks at all
     with pytest.raises(ValueError, match="symlink"):
         from_pretrained(snap)
+
+
+def test_bench_lm_forward_small(tmp_path):
+    from conftest import load_experiment
+
+    out = tmp_path / "b.json"
+    load_experiment("experiments/bench/lm_forward.py").main(["--small", "--out", str(out)])
+    res = json.loads(out.read_text())
+    for r in res["results"]:
+        assert r["max_abs_logit_diff_vs_torch"] < 1e-4
+        assert r["ratio_jaxcrl_over_torch"] > 0 and r["tokens_per_s"]["jaxcrl_bf16"] > 0
+        for m in r["from_pretrained_memory"]:
+            assert m["weights_bytes"] > 0 and m["peak_added_bytes"] > 0
