@@ -521,6 +521,11 @@ def _load_gpt2(cfg: TransformerConfig, w: _Weights, put: Callable) -> dict:
                                                 "n_embd)")),
                               "W_pos": put(w.get(p0 + "wpe.weight", (cfg.n_ctx, d), dt,
                                                  " (n_positions, n_embd)"))}
+    ignore: tuple[str, ...] = ()
+    if not cfg.tied_embeddings:  # big tensors first: their temporaries meet few loaded ones
+        params["W_U"] = put(w.get("lm_head.weight", (v, d), dt, " (vocab_size, n_embd)").T)
+    else:
+        ignore = ("lm_head.weight",)
     for layer in range(cfg.n_layers):
         p = f"{p0}h.{layer}."
         hint = f" (layer {layer}: n_layer, n_embd, n_inner)"
@@ -547,11 +552,6 @@ def _load_gpt2(cfg: TransformerConfig, w: _Weights, put: Callable) -> dict:
         }
     params["ln_final"] = {"scale": put(w.get(p0 + "ln_f.weight", (d,), dt)),
                           "bias": put(w.get(p0 + "ln_f.bias", (d,), dt))}
-    ignore: tuple[str, ...] = ()
-    if not cfg.tied_embeddings:
-        params["W_U"] = put(w.get("lm_head.weight", (v, d), dt, " (vocab_size, n_embd)").T)
-    else:
-        ignore = ("lm_head.weight",)
     w.check_all_used(ignore)
     return params
 
@@ -562,6 +562,11 @@ def _load_neox(cfg: TransformerConfig, w: _Weights, put: Callable) -> dict:
     p0 = _prefix(w, ("gpt_neox.", ""), "embed_in.weight")
     params: dict[str, Any] = {"W_E": put(w.get(p0 + "embed_in.weight", (v, d), dt,
                                                " (vocab_size, hidden_size)"))}
+    ignore: tuple[str, ...] = ()
+    if not cfg.tied_embeddings:  # big tensors first: their temporaries meet few loaded ones
+        params["W_U"] = put(w.get("embed_out.weight", (v, d), dt, " (vocab_size, hidden_size)").T)
+    else:
+        ignore = ("embed_out.weight",)
     for layer in range(cfg.n_layers):
         p = f"{p0}layers.{layer}."
         hint = f" (layer {layer}: num_hidden_layers, hidden_size, intermediate_size)"
@@ -591,11 +596,6 @@ def _load_neox(cfg: TransformerConfig, w: _Weights, put: Callable) -> dict:
         }
     params["ln_final"] = {"scale": put(w.get(p0 + "final_layer_norm.weight", (d,), dt)),
                           "bias": put(w.get(p0 + "final_layer_norm.bias", (d,), dt))}
-    ignore: tuple[str, ...] = ()
-    if not cfg.tied_embeddings:
-        params["W_U"] = put(w.get("embed_out.weight", (v, d), dt, " (vocab_size, hidden_size)").T)
-    else:
-        ignore = ("embed_out.weight",)
     w.check_all_used(ignore)
     return params
 
@@ -607,6 +607,11 @@ def _load_llama_like(cfg: TransformerConfig, w: _Weights, put: Callable) -> dict
     p0 = _prefix(w, ("model.", "model.language_model.", ""), "embed_tokens.weight")
     params: dict[str, Any] = {"W_E": put(w.get(p0 + "embed_tokens.weight", (v, d), dt,
                                                " (vocab_size, hidden_size)"))}
+    ignore: tuple[str, ...] = ()
+    if not cfg.tied_embeddings:  # big tensors first: their temporaries meet few loaded ones
+        params["W_U"] = put(w.get("lm_head.weight", (v, d), dt, " (vocab_size, hidden_size)").T)
+    else:
+        ignore = ("lm_head.weight",)  # tied: transformers uses embed_tokens either way
     for layer in range(cfg.n_layers):
         p = f"{p0}layers.{layer}."
         hint = (f" (layer {layer}: num_hidden_layers, hidden_size, num_attention_heads, "
@@ -647,11 +652,6 @@ def _load_llama_like(cfg: TransformerConfig, w: _Weights, put: Callable) -> dict
             blk["ln2"] = norm("post_attention_layernorm")
         params[f"blocks_{layer}"] = blk
     params["ln_final"] = {"scale": put(w.get(p0 + "norm.weight", (d,), dt))}
-    ignore: tuple[str, ...] = ()
-    if not cfg.tied_embeddings:
-        params["W_U"] = put(w.get("lm_head.weight", (v, d), dt, " (vocab_size, hidden_size)").T)
-    else:
-        ignore = ("lm_head.weight",)  # tied: transformers uses embed_tokens either way
     w.check_all_used(ignore)
     return params
 
