@@ -1,7 +1,10 @@
-"""Hookable transformer language models (TransformerLens vocabulary), patching, GPT-2 import."""
+"""Hookable transformer language models (TransformerLens vocabulary), Hugging Face import
+(GPT-2, GPT-NeoX, Llama, Mistral, Qwen, Gemma), generation, patching."""
 
-from jaxcrl.lm.config import TransformerConfig, check_hook_names, hook_names
+from jaxcrl.lm.config import RopeScaling, TransformerConfig, check_hook_names, hook_names
+from jaxcrl.lm.generate import generate
 from jaxcrl.lm.gpt2 import load_hf_gpt2, save_hf_gpt2
+from jaxcrl.lm.hf import from_pretrained
 from jaxcrl.lm.model import (
     AddVector,
     Hook,
@@ -15,6 +18,7 @@ from jaxcrl.lm.model import (
     count_params,
     mean_ablate,
     patch_from,
+    pos_axis_of,
     replace_with,
     zero_ablate,
 )
@@ -22,7 +26,8 @@ from jaxcrl.lm.patching import activation_patching, logit_diff
 
 __all__ = [
     "AddVector", "Hook", "HookedTransformer", "MeanAblate", "PatchFrom", "ReplaceWith",
+    "RopeScaling", "from_pretrained", "generate",
     "Transformer", "TransformerConfig", "ZeroAblate", "activation_patching", "add_vector",
     "check_hook_names", "count_params", "hook_names", "load_hf_gpt2", "logit_diff",
-    "mean_ablate", "patch_from", "replace_with", "save_hf_gpt2", "zero_ablate",
+    "mean_ablate", "patch_from", "pos_axis_of", "replace_with", "save_hf_gpt2", "zero_ablate",
 ]

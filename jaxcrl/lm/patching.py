@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcrl.lm.model import HookedTransformer, patch_from
+from jaxcrl.lm.model import HookedTransformer, patch_from, pos_axis_of
 
 MetricFn = Callable[[jax.Array], jax.Array]
 
@@ -88,8 +88,8 @@ def activation_patching(model: HookedTransformer, params: Any, clean_tokens: jax
         value = clean_cache[name]
 
         def one(p, name=name, value=value):
-            logits = model.run_with_hooks(params, corrupted_tokens,
-                                          {name: patch_from(value, positions=p)})
+            hook = patch_from(value, positions=p, pos_axis=pos_axis_of(name))
+            logits = model.run_with_hooks(params, corrupted_tokens, {name: hook})
             return jnp.asarray(metric_fn(logits), jnp.float32)
 
         if chunk_size is None:
