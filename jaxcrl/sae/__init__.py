@@ -50,7 +50,7 @@ from jaxcrl.sae.toy import sample as toy_sample
 from jaxcrl.sae.training import (
     HParams,
     SAEState,
-    TrainResult,
+    SAETrainResult,
     auxk_loss,
     hparams,
     inference_params,
@@ -64,7 +64,7 @@ from jaxcrl.sae.training import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "HParams", "SAEConfig", "SAEState", "Source", "ToyConfig", "TrainResult",
+    "ARCHITECTURES", "HParams", "SAEConfig", "SAEState", "SAETrainResult", "Source", "ToyConfig",
     "array_source", "auxk_loss", "ce_loss_recovered", "decode", "direction_mcc", "encode",
     "evaluate", "export_saelens", "fit_logistic", "fit_ridge", "fold_normalization",
     "forward", "generator_source", "geometric_median", "heaviside_step", "hparams",
