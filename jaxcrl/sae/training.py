@@ -33,6 +33,7 @@ bit-identically; it refuses a checkpoint of another config, swept values, key or
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -90,7 +91,9 @@ class SAETrainResult(NamedTuple):
 
     Attributes:
       state: final :class:`SAEState` (leading ``[runs]`` axis for a sweep).
-      history: per-step metrics ``[steps]`` (``[steps, runs]`` for a sweep), plus ``wall_s``.
+      history: per-step metrics ``[steps]`` (``[steps, runs]`` for a sweep), plus ``wall_s``
+        and ``traces`` (times this call traced its compiled chunk: 1, or 0 when a run with
+        the same config and source already compiled it in this process).
       cfg: the config (the static base config for a sweep).
       cfgs: one config per run (with the swept values filled in).
     """
@@ -293,9 +296,11 @@ def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False
         upd = plain if not _uses_aux(cfg) else (
             lambda s, x: jax.lax.cond(_any_dead(s, cfg), with_aux, plain, s, x))
 
+    sample = source.sample  # not ``source``: the step cache below is keyed weakly on it
+
     def step(carry, key):
         src, sae = carry
-        src, x = source.sample(src, key)
+        src, x = sample(src, key)
         sae, metrics = upd(sae, x)
         return (src, sae), metrics
 
@@ -470,10 +475,27 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
             lambda t, c: (source.refresh(c[0], jax.random.fold_in(k_src, t)), c[1]),
             refresh_every))
     callbacks += driver.progress_callbacks(progress, ("mse", "l0", "dead_frac", "fvu"), "sae")
-    step = make_step(cfg, source, sweep=sweep)
+    step = _step(cfg, source, sweep)
     out = driver.drive(step, carry, k_data, start_step=start, end_step=max(end, start),
                        total_steps=cfg.steps, chunk_size=chunk_size, callbacks=callbacks)
-    return SAETrainResult(out.state[1], out.history, cfg, tuple(cfgs))
+    history = {**out.history, "traces": np.asarray(out.traces)}
+    return SAETrainResult(out.state[1], history, cfg, tuple(cfgs))
+
+
+def _show(a: Any) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in np.asarray(a).ravel().tolist()) + "]"
+
+
+# source -> {(cfg, sweep): step}: a resumed run in the same process reuses the step, and
+# with it the driver's compiled chunk (no retracing); entries go with their source.
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _step(cfg: SAEConfig, source: Source, sweep: bool):
+    per_source = _STEPS.setdefault(source, {})
+    if (cfg, sweep) not in per_source:
+        per_source[(cfg, sweep)] = make_step(cfg, source, sweep=sweep)
+    return per_source[(cfg, sweep)]
 
 
 def _check_hparams(saved: HParams, current: HParams, where: Any) -> None:
@@ -483,6 +505,6 @@ def _check_hparams(saved: HParams, current: HParams, where: Any) -> None:
     if diff:
         raise driver.ConfigMismatchError(
             f"{where}: the checkpointed run has other per-run hyper-parameters "
-            + "; ".join(f"{n}: {np.asarray(getattr(saved, n)).tolist()} (checkpoint) vs "
-                        f"{np.asarray(getattr(current, n)).tolist()} (this run)" for n in diff)
+            + "; ".join(f"{n}: {_show(getattr(saved, n))} (checkpoint) vs "
+                        f"{_show(getattr(current, n))} (this run)" for n in diff)
             + "; use another workdir or resume=False", diff)
