@@ -24,9 +24,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxcrl import plot
+from jaxcrl.crl import fit
 from jaxcrl.crl.config import CRLConfig
 from jaxcrl.crl.evaluate import score_fit, standardized_graph
-from jaxcrl.crl.fit import fit
 from jaxcrl.metrics import mcc
 from jaxcrl.results import format_table, summarize_seeds, write_results
 from jaxcrl.scm import (
