@@ -37,7 +37,7 @@ import numpy as np
 from jaxcrl import plot
 from jaxcrl.analysis.causal_features import CausalFeaturesConfig, analyse, format_table
 from jaxcrl.lm.tasks import TaskConfig
-from jaxcrl.lm.train import LMTrainConfig, load, make_source, train
+from jaxcrl.lm.training import LMTrainConfig, load, make_source, train
 from jaxcrl.results import write_results
 from jaxcrl.scm import GraphConfig
 from jaxcrl.scm.graphs import transitive_closure

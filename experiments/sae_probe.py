@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 
 from jaxcrl import plot
 from jaxcrl.lm.tasks import TaskConfig
-from jaxcrl.lm.train import LMTrainConfig, load, make_source, train
+from jaxcrl.lm.training import LMTrainConfig, load, make_source, train
 from jaxcrl.results import write_results
 from jaxcrl.sae.evaluate import plot_density
 from jaxcrl.sae.pipeline import KNOB, SAEProbeConfig, run

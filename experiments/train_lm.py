@@ -40,7 +40,7 @@ import numpy as np
 from jaxcrl import plot
 from jaxcrl.lm import probe
 from jaxcrl.lm.tasks import TaskConfig
-from jaxcrl.lm.train import (
+from jaxcrl.lm.training import (
     LMTrainConfig,
     make_eval_fn,
     make_source,
