@@ -17,12 +17,14 @@ import pytest
 from jaxcrl import checkpoint as ckpt
 
 
+@ckpt.register_config
 @dataclasses.dataclass(frozen=True)
 class InnerCfg:
     width: int = 4
     acts: tuple = ("relu", "tanh")
 
 
+@ckpt.register_config
 @dataclasses.dataclass(frozen=True)
 class Cfg:
     lr: float = 1e-3
@@ -210,14 +212,18 @@ def test_manager_keeps_last_k_and_resumes_latest(tmp_path):
     assert mgr.restore(40).step == 40
 
 
-def test_manager_ignores_and_clears_interrupted_saves(tmp_path):
+def test_manager_ignores_interrupted_saves_and_only_its_next_owner_clears_them(tmp_path):
     mgr = ckpt.CheckpointManager(tmp_path / "run", kind="sae", save_every=1)
     mgr.save(1, {"w": jnp.ones(2)}, config=None)
+    mgr.close()
     stale = tmp_path / "run" / ".step_000000002.tmp-deadbeef"
     stale.mkdir()
     (stale / "junk").write_text("x")
     assert mgr.latest_step() == 1
-    ckpt.CheckpointManager(tmp_path / "run", kind="sae")
+    reader = ckpt.CheckpointManager(tmp_path / "run", kind="sae")
+    assert reader.latest().step == 1 and stale.exists()  # readers never delete
+    with ckpt.CheckpointManager(tmp_path / "run", kind="sae") as owner:
+        owner.save(3, {"w": jnp.ones(2)}, config=None)
     assert not stale.exists()
 
 

@@ -114,3 +114,26 @@ def test_train_lm_experiment_learns_and_writes_results(tmp_path, monkeypatch):
     assert (out / "probes.png").stat().st_size > 0
     model, params, cfg = load(out / "ckpt")
     assert cfg.steps == 300 and cfg.model.n_layers == 2
+
+
+def test_load_of_a_missing_workdir_is_a_clear_error_without_side_effects(tmp_path):
+    from jaxcrl.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        load(tmp_path / "typo" / "path")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_load_falls_back_to_the_newest_step_that_verifies(tmp_path):
+    train(CFG, tmp_path, progress=False)
+    latest = max(p for p in tmp_path.iterdir() if p.name.startswith("step_"))
+    victim = max((p for p in (latest / "state").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:-8])
+    with pytest.warns(UserWarning, match=r"resuming from step 20.*skipped step 40"):
+        _, params, cfg = load(tmp_path)
+    assert cfg == CFG
+    part = train(CFG, stop_at=20, progress=False)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(part.params),
+                    strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -88,3 +88,65 @@ def test_sae_lens_loads_our_export_and_agrees(tmp_path, arch):
     ours, aux = sae.forward(p, x * s, cfg, inference=True)
     np.testing.assert_allclose(z, aux["z"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(x_hat, np.asarray(ours) / s, rtol=1e-4, atol=1e-5)
+
+
+def _write_pre6(path, weights, **doc):
+    """A SAELens < 6.0 directory: no 'topk' architecture, TopK in activation_fn_str."""
+    from safetensors.numpy import save_file
+
+    path.mkdir()
+    save_file({n: np.asarray(v, np.float32) for n, v in weights.items()},
+              str(path / "sae_weights.safetensors"))
+    (path / "cfg.json").write_text(json.dumps({"d_in": D_IN, "d_sae": D_SAE,
+                                               "hook_name": "blocks.1.hook_resid_pre", **doc}))
+
+
+def test_pre6_saelens_topk_imports_as_topk_with_its_k(tmp_path):
+    _, p, x = _params("relu")
+    weights = {n: p[n] for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
+    _write_pre6(tmp_path / "s", weights, architecture="standard", activation_fn_str="topk",
+                activation_fn_kwargs={"k": 3}, normalize_activations=False)
+    q, cfg = sae.import_saelens(tmp_path / "s")
+    assert (cfg.architecture, cfg.k) == ("topk", 3)
+    x_hat, aux = sae.forward(q, x, cfg, inference=True)
+    # Independent route (numpy): top 3 pre-activations per row, ReLU, decode.
+    pre = (np.asarray(x) - np.asarray(p["b_dec"])) @ np.asarray(p["W_enc"]) + np.asarray(
+        p["b_enc"])
+    keep = np.argsort(-pre, axis=1)[:, :3]
+    z = np.zeros_like(pre)
+    np.put_along_axis(z, keep, np.maximum(np.take_along_axis(pre, keep, 1), 0), 1)
+    np.testing.assert_allclose(aux["z"], z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x_hat, z @ np.asarray(p["W_dec"]) + np.asarray(p["b_dec"]),
+                               rtol=1e-4, atol=1e-5)
+    assert int((np.asarray(aux["z"]) > 0).sum(1).max()) <= 3
+
+
+def test_pre6_saelens_relu_and_unknown_activation(tmp_path):
+    _, p, _ = _params("relu")
+    weights = {n: p[n] for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
+    _write_pre6(tmp_path / "r", weights, architecture="standard", activation_fn_str="relu",
+                normalize_activations="none")
+    assert sae.import_saelens(tmp_path / "r")[1].architecture == "relu"
+    _write_pre6(tmp_path / "g", weights, architecture="standard", activation_fn_str="gelu")
+    with pytest.raises(ValueError, match="activation_fn_str 'gelu'"):
+        sae.import_saelens(tmp_path / "g")
+    _write_pre6(tmp_path / "k", weights, architecture="standard", activation_fn_str="topk",
+                activation_fn_kwargs={"k": D_SAE + 5})
+    with pytest.raises(ValueError, match="TopK k must be"):
+        sae.import_saelens(tmp_path / "k")
+
+
+def test_import_rejects_missing_corrupt_and_symlinked_files(tmp_path):
+    with pytest.raises(ValueError, match="no cfg.json"):
+        sae.import_saelens(tmp_path)
+    (tmp_path / "cfg.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        sae.import_saelens(tmp_path)
+    cfg, p, _ = _params("topk")
+    sae.export_saelens(tmp_path / "s", p, cfg)
+    w = tmp_path / "s" / "sae_weights.safetensors"
+    os_target = tmp_path / "elsewhere.safetensors"
+    w.rename(os_target)
+    w.symlink_to(os_target)
+    with pytest.raises(ValueError, match="symlink"):
+        sae.import_saelens(tmp_path / "s")

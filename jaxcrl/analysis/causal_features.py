@@ -48,6 +48,7 @@ from jaxcrl.analysis.interventions import (
     score_effects,
     steering_deltas,
 )
+from jaxcrl.checkpoint import register_config
 from jaxcrl.crl import CRLConfig, fit
 from jaxcrl.crl.evaluate import score_fit
 from jaxcrl.lm import HookedTransformer, add_vector, replace_with
@@ -67,6 +68,7 @@ def _clamp_sae(x, params, f, a, *, cfg):
     return x + (a - z.reshape(x.shape[:-1]))[..., None] * params["W_dec"][f]
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class CausalFeaturesConfig:
     """What to analyse and how much of it.

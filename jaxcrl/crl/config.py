@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxcrl.checkpoint import register_config
+
 METHODS = ("latent_scm", "latent_scm_vae", "beta_vae", "ivae")
 
 
@@ -12,6 +14,7 @@ def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
         raise ValueError(f"CRLConfig.{name} must be one of {options}, got {value!r}")
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class CRLConfig:
     """What to fit and how.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxcrl.checkpoint import register_config
+
 POSITIONS = ("learned", "rotary")
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """A GPT-2-style decoder-only transformer (pre-LayerNorm, GELU MLP, causal attention).

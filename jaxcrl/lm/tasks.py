@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.scm import GraphConfig, make_graph
 
 BOS = 0
@@ -68,6 +69,7 @@ VALUE_VOCABS = ("per_variable", "shared")
 # --------------------------------------------------------------------------- config
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     """A latent-SCM token language.

@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -39,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcrl.checkpoint import CheckpointManager
+from jaxcrl.checkpoint import CheckpointManager, register_config
 from jaxcrl.lm.config import TransformerConfig
 from jaxcrl.lm.model import HookedTransformer, count_params
 from jaxcrl.lm.tasks import (
@@ -62,6 +61,7 @@ from jaxcrl.train.optim import build_optimizer
 # --------------------------------------------------------------------------- config
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class LMTrainConfig:
     """Everything that defines a language-model training run.
@@ -444,17 +444,15 @@ def load(workdir_or_path: str | os.PathLike, step: int | None = None
     or ``step``) or from one checkpoint directory."""
     from jaxcrl import checkpoint as ckpt
 
+    def target(cfg: LMTrainConfig):
+        return jax.eval_shape(lambda: init_state(cfg, jax.random.key(0)))
+
     path = os.fspath(workdir_or_path)
-    if not os.path.exists(os.path.join(path, "manifest.json")):
-        mgr = CheckpointManager(path, kind="lm")
-        step = mgr.latest_step() if step is None else step
-        if step is None:
-            raise ckpt.CheckpointError(f"{path}: no lm checkpoint")
-        path = mgr.step_path(step)
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = ckpt.config_from_json(json.load(f))
-    target = jax.eval_shape(lambda: init_state(cfg, jax.random.key(0)))
-    c = ckpt.load(path, kind="lm", target=target)
+    if os.path.exists(os.path.join(path, "manifest.json")):
+        c = ckpt.load(path, kind="lm", target=target)
+    else:  # a run's workdir: the newest step that verifies (or ``step``)
+        c = CheckpointManager(path, kind="lm").restore(step, target=target)
+    cfg = c.config
     return HookedTransformer(cfg.model), c.state.params, cfg
 
 

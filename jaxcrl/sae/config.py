@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxcrl.checkpoint import register_config
+
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
     """One SAE: architecture, sizes, sparsity, optimisation.

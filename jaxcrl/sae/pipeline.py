@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import ARCHITECTURES, SAEConfig
 from jaxcrl.sae.evaluate import ce_loss_recovered, evaluate
@@ -41,6 +42,7 @@ KNOB = {"topk": "k", "batchtopk": "k", "relu": "l1_coefficient",
         "jumprelu": "l0_coefficient"}
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class SAEProbeConfig:
     """What to train and evaluate.

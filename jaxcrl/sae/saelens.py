@@ -96,16 +96,20 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
     from safetensors.numpy import load_file
 
     path = Path(path)
-    doc = json.loads((path / CFG).read_text())
-    arch_sl = doc.get("architecture", "standard")
+    doc = _read_cfg(path)
+    arch_sl = _saelens_architecture(doc, path)
     if arch_sl not in _FROM_SAELENS:
         raise ValueError(f"{path}: SAELens architecture {arch_sl!r} is not supported "
                          f"(supported: {sorted(_FROM_SAELENS)})")
-    if doc.get("normalize_activations", "none") not in ("none", None):
+    # "none" (6.x), false/null (pre-6.0 and hand-written files) all mean: raw activations.
+    if doc.get("normalize_activations", "none") not in ("none", None, False):
         raise ValueError(f"{path}: normalize_activations={doc['normalize_activations']!r} "
                          "is not supported; fold the scaling into the weights first")
-    weights = load_file(str(path / WEIGHTS))
-    d_in, d_sae = int(doc["d_in"]), int(doc["d_sae"])
+    weights_file = path / WEIGHTS
+    if weights_file.is_symlink() or not weights_file.is_file():
+        raise ValueError(f"{path}: {WEIGHTS} is missing (or a symlink, which is refused)")
+    weights = load_file(str(weights_file))
+    d_in, d_sae = doc["d_in"], doc["d_sae"]
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,),
               "b_dec": (d_in,)}
     arch = _FROM_SAELENS[arch_sl]
@@ -122,12 +126,56 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
     if saved is not None:
         fields = {f.name for f in dataclasses.fields(SAEConfig)}
         base = {k: v for k, v in saved.items() if k in fields}
-    hook = doc.get("hook_name") or doc.get("metadata", {}).get("hook_name") or ""
-    cfg = SAEConfig(**{**base, "architecture": arch, "d_in": d_in, "d_sae": d_sae,
-                       "k": int(doc.get("k", base.get("k", min(32, d_sae)))),
-                       "apply_b_dec_to_input": bool(doc.get("apply_b_dec_to_input", True)),
-                       "normalize_activations": False, "hook_name": hook})
+    metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    hook = doc.get("hook_name") or metadata.get("hook_name") or ""
+    if not isinstance(hook, str):
+        raise ValueError(f"{path}: cfg.json hook_name must be a string, got {hook!r}")
+    kwargs = doc.get("activation_fn_kwargs") if isinstance(
+        doc.get("activation_fn_kwargs"), dict) else {}
+    k = doc.get("k", kwargs.get("k", base.get("k", min(32, d_sae))))  # pre-6.0: kwargs.k
+    if arch == "topk" and not (isinstance(k, int) and 1 <= k <= d_sae):
+        raise ValueError(f"{path}: TopK k must be an integer in [1, d_sae={d_sae}], got {k!r}")
+    try:
+        cfg = SAEConfig(**{**base, "architecture": arch, "d_in": d_in, "d_sae": d_sae,
+                           "k": int(k),
+                           "apply_b_dec_to_input": bool(doc.get("apply_b_dec_to_input", True)),
+                           "normalize_activations": False, "hook_name": hook})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: cfg.json does not describe a valid SAE: {e}") from None
     return params, cfg
+
+
+def _read_cfg(path: Path) -> dict:
+    """cfg.json as data (a dict), with a clear error for a missing or corrupt file."""
+    try:
+        doc = json.loads((path / CFG).read_bytes())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no {CFG} (not a SAELens SAE directory)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: {CFG} is corrupt ({e})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: {CFG} is not a JSON object")
+    for key in ("d_in", "d_sae"):
+        if not isinstance(doc.get(key), int) or doc[key] < 1:
+            raise ValueError(f"{path}: {CFG} {key} must be a positive integer, "
+                             f"got {doc.get(key)!r}")
+    return doc
+
+
+def _saelens_architecture(doc: dict, path: Path) -> str:
+    """The SAELens architecture name, reading pre-6.0 files too: those say
+    ``"architecture": "standard"`` (or nothing) and put TopK in ``activation_fn_str``."""
+    arch = doc.get("architecture", "standard")
+    act = doc.get("activation_fn_str", doc.get("activation_fn"))
+    if arch == "standard" and act is not None:
+        if act == "topk":
+            return "topk"
+        if act != "relu":
+            raise ValueError(f"{path}: activation_fn_str {act!r} is not supported "
+                             "(supported: 'relu', 'topk')")
+    if not isinstance(arch, str):
+        raise ValueError(f"{path}: architecture must be a string, got {arch!r}")
+    return arch
 
 
 def sae_fn(params: dict, cfg: SAEConfig):

@@ -25,7 +25,10 @@ import numpy as np
 from jax.scipy.special import ndtr, ndtri
 from scipy.optimize import linear_sum_assignment
 
+from jaxcrl.checkpoint import register_config
 
+
+@register_config
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
     """Toy superposition setup.

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.scm.mechanisms import (
     Intervention,
     InterventionConfig,
@@ -29,6 +30,7 @@ from jaxcrl.scm.mechanisms import (
 from jaxcrl.scm.mixing import MixingConfig, MixingParams, apply_mixing, init_mixing
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     """A multi-environment dataset.

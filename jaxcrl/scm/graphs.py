@@ -18,12 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.scm._util import check_choice, uniform
 
 GRAPH_KINDS = ("er", "scale_free", "chain", "full")
 DEFAULT_EDGE_PROB = 0.5
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class GraphConfig:
     """Which random DAG to draw.

@@ -39,6 +39,7 @@ from dataclasses import field
 import jax
 import jax.numpy as jnp
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.scm._util import (
     check_choice,
     check_positive,
@@ -58,6 +59,7 @@ SOLVE_METHODS = ("auto", "closed_form", "fixed_point")
 # --------------------------------------------------------------------------- configs
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class SCMConfig:
     """A random SCM family.
@@ -102,6 +104,7 @@ class SCMConfig:
         self.graph.validate_for(self.latent_dim)
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class InterventionConfig:
     """How interventional environments are drawn.

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.checkpoint import register_config
 from jaxcrl.scm._util import check_choice, check_shape, normal, uniform
 
 MIXING_KINDS = ("mlp", "linear", "leaky_tanh", "injective")
@@ -44,6 +45,7 @@ XTANH_SLOPE = 0.1
 _NEWTON_STEPS = 30
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class MixingConfig:
     """A random mixing-function family.

@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -209,7 +207,8 @@ class Evaluate(Callback):
 
 class Checkpoint(Callback):
     """Saves ``to_save(state)`` with ``config`` through ``manager`` every
-    ``manager.save_every`` steps and at the end of the call.
+    ``manager.save_every`` steps and at the end of the call; closes the manager (releasing
+    the workdir) when :func:`drive` returns or raises.
 
     PRNG key leaves are stored as their raw key data (see :func:`storable`). The saved
     metrics are the chunk's last ones plus ``identity`` (a run fingerprint, checked by
@@ -233,6 +232,10 @@ class Checkpoint(Callback):
         self.manager.save(event.step, storable(self.to_save(event.state)), config=self.config,
                           metrics=metrics)
         return None
+
+    def close(self) -> None:
+        """Hands the workdir back (the manager's writer lock) when the run ends or fails."""
+        self.manager.close()
 
 
 class ProgressBar(Callback):
@@ -451,28 +454,24 @@ def check_same_run(saved: Any, current: Any, *, where: Any, ignore: Sequence[str
 def restore(manager: Any, *, config: Any, template: Any, to_save: Callable[[Any], Any] = None,
             ignore: Sequence[str] = (), identity: str | None = None
             ) -> tuple[Any, int] | None:
-    """The latest checkpoint of ``manager`` as ``(saved state, step)``, or None when there is
-    none.
+    """The newest checkpoint of ``manager`` that verifies, as ``(saved state, step)``, or None
+    when the workdir has none.
 
-    The saved config (and run fingerprint, when both have one) is compared with ``config``
-    before any state is restored: a mismatch raises :class:`ConfigMismatchError` naming the
-    fields. The state is restored onto the structure of ``to_save(template)`` (PRNG keys put
-    back), so callers rebuild the full state from it.
+    The saved config is compared with ``config`` before any state is restored (the target
+    is a function of the saved config): a mismatch raises :class:`ConfigMismatchError`
+    naming the fields; so does a differing run fingerprint (data/keys). The state is
+    restored onto the structure of ``to_save(template)`` (PRNG keys put back), from which
+    callers rebuild their full state.
     """
-    from jaxcrl import checkpoint as ckpt
-
-    step = manager.latest_step()
-    if step is None:
+    if not manager.steps():
         return None
-    path = Path(manager.step_path(step))
-    meta = ckpt.read_metadata(path)
-    with open(path / "config.json") as f:
-        saved = ckpt.config_from_json(json.load(f))
-    check_same_run(saved, config, where=path, ignore=ignore,
-                   saved_identity=meta.get("metrics", {}).get(FINGERPRINT), identity=identity)
-    to_save = to_save or (lambda s: s)
-    want = to_save(template)
-    c = manager.restore(step, target=jax.eval_shape(lambda: storable(want)))
+    want = (to_save or (lambda s: s))(template)
+
+    def target(saved_config: Any) -> Any:
+        check_same_run(saved_config, config, where=manager.workdir, ignore=ignore)
+        return jax.eval_shape(lambda: storable(want))
+
+    c = manager.restore(target=target)
+    check_same_run(config, config, where=c.path, saved_identity=c.metrics.get(FINGERPRINT),
+                   identity=identity)
     return unstorable(c.state, want), c.step
-
-

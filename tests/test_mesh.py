@@ -1,0 +1,204 @@
+"""Many devices by JAX's own SPMD, on 8 simulated CPU devices (a subprocess each, since the
+device count is fixed when JAX starts): meshes, latent-sharded TopK SAEs equal to the
+single-device SAE, per-device memory, collectives, and checkpoints across device counts."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcrl import checkpoint as ckpt
+
+
+def _run8(script: str, *args: str) -> dict:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_mesh_shapes_and_clear_errors():
+    out = _run8("""
+        import json, jax, numpy as np
+        from jaxcrl.train.mesh import MeshConfig, make_mesh, shard_batch
+        res = {"n": len(jax.devices())}
+        res["default"] = dict(make_mesh().shape)
+        res["m2"] = dict(make_mesh(MeshConfig(model=2)).shape)
+        for name, cfg in [("bad_model", MeshConfig(model=3)), ("bad_product",
+                          MeshConfig(data=3, model=2))]:
+            try:
+                make_mesh(cfg)
+            except ValueError as e:
+                res[name] = str(e)
+        try:
+            shard_batch(make_mesh(), {"tokens": np.zeros((12, 4))})
+        except ValueError as e:
+            res["bad_batch"] = str(e)
+        x = shard_batch(make_mesh(), np.arange(32.).reshape(16, 2))
+        res["batch_shards"] = len({s.device for s in x.addressable_shards})
+        print(json.dumps(res))
+    """)
+    assert out["n"] == 8
+    assert out["default"] == {"data": 8, "model": 1}
+    assert out["m2"] == {"data": 4, "model": 2}
+    assert "model axis 3 does not divide the 8 devices" in out["bad_model"]
+    assert "data=3 x model=2" in out["bad_product"]
+    assert "['tokens']" in out["bad_batch"] and "not divisible" in out["bad_batch"]
+    assert out["batch_shards"] == 8
+
+
+_SAE = """
+    import json, jax, jax.numpy as jnp, numpy as np, optax
+    from jaxcrl import sae
+    from jaxcrl.sae import sharded
+    from jaxcrl.train.mesh import MeshConfig, make_mesh, per_device_bytes
+    D_IN, D_SAE, K, B = 16, 256, 8, 64
+    cfg = sae.SAEConfig(architecture="topk", d_in=D_IN, d_sae=D_SAE, k=K)
+    ks = jax.random.split(jax.random.key(0), 3)
+    p = sae.init_params(ks[0], cfg)
+    p["b_enc"] = 0.1 * jax.random.normal(ks[1], (D_SAE,))
+    x = jax.random.normal(ks[2], (B, D_IN))
+    def dense_loss(p, x):
+        x_hat, _ = sae.forward(p, x, cfg)
+        return ((x_hat - x) ** 2).sum(-1).mean()
+    x_ref, aux = jax.jit(lambda p, x: sae.forward(p, x, cfg))(p, x)
+    g_ref = jax.grad(dense_loss)(p, x)
+    res = {}
+    for data, model in [(2, 4), (1, 8), (8, 1)]:
+        mesh = make_mesh(MeshConfig(data=data, model=model))
+        ps = sharded.shard_params(mesh, p)
+        x_hat, z = jax.jit(lambda p, x: sharded.topk_forward(p, x, K, mesh))(ps, x)
+        g = jax.jit(jax.grad(lambda p, x: sharded.mse_loss(p, x, K, mesh)))(ps, x)
+        res[f"{data}x{model}"] = {
+            "x_hat_err": float(jnp.abs(x_hat - x_ref).max()),
+            "same_active": bool(((z > 0) == (aux["z"] > 0)).all()),
+            "l0_max": int((z > 0).sum(1).max()),
+            "grad_err": {n: float(jnp.abs(g[n] - g_ref[n]).max() / (jnp.abs(g_ref[n]).max()
+                                                                    + 1e-12)) for n in g},
+            "z_sharding": list(z.sharding.spec),
+        }
+    # training: 5 Adam steps sharded (2 x 4) vs on one device
+    opt = optax.adam(1e-2)
+    mesh = make_mesh(MeshConfig(data=2, model=4))
+    step = sharded.make_train_step(mesh, K, opt)
+    ps = sharded.shard_params(mesh, jax.tree.map(jnp.copy, p))  # the step donates its input
+    os_ = opt.init(ps)
+    pr = jax.tree.map(jnp.copy, p); osr = opt.init(pr)
+    @jax.jit
+    def ref_step(p, o, x):
+        l, g = jax.value_and_grad(dense_loss)(p, x)
+        u, o = opt.update(g, o, p); p = optax.apply_updates(p, u)
+        w = p["W_dec"]; p = {**p, "W_dec": w / jnp.linalg.norm(w, axis=1, keepdims=True)}
+        return p, o, l
+    for t in range(5):
+        xt = jax.random.normal(jax.random.key(10 + t), (B, D_IN))
+        ps, os_, l = step(ps, os_, xt)
+        pr, osr, lr = ref_step(pr, osr, xt)
+    res["train_param_err"] = max(float(jnp.abs(ps[n] - pr[n]).max()) for n in p)
+    res["train_sharding"] = {n: list(ps[n].sharding.spec) for n in ps}
+    hlo = step.lower(ps, os_, xt).compile().as_text()
+    res["collectives"] = {c: hlo.count(c + "(") + hlo.count(c + "-start(")
+                          for c in ("all-gather", "all-reduce", "reduce-scatter",
+                                    "all-to-all", "collective-permute")}
+    # per-device bytes of params + Adam state at 1, 2, 4, 8 latent shards
+    big = {"W_enc": jnp.zeros((64, 1024)), "b_enc": jnp.zeros(1024),
+           "W_dec": jnp.zeros((1024, 64)), "b_dec": jnp.zeros(64)}
+    res["bytes"] = {}
+    for m in (1, 2, 4, 8):
+        mesh = make_mesh(MeshConfig(data=8 // m, model=m))
+        bp = sharded.shard_params(mesh, big)
+        st = {"params": bp, "opt": opt.init(bp)}  # eager init: moments inherit placement
+        res["bytes"][m] = max(per_device_bytes(st).values())
+    try:
+        sharded.topk_forward(sharded.shard_params(make_mesh(MeshConfig(model=8)), big), x,
+                             D_SAE, make_mesh(MeshConfig(model=8)))
+    except ValueError as e:
+        res["bad_k"] = str(e)
+    print(json.dumps(res))
+"""
+
+
+@pytest.fixture(scope="module")
+def sae8():
+    return _run8(_SAE)
+
+
+@pytest.mark.parametrize("shape", ["2x4", "1x8", "8x1"])
+def test_latent_sharded_topk_equals_the_single_device_sae(sae8, shape):
+    r = sae8[shape]
+    assert r["same_active"] and r["l0_max"] == 8
+    data, model = map(int, shape.split("x"))  # size-1 axes drop out of the spec
+    assert r["z_sharding"][0] == ("data" if data > 1 else None)
+    assert (r["z_sharding"][1:] or [None])[0] == ("model" if model > 1 else None)
+    assert r["x_hat_err"] < 1e-5
+    assert max(r["grad_err"].values()) < 1e-4, r["grad_err"]
+
+
+def test_latent_sharded_training_matches_and_stays_sharded(sae8):
+    assert sae8["train_param_err"] < 1e-4
+    assert sae8["train_sharding"] == {"W_enc": [None, "model"], "b_enc": ["model"],
+                                      "W_dec": ["model", None], "b_dec": []}
+    c = sae8["collectives"]
+    # top-k candidates gathered, partial reconstructions and data-parallel gradients reduced;
+    # no all-to-all or permutes (no accidental resharding of the weights)
+    assert c["all-gather"] >= 1 and c["all-reduce"] >= 1
+    assert c["all-to-all"] == 0 and c["collective-permute"] == 0
+
+
+def test_per_device_memory_falls_linearly_with_latent_shards(sae8):
+    b = {int(m): v for m, v in sae8["bytes"].items()}
+    for m in (2, 4, 8):
+        assert b[m] == pytest.approx(b[1] / m, rel=0.02), b
+
+
+def test_sharded_topk_rejects_k_wider_than_a_shard(sae8):
+    assert "k=256 must be in [1, d_sae/model = 128]" in sae8["bad_k"]
+
+
+def test_checkpoint_saved_on_8_devices_loads_on_1_and_back(tmp_path):
+    state = {"w": jnp.arange(64 * 32, dtype=jnp.float32).reshape(64, 32),
+             "b": jnp.arange(32, dtype=jnp.float32), "step": jnp.int32(3)}
+    _run8("""
+        import json, sys, jax, jax.numpy as jnp
+        from jaxcrl import checkpoint as ckpt
+        from jaxcrl.train.mesh import MeshConfig, make_mesh, shard_params
+        mesh = make_mesh(MeshConfig(data=2, model=4))
+        state = {"w": jnp.arange(64 * 32, dtype=jnp.float32).reshape(64, 32),
+                 "b": jnp.arange(32, dtype=jnp.float32), "step": jnp.int32(3)}
+        state = shard_params(mesh, state, min_size=16)
+        assert len(state["w"].sharding.device_set) == 8
+        ckpt.save(sys.argv[1], state, config=None, kind="sae", step=3)
+        print(json.dumps({"ok": True}))
+    """, str(tmp_path / "from8"))
+    c = ckpt.load(tmp_path / "from8", kind="sae", target=jax.eval_shape(lambda: state))
+    for n in state:
+        np.testing.assert_array_equal(np.asarray(c.state[n]), np.asarray(state[n]))
+    ckpt.save(tmp_path / "from1", state, config=None, kind="sae", step=3)
+    out = _run8("""
+        import json, sys, jax, jax.numpy as jnp, numpy as np
+        from jaxcrl import checkpoint as ckpt
+        from jaxcrl.train.mesh import MeshConfig, make_mesh, param_shardings
+        mesh = make_mesh(MeshConfig(data=2, model=4))
+        shapes = {"w": jax.ShapeDtypeStruct((64, 32), jnp.float32),
+                  "b": jax.ShapeDtypeStruct((32,), jnp.float32),
+                  "step": jax.ShapeDtypeStruct((), jnp.int32)}
+        sh = param_shardings(mesh, shapes, min_size=16)
+        target = {n: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh[n])
+                  for n, s in shapes.items()}
+        c = ckpt.load(sys.argv[1], kind="sae", target=target)
+        w = c.state["w"]
+        print(json.dumps({"spec": list(w.sharding.spec), "devices": len(w.sharding.device_set),
+                          "shard": list(w.addressable_shards[0].data.shape),
+                          "equal": bool(np.array_equal(np.asarray(w),
+                                        np.arange(64 * 32).reshape(64, 32)))}))
+    """, str(tmp_path / "from1"))
+    assert out == {"spec": ["model", None], "devices": 8, "shard": [16, 32],
+                   "equal": True}
