@@ -14,7 +14,11 @@ Compiled once: a chunk always scans ``chunk_size`` steps and skips (``lax.cond``
 past its ``n_valid``, and its first step index is traced, so partial chunks (the last one,
 the first one after a resume, one that ends at an evaluation) reuse the same program. The
 step is traced once per (step function, state/key signature) and process: resuming in the
-same process with the same step function does not retrace either.
+same process with the same step function does not retrace either. Each chunk program counts
+its own traces and raises :class:`RetraceError` on a second one: the equivalent of
+``chex.assert_max_traces(n=1)`` on the jitted step, per run (chex keys its counter on the
+place a function is defined, so a library step built once per run would trip it on the
+second run of a process).
 """
 
 from __future__ import annotations
