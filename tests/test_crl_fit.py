@@ -150,6 +150,12 @@ def test_killed_and_resumed_fit_is_bit_identical(small_data, tmp_path):
     np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"][40:])
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params), strict=True):
         np.testing.assert_array_equal(a, b)
+    # a finished run resumed again has nothing left to do and returns the same fit
+    again = fit(cfg, ds.x, ds.env, **kw)
+    np.testing.assert_array_equal(again.history["restart_chosen"],
+                                  full.history["restart_chosen"])
+    np.testing.assert_array_equal(jax.tree.leaves(again.params)[0],
+                                  jax.tree.leaves(full.params)[0])
     with pytest.raises(ConfigMismatchError, match="fingerprint"):
         fit(cfg, ds.x[::-1], ds.env[::-1], **{**kw, "targets": ds.targets[::-1]})
     with pytest.raises(ConfigMismatchError, match=r"lr: 0.01 \(checkpoint\) vs 0.02"):

@@ -411,7 +411,8 @@ def fit(
         best = np.nanargmin(np.where(np.isfinite(final), final, np.inf), axis=1)
         idx = np.arange(n_seeds) * n_rep + best
         params, pre = jax.tree.map(lambda a: a[idx], (params, pre))
-        history["loss_restarts"] = history["loss"].reshape(-1, n_seeds, n_rep)
+        if "loss" in history:  # (absent when a resumed run had no steps left)
+            history["loss_restarts"] = history["loss"].reshape(-1, n_seeds, n_rep)
         history["restart_chosen"] = best
         for k in ("loss", "mcc"):
             if k in history:
