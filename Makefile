@@ -12,7 +12,7 @@ OUT ?= out/quickstart
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,interop]'
+	$(PY) -m pip install --quiet -e '.[test,interop,text]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) experiments/bench/crl_seeds.py --out out/bench_crl_seeds.json
 	$(PY) experiments/bench/lm_hooks.py --out out/bench_lm_hooks.json
 	$(PY) experiments/bench/sae_speed.py --out out/bench_sae_speed.json
+	$(PY) experiments/bench/lm_cache.py --out out/bench_lm_cache.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

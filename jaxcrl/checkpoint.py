@@ -36,6 +36,11 @@ checkpoint, and a checkpoint containing a symlink or any file not in the manifes
   any other existing path is refused, so ``save(".", overwrite=True)`` cannot empty a folder.
 - Disk-full and permission errors become a :class:`CheckpointError` naming the path, with the
   previous checkpoint intact and no temporary files left.
+- Multi-host runs (``jax.process_count() > 1``): every process calls ``save`` with its
+  shards of a globally sharded state; orbax writes them into one shared temporary directory
+  and process 0 alone locks, writes config/meta/manifest, commits and prunes: the checkpoint
+  is written once. Loading works on any number of processes and devices (give a ``target``
+  with the shardings you want).
 
 :class:`CheckpointManager` adds what training loops need: save every N steps, keep the last K
 (pruned by renaming to ``.trash`` first, so a crash mid-delete never leaves a half-deleted step
@@ -588,6 +593,77 @@ def _write(path: Path, state: Any, *, config_json: Any, meta: dict, overwrite: b
     return path
 
 
+def _multihost() -> bool:
+    return jax.process_count() > 1
+
+
+def _agree(ok: bool, what: str, path: Path, detail: str = "") -> None:
+    """Every process learns whether the primary's step ``what`` succeeded (so a failure on
+    the primary never leaves the others waiting in a collective)."""
+    from jax.experimental import multihost_utils
+
+    flag = multihost_utils.broadcast_one_to_all(np.int32(1 if ok else 0))
+    if not int(flag):
+        raise CheckpointError(f"{path}: {what} failed on the primary process"
+                              + (f": {detail}" if detail else ""))
+
+
+def _write_multihost(path: Path, state: Any, *, config_json: Any, meta: dict,
+                     overwrite: bool, lock_file: Path | None) -> Path:
+    """A save by every process of a multi-host run into one shared directory.
+
+    All processes write their shards of ``state`` through orbax into the same temporary
+    directory (its name is broadcast from process 0); only process 0 takes the lock,
+    recovers leftovers, writes config, meta and manifest and commits by the same renames as a
+    single-process save. Barriers keep the processes in step, and a failure on process 0 is
+    broadcast so that no process hangs.
+    """
+    import orbax.checkpoint as ocp
+    from jax.experimental import multihost_utils
+
+    primary = jax.process_index() == 0
+    lock, err = None, ""
+    if primary:
+        try:
+            _check_replaceable(path, meta["kind"], overwrite)
+            if lock_file is not None:
+                lock = _Lock(lock_file, str(path))
+            recover(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (CheckpointError, OSError) as e:
+            err = str(e)
+    try:
+        _agree(not err, "preparing the save", path, err)
+        token = multihost_utils.broadcast_one_to_all(
+            np.frombuffer(uuid.uuid4().bytes[:8], np.uint32).copy())
+        tmp = path.parent / f".{path.name}.tmp-{int(token[0]):08x}{int(token[1]):08x}"
+        if primary:
+            tmp.mkdir()
+        multihost_utils.sync_global_devices(f"jaxcrl-ckpt-mkdir-{tmp.name}")
+        checkpointer = ocp.StandardCheckpointer()
+        try:
+            checkpointer.save(tmp / _STATE_DIR, state)
+            checkpointer.wait_until_finished()
+        finally:
+            checkpointer.close()
+        multihost_utils.sync_global_devices(f"jaxcrl-ckpt-state-{tmp.name}")
+        if primary:
+            try:
+                _write_json(tmp / _CONFIG, config_json)
+                _write_json(tmp / _META, meta)
+                _write_manifest(tmp)
+                _fsync_dir(tmp)
+                _finalize(tmp, path)
+            except (OSError, ValueError, CheckpointError) as e:
+                _rmtree(tmp)
+                err = f"could not write the checkpoint ({type(e).__name__}: {e})"
+        _agree(not err, "committing the save", path, err)
+    finally:
+        if lock is not None:
+            lock.release()
+    return path
+
+
 def _prepare(state: Any, config: Any, kind: str, step: int, metrics) -> tuple[Any, Any, dict]:
     if not isinstance(kind, str) or not _KIND_RE.match(kind):
         raise ValueError(f"kind must be a lowercase identifier like 'sae', got {kind!r}")
@@ -641,6 +717,10 @@ def save(
     """
     path = Path(path).absolute()
     state, config_json, meta = _prepare(state, config, kind, step, metrics)
+    if _multihost():  # every process calls save; process 0 commits
+        return _write_multihost(path, state, config_json=config_json, meta=meta,
+                                overwrite=overwrite,
+                                lock_file=path.parent / f".{path.name}.lock")
     _check_replaceable(path, kind, overwrite)  # before creating anything
     lock = _Lock(path.parent / f".{path.name}.lock", str(path))
     try:
@@ -1062,6 +1142,19 @@ class CheckpointManager:
              overwrite: bool = True) -> Path:
         """Saves ``step`` (the first save takes ownership of the workdir), then prunes."""
         state, config_json, meta = _prepare(state, config, self.kind, step, metrics)
+        if _multihost():  # every process saves its shards; process 0 owns the workdir
+            err = ""
+            if jax.process_index() == 0:
+                try:
+                    self._acquire()
+                except CheckpointError as e:
+                    err = str(e)
+            _agree(not err, "taking the workdir", self.workdir, err)
+            path = _write_multihost(self.step_path(step), state, config_json=config_json,
+                                    meta=meta, overwrite=overwrite, lock_file=None)
+            if jax.process_index() == 0:
+                self._prune()
+            return path
         self._acquire()
         path = _write(self.step_path(step), state, config_json=config_json, meta=meta,
                       overwrite=overwrite)

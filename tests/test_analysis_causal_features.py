@@ -4,7 +4,10 @@ they say."""
 import json
 
 import numpy as np
+import pytest
 from conftest import load_experiment
+
+from jaxcrl.analysis import score_effects
 
 causal_features = load_experiment("experiments/causal_features.py")
 
@@ -20,15 +23,25 @@ def test_causal_features_tiny_end_to_end(tmp_path):
     # the embedding of the last (cue) token knows nothing about the beliefs; a trained block
     # does: the probe must see the difference
     assert layers["L0"]["probe"]["mcc_pearson"] > layers["embed"]["probe"]["mcc_pearson"] + 0.4
-    for lab in layers:
-        r = layers[lab]
-        assert 0.0 <= r["sae"]["topk"]["mcc_pearson_oos"] <= 1.0
-        assert r["sae"]["topk"]["l0"] <= 8 + 1e-6  # TopK k = 8
-        assert 0 <= r["crl"]["shd"] <= 3 and 0.0 <= r["crl"]["edge_auroc"] <= 1.0
-        for eff in r["effects"].values():
-            assert 0.0 <= eff["auroc_descendants"] <= 1.0
-            assert eff["own_effect"] >= 0.0
-    e = res["_arrays"]["L0/effects_probe"]
-    assert e.shape == (3, 3) and np.all(e >= 0)
+    # (measured at this size: probe MCC 0.13 -> 0.97, SAE 0.10 -> 0.81, latent-SCM linear
+    # R2 0.01 -> 0.85 from the embedding to block 0)
+    emb, l0 = layers["embed"], layers["L0"]
+    assert l0["sae"]["topk"]["mcc_pearson_oos"] > emb["sae"]["topk"]["mcc_pearson_oos"] + 0.3
+    assert l0["crl"]["r2_linear"] > emb["crl"]["r2_linear"] + 0.4
     g = np.asarray(data["true_graph"])  # a chain over a random node order
     assert g.sum() == 2 and g.sum(0).max() == 1 and g.sum(1).max() == 1
+    for lab in layers:
+        r = layers[lab]
+        assert r["sae"]["topk"]["l0"] <= 8 + 1e-6  # TopK k = 8
+        assert float(r["crl"]["shd"]).is_integer() and float(r["crl"]["shd_svi"]).is_integer()
+        for name, eff in r["effects"].items():
+            # the reported scores are those of the reported matrix against the true graph
+            m = np.asarray(eff["matrix"])
+            want = score_effects(m, g)
+            for k in ("auroc_descendants", "shd_descendants", "shd_graph"):
+                assert eff[k] == pytest.approx(want[k], abs=1e-3), (lab, name, k)
+            for k in ("effect_on_descendants", "effect_on_others", "own_effect"):
+                assert eff[k] == pytest.approx(want[k], abs=1e-4), (lab, name, k)
+            np.testing.assert_allclose(m, res["_arrays"][f"{lab}/effects_{name}"], atol=1e-5)
+    # the probe edit at block 0 moves the edited latent's own belief (measured 0.17)
+    assert layers["L0"]["effects"]["probe"]["own_effect"] > 0.05

@@ -104,8 +104,32 @@ def test_effect_matrix_recovers_planted_chain():
     np.testing.assert_allclose(e[off & ~desc], 0.0, atol=1e-6)
     s = score_effects(e, np.array(chain))
     assert s["auroc_descendants"] == 1.0 and s["shd_descendants"] == 0
-    # z0 -> z2 is a descendant but not an edge: the direct-graph SHD counts it as extra
-    assert s["shd_graph"] >= 0 and s["effect_on_descendants"] > s["effect_on_others"]
+    # Effects of edit 0 grow along the chain (gain 2 per edge), so E[0, 2] (a descendant,
+    # not an edge) outranks the edge 1 -> 2: the edge-count-matched direct-graph SHD keeps
+    # 0 -> 1 and 0 -> 2, i.e. misses 1 -> 2 and adds 0 -> 2: 2.
+    assert e[0, 2] > e[1, 2]
+    assert s["shd_graph"] == 2 and s["auroc_graph"] == pytest.approx(0.75)
+    assert s["effect_on_descendants"] == pytest.approx(e[desc].mean(), rel=1e-6)
+    assert s["effect_on_others"] == pytest.approx(0.0, abs=1e-6)
+    assert s["own_effect"] == pytest.approx(np.diag(e).mean(), rel=1e-6)
+
+
+def test_score_effects_hand_worked_case():
+    chain = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0]])  # descendants: 01, 02, 12
+    e = np.array([[0.9, 0.5, 0.45], [0.1, 0.8, 0.4], [0.2, 0.05, 0.7]])
+    s = score_effects(e, chain)
+    # descendants {.5, .45, .4} all above others {.1, .2, .05}: AUROC 1; top 3 = the
+    # descendant relation: SHD 0
+    assert s["auroc_descendants"] == 1.0 and s["shd_descendants"] == 0
+    # direct edges {01 = .5, 12 = .4} vs {02 = .45, 10, 20, 21}: .5 beats 4, .4 beats 3 ->
+    # 7 / 8; matched top 2 = 01, 02: 12 missing, 02 extra -> SHD 2
+    assert s["auroc_graph"] == pytest.approx(7 / 8) and s["shd_graph"] == 2
+    assert s["effect_on_descendants"] == pytest.approx(0.45)
+    assert s["effect_on_others"] == pytest.approx(0.35 / 3)
+    assert s["own_effect"] == pytest.approx(0.8)
+    # the transposed matrix (edit j, effect on i) reverses every pair: AUROC 0, 3 reversals
+    t = score_effects(e.T, chain)
+    assert t["auroc_descendants"] == 0.0 and t["shd_descendants"] == 3
 
 
 def test_effect_matrix_of_an_anticausal_model_scores_badly():

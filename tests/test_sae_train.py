@@ -155,7 +155,24 @@ def _transformer_source(batch):
     return sae.generator_source(gen, 12, batch, buffer_size=4 * batch)
 
 
+def _cache_source(tmp_path, batch):
+    """A disk activation cache of a tiny random transformer (120 rows), read back 60 rows
+    at a time (a new random subset on each refresh)."""
+    from jaxcrl.lm import HookedTransformer, TransformerConfig
+    from jaxcrl.sae.cache import cache_activations, cache_source
+
+    model = HookedTransformer(TransformerConfig(vocab_size=50, n_ctx=12, d_model=12,
+                                                n_layers=1, n_heads=2))
+    tokens = np.asarray(jax.random.randint(jax.random.key(1), (10, 12), 0, 50), np.int32)
+    hook = "blocks.0.hook_resid_post"
+    c = cache_activations(model, model.init(jax.random.key(0)), tokens, [hook],
+                          tmp_path / "cache", seqs_per_shard=4, progress=False)
+    return cache_source(c, hook, batch, max_rows=60)
+
+
 def _source(kind, tmp_path, batch=128):
+    if kind == "cache_refresh":
+        return _cache_source(tmp_path, batch)
     toy = sae.make_toy(jax.random.key(0), TOY)
     if kind == "array":
         return sae.array_source(sae.toy_sample(toy, jax.random.key(9), 600)[0], batch)
@@ -171,8 +188,8 @@ def _source(kind, tmp_path, batch=128):
     return _transformer_source(batch)
 
 
-@pytest.mark.parametrize("kind", ["array", "npy_refresh", "generator", "buffer",
-                                  "transformer"])
+@pytest.mark.parametrize("kind", ["array", "npy_refresh", "cache_refresh", "generator",
+                                  "buffer", "transformer"])
 def test_killed_and_resumed_run_is_bit_identical(kind, tmp_path):
     """Train 30 steps with checkpoints, delete the last one (as if the process was killed
     before writing it), resume: parameters, optimizer state, source state and the resumed
@@ -181,7 +198,7 @@ def test_killed_and_resumed_run_is_bit_identical(kind, tmp_path):
     src = _source(kind, tmp_path)
     cfg = dataclasses.replace(CFG, steps=30, lr_decay=0.5, dead_tokens=300)
     kw = dict(progress=False, chunk_size=7, save_every=10,
-              refresh_every=10 if kind == "npy_refresh" else None)
+              refresh_every=10 if kind.endswith("_refresh") else None)
     key = jax.random.key(6)
     work = tmp_path / "w"
     full = sae.train(cfg, src, key, workdir=work, **kw)  # uninterrupted, checkpointing
@@ -265,10 +282,40 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_npy_source_refreshes_between_rounds(tmp_path):
+    # A file of 400 distinct rows of which 100 fit on the device: training must see rows
+    # of the first subset only before the refresh, and rows that were not in it after.
     toy, _ = _toy_source()
     x, _ = sae.toy_sample(toy, jax.random.key(7), 400)
-    np.save(tmp_path / "acts.npy", np.asarray(x))
+    # a little noise makes every row distinct (a toy row with no active feature is zero)
+    x = np.asarray(x) + 1e-3 * np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
+    assert len(np.unique(x, axis=0)) == 400
+    np.save(tmp_path / "acts.npy", x)
     src = sae.npy_source(tmp_path / "acts.npy", CFG.batch_size, max_rows=100)
+    loaded, seen = [], []
+
+    def spy_init(key):
+        st = src.init(key)
+        loaded.append(np.asarray(st["data"]))
+        return st
+
+    def spy_refresh(state, key):
+        st = src.refresh(state, key)
+        loaded.append(np.asarray(st["data"]))
+        return st
+
+    def spy_sample(state, key):
+        st, xb = src.sample(state, key)
+        jax.debug.callback(lambda b: seen.append(np.asarray(b)), xb)
+        return st, xb
+
+    spy = dataclasses.replace(src, init=spy_init, sample=spy_sample, refresh=spy_refresh)
     cfg = dataclasses.replace(CFG, steps=20)
-    r = sae.train(cfg, src, jax.random.key(8), progress=False, chunk_size=10, refresh_every=10)
+    r = sae.train(cfg, spy, jax.random.key(8), progress=False, chunk_size=10, refresh_every=10)
     assert r.history["mse"].shape == (20,) and np.isfinite(r.history["mse"]).all()
+    assert len(loaded) == 2, "refresh must run exactly once in 2 rounds of 10 steps"
+    ids = {row.tobytes(): i for i, row in enumerate(x)}
+    first, second = ({ids[row.tobytes()] for row in d} for d in loaded)
+    assert len(first) == len(second) == 100 and first != second
+    rows_seen = {ids[row.tobytes()] for b in seen for row in b}
+    assert rows_seen <= first | second
+    assert rows_seen & first and rows_seen - first, "no new rows arrived after the refresh"

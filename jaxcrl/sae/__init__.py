@@ -1,5 +1,6 @@
 """Sparse autoencoders: architectures, activation sources, training (vmap over sweeps),
-evaluation, probing, toy superposition data and SAELens interop.
+evaluation, probing, toy superposition data, SAELens interop, and on-disk activation caches
+(one forward pass, many hooks: :mod:`jaxcrl.sae.cache`).
 
 Quick start::
 
@@ -12,6 +13,13 @@ Quick start::
     sae.mmcs(params["W_dec"], toy.directions)
 """
 
+from jaxcrl.sae.cache import (
+    ActivationCache,
+    CacheError,
+    cache_activations,
+    cache_source,
+    open_cache,
+)
 from jaxcrl.sae.config import ARCHITECTURES, SAEConfig
 from jaxcrl.sae.evaluate import ce_loss_recovered, evaluate, next_token_ce, plot_density
 from jaxcrl.sae.model import (
@@ -64,6 +72,7 @@ from jaxcrl.sae.training import (
 )
 
 __all__ = [
+    "ActivationCache", "CacheError", "cache_activations", "cache_source", "open_cache",
     "ARCHITECTURES", "HParams", "SAEConfig", "SAEState", "SAETrainResult", "Source", "ToyConfig",
     "array_source", "auxk_loss", "ce_loss_recovered", "decode", "direction_mcc", "encode",
     "evaluate", "export_saelens", "fit_logistic", "fit_ridge", "fold_normalization",

@@ -1,0 +1,104 @@
+"""The tables in BENCHMARKS.md match the results files kept in ``experiments/results/``.
+
+Each kept file is the ``results.json`` written by the command printed above its table
+(regenerate it with that command and copy ``OUT/results.json`` over the file). Only
+deterministic columns are compared (wall times and throughputs vary with the machine).
+Tables whose runs are too long to regenerate cheaply have no file yet (tests/README.md).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+
+
+def _table_after(marker: str) -> list[list[str]]:
+    """Rows (cells stripped, header and rule dropped) of the first markdown table after the
+    first line of BENCHMARKS.md containing ``marker``."""
+    lines = (ROOT / "BENCHMARKS.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if marker in line)
+    i = next(j for j in range(start, len(lines)) if lines[j].startswith("|"))
+    rows = []
+    while i < len(lines) and lines[i].startswith("|"):
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", lines[i].strip())[1:-1]]
+        rows.append(cells)
+        i += 1
+    return rows[2:]
+
+
+def _num(cell: str) -> float:
+    """The first number of a cell (bold and brackets ignored)."""
+    return float(re.search(r"-?\d+(?:\.\d+)?", cell.replace("*", "")).group())
+
+
+def _mean_std(cell: str) -> tuple[float, float]:
+    mean, std = cell.replace("*", "").split("±")
+    return float(mean), float(std)
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def test_quickstart_table_matches_its_results_file():
+    res = _load("quickstart.json")["methods"]
+    rows = _table_after("python experiments/quickstart.py --out out/quickstart")
+    names = {"oracle inverse of the mixing": "oracle_inverse", "identity (x itself)": "identity",
+             "PCA whitening": "pca", "FastICA": "fast_ica"}
+    cols = ["mcc_pearson_oos", "mcc_spearman", "r2_linear", "r2_kernel"]
+    assert [r[0] for r in rows] == list(names)
+    for row in rows:
+        m = res[names[row[0]]]
+        for cell, key in zip(row[1:], cols, strict=True):
+            mean, std = _mean_std(cell)
+            assert mean == pytest.approx(m[key]["mean"], abs=5e-4), (row[0], key)
+            assert std == pytest.approx(m[key]["std"], abs=5e-4), (row[0], key)
+
+
+def _two_numbers(cell: str) -> tuple[float, float | None]:
+    """``**0.775** (1.192)`` -> (0.775, 1.192); a cell without brackets -> (x, None)."""
+    nums = re.findall(r"-?\d+(?:\.\d+)?", cell.replace("*", ""))
+    return float(nums[0]), (float(nums[1]) if len(nums) > 1 and "(" in cell else None)
+
+
+def test_train_lm_loss_table_matches_its_results_file():
+    res = _load("train_lm.json")["methods"]
+    rows = _table_after("python experiments/train_lm.py --out out/train_lm --no-progress")
+    keys = ["transformer", "bayes_optimal", "graph_blind_bayes", "cue_only", "unigram"]
+    assert len(rows) == len(keys)
+    for row, key in zip(rows, keys, strict=True):
+        value, value_all = _two_numbers(row[1])
+        assert value == pytest.approx(res[key]["final_loss"], abs=5e-4), row
+        assert value_all == pytest.approx(res[key]["final_loss_all"], abs=5e-4), row
+
+
+def test_train_lm_probe_table_matches_its_results_file():
+    pr = _load("train_lm.json")["probes"]
+    rows = _table_after("Linear (ridge) probes of the residual stream")
+    labels = {"embedding": "embed", "after block 0": "L0", "after block 1": "L1"}
+    cols = ["r2_posterior", "r2_cued", "r2_latent_last", "acc_latent_last"]
+    for row in rows[:3]:
+        for cell, key in zip(row[1:], cols, strict=True):
+            assert _num(cell) == pytest.approx(pr[labels[row[0]]][key], abs=5e-4), (row[0], key)
+    ceiling = rows[3]
+    assert ceiling[0].startswith("ceiling")
+    assert _num(ceiling[3]) == pytest.approx(pr["bayes"]["r2_latent_last"], abs=5e-4)
+    assert _num(ceiling[4]) == pytest.approx(pr["bayes"]["acc_latent_last"], abs=5e-4)
+
+
+def test_sae_toy_held_out_table_matches_its_results_files():
+    res = {**_load("sae_toy_seed2_topk_jumprelu.json")["methods"],
+           **_load("sae_toy_seed2_batchtopk_relu.json")["methods"]}
+    rows = _table_after("architecture (seed 2, held out)")
+    names = {"TopK": "topk", "JumpReLU": "jumprelu", "BatchTopK": "batchtopk",
+             "ReLU + norm-weighted L1": "relu"}
+    cols = [("mmcs", 5e-4), ("mcc", 5e-4), ("l0", 0.05), ("fvu", 5e-4), ("dead_fraction", 5e-4)]
+    assert [r[0] for r in rows] == list(names)
+    for row in rows:
+        m = res[names[row[0]]]
+        for cell, (key, tol) in zip(row[1:6], cols, strict=True):
+            assert _num(cell) == pytest.approx(m[key], abs=tol), (row[0], key)
