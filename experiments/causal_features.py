@@ -5,8 +5,9 @@ Command::
 
     python experiments/causal_features.py --out out/causal_features
 
-Trains (or, with ``--lm-ckpt DIR``, loads) a small transformer on a latent-SCM language
-(default: 5 binary latents on a random DAG, 16 noisy (cue, value) reports per sequence), then,
+Trains (or, with ``--lm-ckpt DIR``, loads) the small default transformer
+(:meth:`LMTrainConfig.default`) on a latent-SCM language (default: 5 binary latents on a
+random DAG, 16 noisy (cue, value) reports per sequence), then,
 for the residual stream after the embedding and after each block
 (:mod:`jaxcrl.analysis.causal_features` has the details):
 
@@ -23,6 +24,10 @@ Expected runtime: about 8 minutes on 2 CPU cores (455 s measured; pass
 ``--lm-ckpt out/train_lm/ckpt`` style directories to reuse a model). Writes
 ``OUT/results.json``, ``OUT/effects.png`` (true graph and descendant relation beside the
 effect matrices, one row per layer), ``OUT/identifiability.png`` and prints a table.
+
+Settings are the fields of :class:`CausalFeaturesExperiment` (``--set path=value``, e.g.
+``--set task.graph.kind=chain --set lm.model.n_layers=3``); ``--lm-steps``, ``--sae-steps``,
+``--crl-steps``, ``--sequences``, ``--architectures`` and ``--seed`` are short forms.
 """
 
 from __future__ import annotations
@@ -36,56 +41,50 @@ import numpy as np
 
 from jaxcrl import plot
 from jaxcrl.analysis.causal_features import CausalFeaturesConfig, analyse, format_table
-from jaxcrl.lm.tasks import TaskConfig
-from jaxcrl.lm.training import LMTrainConfig, load, make_source, train
+from jaxcrl.analysis.lm_runs import TINY_LM, trained_lm
+from jaxcrl.config import parse_config
+from jaxcrl.lm.training import LMTrainConfig
 from jaxcrl.results import write_results
 from jaxcrl.scm import GraphConfig
 from jaxcrl.scm.graphs import transitive_closure
+from jaxcrl.scm.language import TaskConfig
 
 
-def parse(argv=None) -> argparse.Namespace:
+@dataclasses.dataclass(frozen=True)
+class CausalFeaturesExperiment:
+    """Settings of this script.
+
+    Attributes:
+      task: the language (binary latents, so each latent is one posterior variable).
+      lm: the transformer run (``lm.task`` replaced by ``task``, the model sized to it).
+      analysis: what to analyse and how much (:class:`CausalFeaturesConfig`).
+    """
+
+    task: TaskConfig = TaskConfig(n_values=2, graph=GraphConfig(kind="er", edge_prob=0.5))
+    lm: LMTrainConfig = LMTrainConfig.default()
+    analysis: CausalFeaturesConfig = CausalFeaturesConfig()
+
+    @classmethod
+    def tiny(cls) -> CausalFeaturesExperiment:
+        """A seconds-long run (tests): tiny language and model, TopK SAEs only."""
+        return cls(task=TaskConfig.tiny(),
+                   lm=TINY_LM,
+                   analysis=CausalFeaturesConfig.tiny())
+
+
+ALIASES = {"--lm-steps": "lm.steps", "--sae-steps": "analysis.sae_steps",
+           "--crl-steps": "analysis.crl_steps", "--sequences": "analysis.n_sequences",
+           "--architectures": "analysis.architectures",
+           "--seed": ("task.seed", "lm.seed", "analysis.seed")}
+
+
+def parse(argv=None) -> tuple[argparse.Namespace, CausalFeaturesExperiment]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/causal_features")
     p.add_argument("--lm-ckpt", default=None, help="load this LM run (workdir or checkpoint)")
-    p.add_argument("--latents", type=int, default=5)
-    p.add_argument("--graph", choices=("er", "chain"), default="er")
-    p.add_argument("--edge-prob", type=float, default=0.5)
-    p.add_argument("--pairs", type=int, default=16)
-    p.add_argument("--lm-steps", type=int, default=3000)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--architectures", default="relu,topk,batchtopk,jumprelu")
-    p.add_argument("--sae-steps", type=int, default=3000)
-    p.add_argument("--crl-steps", type=int, default=4000)
-    p.add_argument("--sequences", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests)")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
-
-
-def lm_config(args) -> LMTrainConfig:
-    graph = (GraphConfig(kind="chain") if args.graph == "chain"
-             else GraphConfig(kind="er", edge_prob=args.edge_prob))
-    task = TaskConfig(n_latents=args.latents, n_values=2, graph=graph, n_pairs=args.pairs,
-                      seed=args.seed)
-    kw = dict(steps=args.lm_steps, d_model=args.d_model, n_layers=args.n_layers, n_heads=4,
-              seed=args.seed)
-    if args.tiny:
-        task = dataclasses.replace(task, n_latents=3, graph=GraphConfig(kind="chain"),
-                                   n_pairs=6)
-        kw.update(steps=150, d_model=32, n_layers=1, n_heads=2, batch_size=32, warmup=10,
-                  eval_every=150, eval_batch=128)
-    return LMTrainConfig.for_task(task, **kw)
-
-
-def analysis_config(args) -> CausalFeaturesConfig:
-    archs = tuple(a.strip() for a in args.architectures.split(",") if a.strip())
-    if args.tiny:
-        return CausalFeaturesConfig.tiny(seed=args.seed)  # TopK only
-    return CausalFeaturesConfig(architectures=archs, sae_steps=args.sae_steps,
-                                crl_steps=args.crl_steps, n_sequences=args.sequences,
-                                seed=args.seed)
+    return parse_config(p, CausalFeaturesExperiment(), argv, aliases=ALIASES,
+                        tiny=CausalFeaturesExperiment.tiny())
 
 
 def plot_effects(out: str, res: dict) -> None:
@@ -127,27 +126,16 @@ def plot_identifiability(out: str, res: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
+    args, exp = parse(argv)
     t0 = time.perf_counter()
-    if args.lm_ckpt:
-        model, params, lm_cfg = load(args.lm_ckpt)
-        task, _ = make_source(lm_cfg)
-        lm_info = {"checkpoint": args.lm_ckpt}
-    else:
-        lm_cfg = lm_config(args)
-        r = train(lm_cfg, progress=not args.no_progress)
-        model, params, task = r.model, r.params, r.source
-        lm_info = {"final_eval_value_loss": float(r.history["eval_value_loss"][-1]),
-                   "bayes_value_loss": r.reference["bayes_value_loss"],
-                   "unigram_value_loss": r.reference["unigram_value"],
-                   "train_wall_s": r.wall_s}
+    model, params, task, lm_info = trained_lm(exp.lm.with_task(exp.task), checkpoint=args.lm_ckpt,
+                                              progress=not args.no_progress)
     if task.cfg.n_values != 2:
         print(f"note: K = {task.cfg.n_values} values per latent; the latent-SCM fit and "
               f"the MCC then compare d latents with d (K - 1) posterior variables")
-    cfg = analysis_config(args)
-    res = analyse(model, params, task, cfg, progress=not args.no_progress)
+    res = analyse(model, params, task, exp.analysis, progress=not args.no_progress)
     layers = {lab: res[lab] for lab in res["layers"]}
-    write_results(args.out, {**vars(args), "analysis": dataclasses.asdict(cfg)}, layers,
+    write_results(args.out, {**dataclasses.asdict(exp), "lm_checkpoint": args.lm_ckpt}, layers,
                   lm=lm_info, true_graph=np.asarray(task.adj).tolist(),
                   wall_s=time.perf_counter() - t0)
     plot_effects(args.out, res)

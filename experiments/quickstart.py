@@ -16,6 +16,7 @@ and ``OUT/mcc_matrix.png``, and prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -23,32 +24,27 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxcrl import plot
+from jaxcrl.config import parse_config
 from jaxcrl.crl import fast_ica, pca
+from jaxcrl.crl.synthetic import SyntheticConfig
 from jaxcrl.metrics import mcc, score_latents
 from jaxcrl.results import format_table, summarize_seeds, write_results
-from jaxcrl.scm import (
-    DatasetConfig,
-    GraphConfig,
-    InterventionConfig,
-    MixingConfig,
-    SCMConfig,
-    invert_mixing,
-    make_dataset,
-)
+from jaxcrl.scm import DatasetConfig, invert_mixing, make_dataset
 
 
-def dataset_config(args: argparse.Namespace) -> DatasetConfig:
-    return DatasetConfig(
-        scm=SCMConfig(
-            latent_dim=args.latent_dim,
-            graph=GraphConfig(kind="er", edge_prob=args.graph_prob),
-            mechanism="linear",
-            noise="gaussian",
-        ),
-        mixing=MixingConfig(kind="mlp", n_layers=args.mixing_layers),
-        intervention=InterventionConfig(kind="perfect"),
-        n_per_env=args.samples_per_env,
-    )
+@dataclasses.dataclass(frozen=True)
+class QuickstartConfig:
+    """Settings (``--set path=value``): CRL's default data family with 2000 samples per
+    environment (:class:`jaxcrl.crl.synthetic.SyntheticConfig`), 3 seeds."""
+
+    data: DatasetConfig = dataclasses.replace(SyntheticConfig().data, n_per_env=2000)
+    seeds: int = 3
+    seed: int = 0
+
+
+ALIASES = {"--latent-dim": "data.scm.latent_dim", "--graph-prob": "data.scm.graph.edge_prob",
+           "--mixing-layers": "data.mixing.n_layers", "--samples-per-env": "data.n_per_env",
+           "--seeds": "seeds", "--seed": "seed"}
 
 
 def reference_unmixings(x: jax.Array, z_true: jax.Array, ds, key: jax.Array) -> dict:
@@ -64,18 +60,12 @@ def reference_unmixings(x: jax.Array, z_true: jax.Array, ds, key: jax.Array) -> 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--latent-dim", type=int, default=5)
-    p.add_argument("--graph-prob", type=float, default=0.5)
-    p.add_argument("--mixing-layers", type=int, default=3)
-    p.add_argument("--samples-per-env", type=int, default=2000)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0, help="root seed")
     p.add_argument("--out", default="out/quickstart")
-    args = p.parse_args(argv)
+    args, exp = parse_config(p, QuickstartConfig(), argv, aliases=ALIASES)
 
-    cfg = dataset_config(args)
+    cfg = exp.data
     t0 = time.perf_counter()
-    keys = jax.random.split(jax.random.key(args.seed), args.seeds)
+    keys = jax.random.split(jax.random.key(exp.seed), exp.seeds)
     # All seeds' datasets in one compiled program: vmap over keys.
     datasets = jax.jit(jax.vmap(lambda k: make_dataset(k, cfg)))(keys)
     jax.block_until_ready(datasets.x)
@@ -83,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     per_method: dict[str, list[dict]] = {}
     wall: dict[str, float] = {}
-    for s in range(args.seeds):
+    for s in range(exp.seeds):
         ds = jax.tree.map(lambda a, s=s: a[s], datasets)
         ica_key = jax.random.fold_in(keys[s], 1)
         estimates = reference_unmixings(ds.x, ds.z, ds, ica_key)
@@ -98,11 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
     methods = {name: {**summarize_seeds(v), "wall_s": wall[name]}
                for name, v in per_method.items()}
     columns = ["mcc_pearson_oos", "mcc_spearman", "r2_linear", "r2_kernel"]
-    print(f"{args.seeds} seeds, d={args.latent_dim}, {args.mixing_layers}-layer mixing, "
-          f"{args.samples_per_env} samples/env; simulation {sim_s:.2f}s (vmapped over seeds)")
+    print(f"{exp.seeds} seeds, d={cfg.scm.latent_dim}, {cfg.mixing.n_layers}-layer mixing, "
+          f"{cfg.n_per_env} samples/env; simulation {sim_s:.2f}s (vmapped over seeds)")
     print(format_table(methods, columns))
-    path = write_results(args.out, vars(args), methods, simulation_s=sim_s,
-                         dataset_config=cfg)
+    path = write_results(args.out, exp, methods, simulation_s=sim_s)
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     plot.plot_graph(first.weights, axes[0], title="true latent graph (seed 0)")

@@ -8,12 +8,16 @@ Trains the default transformer of ``experiments/train_lm.py`` (or loads ``--lm-c
 streams activations at ``blocks.{layer}.hook_resid_post`` from fresh sequences through a
 shuffled buffer, trains a vmapped sweep of SAEs per architecture (ReLU over L1 coefficients,
 TopK and BatchTopK over k, JumpReLU over L0 coefficients), and evaluates every SAE on
-held-out sequences (:mod:`jaxcrl.sae.pipeline`). Writes ``OUT/results.json``: per
+held-out sequences (:mod:`jaxcrl.analysis.sae_probe`). Writes ``OUT/results.json``: per
 architecture the headline SAE (L0 closest to ``--target-l0``) with ``l0``, ``fvu``,
 ``ce_loss_recovered``, ``dead_fraction``, ``latent_mcc``, ``sparse_probe_accuracy`` (top-1)
 and the whole ``frontier``, plus ``raw_probe`` (the residual-channel baseline), and PNGs:
 ``frontier.png`` (FVU vs L0, and CE recovered vs L0), ``density.png``, ``mcc_matrix.png``.
 Expected runtime: about 10 minutes on 2 CPU cores with the LM training (5 with a checkpoint).
+
+Settings are the fields of :class:`SAEProbeExperiment` (``--set path=value``, e.g.
+``--set probe.ks=[8,16]``); ``--lm-steps``, ``--layer``, ``--architectures``,
+``--expansion``, ``--steps`` (SAE steps), ``--target-l0`` and ``--seed`` are short forms.
 """
 
 from __future__ import annotations
@@ -25,44 +29,50 @@ import time
 import matplotlib.pyplot as plt
 
 from jaxcrl import plot
-from jaxcrl.lm.tasks import TaskConfig
-from jaxcrl.lm.training import LMTrainConfig, load, make_source, train
+from jaxcrl.analysis.lm_runs import TINY_LM, trained_lm
+from jaxcrl.analysis.sae_probe import SAEProbeConfig, run
+from jaxcrl.config import parse_config
+from jaxcrl.lm.training import LMTrainConfig
 from jaxcrl.results import write_results
-from jaxcrl.sae.evaluate import plot_density
-from jaxcrl.sae.pipeline import KNOB, SAEProbeConfig, run
+from jaxcrl.sae.metrics import plot_density
+from jaxcrl.scm.language import TaskConfig
 
 
-def parse(argv=None) -> argparse.Namespace:
+@dataclasses.dataclass(frozen=True)
+class SAEProbeExperiment:
+    """Settings of this script.
+
+    Attributes:
+      task: the language (``lm.task`` replaced by it, the model sized to it).
+      lm: the transformer run: the default of ``experiments/train_lm.py``, 4000 steps.
+      probe: the SAE sweeps and their evaluation (:class:`SAEProbeConfig`).
+    """
+
+    task: TaskConfig = TaskConfig()
+    lm: LMTrainConfig = LMTrainConfig.default(steps=4000)
+    probe: SAEProbeConfig = SAEProbeConfig()
+
+    @classmethod
+    def tiny(cls) -> SAEProbeExperiment:
+        """A seconds-long run (tests)."""
+        return cls(task=TaskConfig.tiny(),
+                   lm=TINY_LM,
+                   probe=SAEProbeConfig.tiny())
+
+
+ALIASES = {"--lm-steps": "lm.steps", "--layer": "probe.layer",
+           "--architectures": "probe.architectures", "--expansion": "probe.expansion",
+           "--steps": "probe.steps", "--target-l0": "probe.target_l0",
+           "--seed": ("lm.seed", "probe.seed")}
+
+
+def parse(argv=None) -> tuple[argparse.Namespace, SAEProbeExperiment]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/sae_probe")
     p.add_argument("--lm-ckpt", default=None, help="LM run workdir or checkpoint to load")
-    p.add_argument("--lm-steps", type=int, default=4000)
-    p.add_argument("--layer", type=int, default=0)
-    p.add_argument("--architectures", default="relu,topk,batchtopk,jumprelu")
-    p.add_argument("--expansion", type=int, default=8)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--target-l0", type=float, default=32.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests)")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
-
-
-def get_model(args):
-    if args.lm_ckpt:
-        model, params, lm_cfg = load(args.lm_ckpt)
-        task, _ = make_source(lm_cfg)
-        return model, params, task, {"checkpoint": args.lm_ckpt}
-    if args.tiny:
-        lm_cfg = LMTrainConfig.for_task(TaskConfig.tiny(), d_model=32, n_layers=1, n_heads=2,
-                                        steps=150, batch_size=32, warmup=10, eval_every=150,
-                                        eval_batch=128)
-    else:
-        lm_cfg = LMTrainConfig.default(steps=args.lm_steps, seed=args.seed)
-    r = train(lm_cfg, progress=not args.no_progress)
-    info = {"final_eval_value_loss": float(r.history["eval_value_loss"][-1]),
-            "bayes_value_loss": r.reference["bayes_value_loss"], "train_wall_s": r.wall_s}
-    return r.model, r.params, r.source, info
+    return parse_config(p, SAEProbeExperiment(), argv, aliases=ALIASES,
+                        tiny=SAEProbeExperiment.tiny())
 
 
 def make_plots(out: str, res: dict) -> None:
@@ -97,17 +107,13 @@ def make_plots(out: str, res: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
+    args, exp = parse(argv)
     t0 = time.perf_counter()
-    model, params, task, lm_info = get_model(args)
-    archs = tuple(a.strip() for a in args.architectures.split(",") if a.strip())
-    if args.tiny:
-        cfg = SAEProbeConfig.tiny(seed=args.seed)
-    else:
-        cfg = SAEProbeConfig(layer=args.layer, architectures=archs, expansion=args.expansion,
-                             steps=args.steps, target_l0=args.target_l0, seed=args.seed)
-    res = run(model, params, task, cfg, progress=not args.no_progress)
-    write_results(args.out, {**vars(args), "sae": dataclasses.asdict(cfg)},
+    model, params, task, lm_info = trained_lm(exp.lm.with_task(exp.task),
+                                              checkpoint=args.lm_ckpt,
+                                              progress=not args.no_progress)
+    res = run(model, params, task, exp.probe, progress=not args.no_progress)
+    write_results(args.out, {**dataclasses.asdict(exp), "lm_checkpoint": args.lm_ckpt},
                   res["architectures"], raw_probe=res["raw_probe"], hook=res["hook"],
                   lm=lm_info, wall_s=time.perf_counter() - t0)
     make_plots(args.out, res)
@@ -118,7 +124,8 @@ def main(argv=None) -> dict:
     for arch, r in res["architectures"].items():
         for j, f in enumerate(r["frontier"]):
             mark = "*" if j == r["headline_index"] else " "
-            print(f"{arch:9s}{mark} {KNOB[arch][:3] + '=' + format(f[KNOB[arch]], 'g'):>14s} "
+            knob = r["knob"]
+            print(f"{arch:9s}{mark} {knob[:3] + '=' + format(f[knob], 'g'):>14s} "
                   f"{f['l0']:7.1f} {f['fvu']:7.3f} {f['ce_loss_recovered']:7.3f} "
                   f"{f['dead_fraction']:6.2f} {f['latent_mcc']:6.3f} "
                   f"{f['sparse_probe'].get('top1', float('nan')):10.3f}")

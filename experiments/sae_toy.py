@@ -28,7 +28,9 @@ import jax
 import numpy as np
 
 from jaxcrl import sae
+from jaxcrl.config import parse_config
 from jaxcrl.results import format_table, write_results
+from jaxcrl.sae import SAEConfig, ToyConfig
 
 # Per-architecture settings; everything else is SAEConfig's default. Sparsity settings are
 # for activations normalised to E||x|| = sqrt(d) (sum-over-dimensions MSE). Measured on this
@@ -50,39 +52,53 @@ ARCH_DEFAULTS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class SAEToyExperiment:
+    """Settings (``--set path=value``; the short flags are aliases of these fields).
+
+    Attributes:
+      toy: the superposition data (512 features in 256 dimensions, ~5 active).
+      sae: settings shared by every architecture (``d_in`` is set to ``toy.dim``); the
+        per-architecture sparsity settings are :data:`ARCH_DEFAULTS`.
+      architectures: one SAE each.
+      steps: steps for every architecture (``None``: 3000 for TopK and JumpReLU, 1500 for
+        BatchTopK and ReLU).
+      seed: root seed (toy, training, evaluation).
+    """
+
+    toy: ToyConfig = ToyConfig()
+    sae: SAEConfig = SAEConfig(d_sae=512, k=16, steps=1500, batch_size=1024, lr=3e-3,
+                               warmup=100, lr_decay=0.3, dead_tokens=200_000)
+    architectures: tuple[str, ...] = ("topk", "jumprelu", "batchtopk", "relu")
+    steps: int | None = None
+    seed: int = 0
+
+
+ALIASES = {"--n-features": "toy.n_features", "--dim": "toy.dim",
+           "--avg-active": "toy.avg_active", "--sae-width": "sae.d_sae",
+           "--batch-size": "sae.batch_size", "--lr": "sae.lr",
+           "--architectures": "architectures", "--steps": "steps", "--seed": "seed"}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/sae_toy")
-    p.add_argument("--n-features", type=int, default=512)
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--sae-width", type=int, default=512)
-    p.add_argument("--architectures", default="topk,jumprelu,batchtopk,relu")
-    p.add_argument("--steps", type=int, default=None,
-                   help="steps for every architecture (default: 3000 for TopK and JumpReLU, "
-                   "1500 for BatchTopK and ReLU)")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--avg-active", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    args, exp = parse_config(p, SAEToyExperiment(), argv, aliases=ALIASES)
 
-    toy_cfg = sae.ToyConfig(n_features=args.n_features, dim=args.dim,
-                            avg_active=args.avg_active)
-    key_toy, key_train, key_eval = jax.random.split(jax.random.key(args.seed), 3)
+    toy_cfg = exp.toy
+    key_toy, key_train, key_eval = jax.random.split(jax.random.key(exp.seed), 3)
     toy = sae.make_toy(key_toy, toy_cfg)
-    source = sae.generator_source(sae.toy_generator(toy, args.batch_size), args.dim,
-                                  args.batch_size)
-    base = sae.SAEConfig(d_in=args.dim, d_sae=args.sae_width, steps=args.steps or 1500,
-                         batch_size=args.batch_size, lr=args.lr, warmup=100, lr_decay=0.3,
-                         dead_tokens=200_000, k=min(16, args.sae_width))
-    archs = [a.strip() for a in args.architectures.split(",") if a.strip()]
+    batch = exp.sae.batch_size
+    source = sae.generator_source(sae.toy_generator(toy, batch), toy_cfg.dim, batch)
+    base = dataclasses.replace(exp.sae, d_in=toy_cfg.dim)
+    archs = list(exp.architectures)
     results, details, cfgs = {}, {}, {}
     for arch in archs:
         over = dict(ARCH_DEFAULTS.get(arch, {}))
-        over["k"] = min(over.get("k", base.k), args.sae_width)
-        if args.steps is not None:
-            over["steps"] = args.steps
+        over["k"] = min(over.get("k", base.k), base.d_sae)
+        if exp.steps is not None:
+            over["steps"] = exp.steps
         cfg = dataclasses.replace(base, architecture=arch, **over)
         cfgs[arch] = cfg
         t = time.perf_counter()
@@ -95,9 +111,8 @@ def main(argv=None):
         results[arch]["wall_s"] = wall
         print(f"{arch:10s} MMCS {m['mmcs']:.4f}  MCC {m['mcc']:.4f}  L0 {m['l0']:.2f}  "
               f"FVU {m['fvu']:.4f}  dead {m['dead_fraction']:.3f}  ({wall:.0f} s)")
-    setup = {"toy": dataclasses.asdict(toy_cfg), "seed": args.seed,
-             "steps": {a: c.steps for a, c in cfgs.items()},
-             "batch_size": args.batch_size, "sae_width": args.sae_width,
+    setup = {**dataclasses.asdict(exp),
+             "steps_per_architecture": {a: c.steps for a, c in cfgs.items()},
              "configs": {a: dataclasses.asdict(c) for a, c in cfgs.items()},
              "eval_rows": 16384, "backend": jax.default_backend()}
     path = write_results(args.out, setup, results, architectures=results)

@@ -11,7 +11,9 @@ positions within about 0.01 nats/token of the exact Bayes-optimal loss (bar: 0.0
 the unigram and cue-only losses and below the exact predictor that pools each latent's own
 reports but ignores the causal graph (so the model uses the graph); ridge probes read the
 cued variable's posterior from the residual stream with R² about 0.96 after the first block.
-``--value-vocab shared`` is a harder variant (values must be bound to their cue by attention).
+``--set task.value_vocab=shared`` is a harder variant (values must be bound to their cue by
+attention). Every setting is a field of :class:`TrainLMExperiment` (``--set path=value``;
+``--steps``, ``--lr``, ... are short forms of ``lm.steps``, ``lm.lr``, ...).
 
 Losses are reported on *value positions* (targets that reveal a latent; cue positions cost
 ``log d`` for every model that learned the format) and on all positions; the Bayes, unigram
@@ -38,8 +40,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxcrl import plot
-from jaxcrl.lm import probe
-from jaxcrl.lm.tasks import TaskConfig
+from jaxcrl.analysis import probes as probe
+from jaxcrl.config import parse_config
 from jaxcrl.lm.training import (
     LMTrainConfig,
     make_eval_fn,
@@ -50,62 +52,65 @@ from jaxcrl.lm.training import (
     train,
 )
 from jaxcrl.results import format_table, write_results
-from jaxcrl.scm import GraphConfig
+from jaxcrl.scm.language import CharCorpus, TaskConfig
 
 
-def config_from_args(args: argparse.Namespace) -> LMTrainConfig:
-    train_kw = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    warmup=args.warmup, eval_every=args.eval_every, seed=args.seed,
-                    d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads)
-    if args.corpus:
-        return LMTrainConfig.for_corpus(args.corpus, seq_len=args.seq_len, **train_kw)
-    graph = (GraphConfig(kind="er", edge_prob=args.edge_prob) if args.graph == "er"
-             else GraphConfig(kind=args.graph))
-    task = TaskConfig(n_latents=args.latents, n_values=args.values, graph=graph,
-                      strength=args.strength, noise=args.noise, n_pairs=args.pairs,
-                      value_vocab=args.value_vocab, seed=args.task_seed)
-    if args.tiny:
-        task = TaskConfig.tiny(n_pairs=8)
-        train_kw.update(d_model=32, n_layers=2, n_heads=2, batch_size=32, warmup=10)
-    return LMTrainConfig.for_task(task, **train_kw)
+@dataclasses.dataclass(frozen=True)
+class TrainLMExperiment:
+    """Settings of this script (set any field with ``--set path=value``).
+
+    Attributes:
+      task: the latent-SCM language (``lm.task`` is replaced by it and ``lm.model`` sized to
+        it; e.g. ``--set task.value_vocab=shared`` for the harder variant).
+      lm: the run: :meth:`LMTrainConfig.default` (the small default transformer, 2 layers,
+        width 64) unless changed (``--set lm.model.d_model=128``).
+      final_eval: held-out sequences for the final loss (paired with the Bayes loss).
+      probe_train, probe_test: sequences to fit / score the per-layer probes on.
+      peak_size: ``n`` of the ``n x n`` float32 matmul whose speed is the MFU reference.
+    """
+
+    task: TaskConfig = TaskConfig()
+    lm: LMTrainConfig = LMTrainConfig.default()
+    final_eval: int = 4096
+    probe_train: int = 2048
+    probe_test: int = 1024
+    peak_size: int = 2048
+
+    @classmethod
+    def tiny(cls) -> TrainLMExperiment:
+        """Tiny task and model (tests): ``LMTrainConfig.tiny`` with 2 layers, 8 pairs."""
+        return cls(task=TaskConfig.tiny(n_pairs=8), lm=LMTrainConfig.tiny(n_layers=2))
+
+    def lm_config(self, corpus: str | None = None, seq_len: int = 64) -> LMTrainConfig:
+        """The :class:`LMTrainConfig` of the run (on ``corpus``, a text file, if given)."""
+        if corpus is None:
+            return self.lm.with_task(self.task)
+        vocab = CharCorpus.from_file(corpus).vocab_size
+        model = dataclasses.replace(self.lm.model, vocab_size=vocab, n_ctx=seq_len)
+        return dataclasses.replace(self.lm, model=model, corpus=str(corpus), seq_len=seq_len)
 
 
-def parse(argv=None) -> argparse.Namespace:
-    d = TaskConfig()
+ALIASES = {"--steps": "lm.steps", "--batch-size": "lm.batch_size", "--lr": "lm.lr",
+           "--warmup": "lm.warmup", "--eval-every": "lm.eval_every", "--seed": "lm.seed",
+           "--final-eval": "final_eval", "--probe-train": "probe_train",
+           "--probe-test": "probe_test", "--peak-size": "peak_size"}
+
+
+def parse(argv=None) -> tuple[argparse.Namespace, TrainLMExperiment]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/train_lm")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0, help="run seed (init, batches, eval set)")
-    p.add_argument("--latents", type=int, default=d.n_latents)
-    p.add_argument("--values", type=int, default=d.n_values)
-    p.add_argument("--pairs", type=int, default=d.n_pairs)
-    p.add_argument("--noise", type=float, default=d.noise)
-    p.add_argument("--strength", type=float, default=d.strength)
-    p.add_argument("--graph", choices=("er", "chain", "full"), default=d.graph.kind)
-    p.add_argument("--edge-prob", type=float, default=d.graph.edge_prob)
-    p.add_argument("--value-vocab", choices=("per_variable", "shared"), default=d.value_vocab,
-                   help="value tokens name their variable, or are shared (harder)")
-    p.add_argument("--task-seed", type=int, default=d.seed, help="seed of the language")
     p.add_argument("--corpus", default=None, help="train on this local text file instead")
     p.add_argument("--seq-len", type=int, default=64, help="context for --corpus")
-    p.add_argument("--tiny", action="store_true", help="tiny task and model (tests)")
-    p.add_argument("--final-eval", type=int, default=4096,
-                   help="held-out sequences for the final loss (paired with the Bayes loss)")
-    p.add_argument("--probe-train", type=int, default=2048)
-    p.add_argument("--probe-test", type=int, default=1024)
     p.add_argument("--resume", action="store_true",
                    help="continue OUT/ckpt instead of starting afresh")
-    p.add_argument("--peak-size", type=int, default=2048,
-                   help="n of the n x n float32 matmul whose speed is the MFU reference")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args, exp = parse_config(p, TrainLMExperiment(), argv, aliases=ALIASES,
+                             tiny=TrainLMExperiment.tiny())
+    try:
+        exp.lm_config(args.corpus, args.seq_len)
+    except ValueError as err:
+        p.error(str(err))
+    return args, exp
 
 
 def plot_curves(res, ref: dict, path: Path, task_mode: bool) -> None:
@@ -159,21 +164,21 @@ def plot_probes(pr: dict, path: Path) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
-    cfg = config_from_args(args)
+    args, exp = parse(argv)
+    cfg = exp.lm_config(args.corpus, args.seq_len)
     task_mode = cfg.corpus is None
     out = Path(args.out)
     ckpt_dir = out / "ckpt"
     if ckpt_dir.exists() and not args.resume:
         shutil.rmtree(ckpt_dir)  # our own output: a fresh run unless --resume
-    peak = matmul_peak_flops(args.peak_size)
+    peak = matmul_peak_flops(exp.peak_size)
     t0 = time.perf_counter()
     res = train(cfg, ckpt_dir, progress=not args.no_progress)
     train_wall = time.perf_counter() - t0
 
     # Final loss on a larger held-out set, paired with the exact Bayes loss of the same
     # sequences (a fresh key: not the set monitored during training).
-    n_final = args.final_eval if args.final_eval <= 256 else (args.final_eval // 256) * 256
+    n_final = exp.final_eval if exp.final_eval <= 256 else (exp.final_eval // 256) * 256
     eval_fn, ref = make_eval_fn(dataclasses.replace(cfg, eval_batch=n_final),
                                 make_source(cfg)[1], jax.random.key(cfg.seed + 10_000))
     final = {k: float(v) for k, v in eval_fn(res.params).items()}
@@ -212,17 +217,18 @@ def main(argv=None) -> dict:
     if task_mode:
         probes = probe.probe_latents(res.model, res.params, res.source,
                                      jax.random.key(cfg.seed + 30_000),
-                                     n_train=args.probe_train, n_test=args.probe_test)
+                                     n_train=exp.probe_train, n_test=exp.probe_test)
     out.mkdir(parents=True, exist_ok=True)
     if probes is not None:
         plot_probes(probes, out / "probes.png")
     plot_curves(res, ref, out / "loss_curve.png", task_mode)
-    setup = {"config": cfg, "command": "python experiments/train_lm.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]),
-        "loss_positions": "value positions (final_loss); all positions (*_all)" if task_mode
-        else "all positions", "device": str(jax.devices()[0]),
-        "matmul_peak_flops": peak, "flops_per_token_6n": flops["six_n"],
-        "reference": ref}
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    setup = {"config": cfg, "experiment": exp,
+             "command": "python experiments/train_lm.py " + command,
+             "loss_positions": "value positions (final_loss); all positions (*_all)"
+             if task_mode else "all positions", "device": str(jax.devices()[0]),
+             "matmul_peak_flops": peak, "flops_per_token_6n": flops["six_n"],
+             "reference": ref}
     # The headline figures also sit at the top level, where the issue's contract puts them.
     headline = {k: row[k] for k in ("final_loss", "unigram_loss", "bayes_loss", "tokens_per_s")
                 if k in row}

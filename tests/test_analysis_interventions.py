@@ -15,8 +15,8 @@ from jaxcrl.analysis import (
     steering_deltas,
 )
 from jaxcrl.lm import HookedTransformer, TransformerConfig, add_vector
-from jaxcrl.lm.tasks import TaskConfig
 from jaxcrl.scm import GraphConfig
+from jaxcrl.scm.language import TaskConfig
 
 D_LAT, K = 3, 2
 HOOK = "blocks.0.hook_resid_post"

@@ -35,7 +35,7 @@ def test_crl_synthetic_writes_the_results_contract(tmp_path, monkeypatch):
           "--batch-size", "128", "--methods", "latent_scm,beta_vae,ivae", "--no-progress",
           "--out", str(out)], monkeypatch)
     res = json.loads((out / "results.json").read_text())
-    assert res["setup"]["latent_dim"] == 2 and res["setup"]["seeds"] == 2
+    assert res["setup"]["data"]["scm"]["latent_dim"] == 2 and res["setup"]["seeds"] == 2
     lat = res["methods"]["latent_scm"]
     for key in ("mcc_pearson_oos", "mcc_spearman", "r2", "shd", "edge_auroc"):
         assert len(lat[key]["per_seed"]) == 2, key
@@ -49,3 +49,18 @@ def test_crl_synthetic_writes_the_results_contract(tmp_path, monkeypatch):
 def test_crl_synthetic_rejects_unknown_methods(monkeypatch):
     with pytest.raises(SystemExit):
         _run("experiments/crl_synthetic.py", ["--methods", "magic"], monkeypatch)
+
+
+def test_crl_generalization_runs_config_variants(tmp_path, monkeypatch):
+    out = tmp_path / "gen"
+    _run("experiments/crl_generalization.py",
+         ["--rows", "d=3|unknown targets", "--seeds", "1", "--steps", "20", "--set",
+          "data.n_per_env=200", "--set", "crl.batch_size=64", "--set", "crl.restarts=1",
+          "--out", str(out), "--tag", "_t"], monkeypatch)
+    res = json.loads((out / "generalization_t.json").read_text())
+    assert list(res["rows"]) == ["d=3", "unknown targets"]
+    d3 = json.loads((out / "d3" / "results.json").read_text())
+    assert d3["setup"]["data"]["scm"]["latent_dim"] == 3 and d3["setup"]["crl"]["steps"] == 20
+    unk = json.loads((out / "unknown_targets" / "results.json").read_text())
+    assert unk["setup"]["targets"] == "unknown"
+    assert len(res["rows"]["d=3"]["latent_scm"]["mcc_pearson_oos"]["per_seed"]) == 1

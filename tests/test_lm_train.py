@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcrl.lm.tasks import TaskConfig
 from jaxcrl.lm.training import LMTrainConfig, cross_entropy, load, train
+from jaxcrl.scm.language import TaskConfig
 from jaxcrl.train import ConfigMismatchError
 
 CFG = LMTrainConfig.tiny(steps=40, eval_every=10, save_every=20)

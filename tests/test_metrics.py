@@ -35,7 +35,7 @@ from jaxcrl.metrics import (
     score_latents,
     shd,
 )
-from jaxcrl.metrics.identifiability import LOO_ALPHAS, kernel_ridge_loo_residuals
+from jaxcrl.metrics.regression import LOO_ALPHAS, kernel_ridge_loo_residuals
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcrl import sae
+from jaxcrl.analysis import sae_hook
 
 
 def _identity_sae(d):
@@ -60,7 +61,7 @@ def test_ce_loss_recovered_with_a_fake_model():
     model = FakeModel()
     tokens = jax.random.randint(jax.random.key(4), (3, 9), 0, 7)
     cfg, p = _identity_sae(4)
-    out = sae.ce_loss_recovered(model, model.params, tokens, "h", sae.sae_fn(p, cfg))
+    out = sae.ce_loss_recovered(model, model.params, tokens, "h", sae_hook(p, cfg))
     np.testing.assert_allclose(out["ce_loss_recovered"], 1.0, rtol=1e-5)
     np.testing.assert_allclose(out["ce_zero"], np.log(7), rtol=1e-5)  # zero logits: uniform
     half = lambda x: 0.5 * x
@@ -76,7 +77,7 @@ def test_ridge_matches_least_squares():
     x = np.asarray(jax.random.normal(jax.random.key(5), (200, 6)))
     w = np.arange(6.0)
     y = x @ w + 1.5 + 0.01 * np.asarray(jax.random.normal(jax.random.key(6), (200,)))
-    probe = sae.fit_ridge(x, y, l2=1e-6)
+    probe = sae.fit_ridge(x, y, alpha=1e-8)
     xa = np.c_[x, np.ones(200)]
     ref = np.linalg.lstsq(xa, y, rcond=None)[0]
     np.testing.assert_allclose(probe.w, ref[:6], rtol=1e-3, atol=1e-3)
@@ -119,3 +120,29 @@ def test_identifiability_of_permuted_scaled_latents():
     np.testing.assert_allclose(out["mcc"], 1.0, atol=1e-6)
     assert out["perm"].tolist() == [4, 0, 2]
     assert out["r2"] > 0.999
+
+
+def test_sae_hook_and_evaluate_do_not_recompile_for_new_weights():
+    """Params are traced hook data: a second SAE of the same config reuses the program."""
+    from jaxcrl.lm import HookedTransformer, TransformerConfig
+    from jaxcrl.lm.model import _forward_jit
+    from jaxcrl.sae.metrics import _batch_stats
+
+    model = HookedTransformer(TransformerConfig.tiny(vocab_size=16, n_ctx=8))
+    params = model.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, 16)
+    cfg = sae.SAEConfig.tiny(d_in=32, d_sae=48)
+    p1 = sae.init_params(jax.random.key(2), cfg)
+    p2 = sae.init_params(jax.random.key(3), cfg)
+    hook = "blocks.0.hook_resid_post"
+    out1 = model.run_with_hooks(params, tokens, hooks={hook: sae_hook(p1, cfg)})
+    size = _forward_jit._cache_size()
+    out2 = model.run_with_hooks(params, tokens, hooks={hook: sae_hook(p2, cfg)})
+    assert _forward_jit._cache_size() == size  # no new program for new weights
+    assert not np.allclose(out1, out2)  # and the new weights are used
+    x = jax.random.normal(jax.random.key(4), (40, 32))
+    m1 = sae.evaluate(p1, x, cfg)
+    size = _batch_stats._cache_size()
+    m2 = sae.evaluate(p2, x, cfg)
+    assert _batch_stats._cache_size() == size
+    assert m1["fvu"] != m2["fvu"]

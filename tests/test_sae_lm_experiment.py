@@ -1,5 +1,6 @@
 """experiments/sae_lm.py end to end: a tiny GPT-2 saved by transformers, a text file."""
 
+import functools
 import json
 
 import jax
@@ -9,7 +10,7 @@ from conftest import load_experiment
 from lm_text_fixtures import write_gpt2, write_llama, write_text
 
 from jaxcrl.lm.text import load_tokenizer, read_documents, token_dataset
-from jaxcrl.sae import import_saelens, next_token_ce, sae_fn
+from jaxcrl.sae import Reconstruct, import_saelens, next_token_ce
 from jaxcrl.sae.cache import open_cache
 
 pytest.importorskip("transformers")
@@ -62,7 +63,7 @@ def test_sae_lm_tiny(tmp_path, family):
         assert runs[8]["fvu"] < runs[2]["fvu"] < 1.0
         # CE with the exported SAE spliced in by hand (BOS position left clean)
         p, c = import_saelens(runs[8]["sae_dir"])
-        fn = sae_fn(p, c)
+        fn = functools.partial(Reconstruct(c), params=p)
         spliced = model.run_with_hooks(
             params, held, hooks={h: lambda x, fn=fn: x.at[:, 1:].set(fn(x[:, 1:]))})
         assert runs[8]["ce_sae"] == pytest.approx(float(next_token_ce(spliced, held)),

@@ -149,3 +149,11 @@ def test_bad_inputs_are_clear_value_errors():
         sae.array_source(x.at[1, 1].set(jnp.nan), 4)
     with pytest.raises(ValueError, match=r"\[n, d_in\]"):
         sae.array_source(jnp.ones(5), 4)
+    # chex at the params boundary: the message names the parameter (also under jit)
+    bad = {**params, "W_dec": params["W_dec"].T}
+    with pytest.raises(AssertionError, match=r'params\["W_dec"\] must be \(32, 8\)'):
+        jax.jit(lambda p: sae.forward(p, x, cfg))(bad)
+    with pytest.raises(AssertionError, match=r'params\["b_enc"\]'):
+        sae.encode({**params, "b_enc": params["b_enc"].astype(jnp.int32)}, x, cfg)
+    with pytest.raises(AssertionError, match=r"tokens \[b, T\]"):
+        sae.next_token_ce(jnp.zeros((2, 5, 7)), jnp.zeros((2, 4), jnp.int32))

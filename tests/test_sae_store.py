@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcrl import sae
+from jaxcrl.analysis import sae_hook
 
 
 def test_lm_source_streams_transformer_activations_into_training():
@@ -30,7 +31,7 @@ def test_lm_source_streams_transformer_activations_into_training():
     assert np.isfinite(r.history["mse"]).all()
     # CE loss recovered with the real model, through the real hook API
     tokens = sample_tokens(jax.random.key(5))
-    out = sae.ce_loss_recovered(model, params, tokens, hook, sae.sae_fn(r.params(), cfg))
+    out = sae.ce_loss_recovered(model, params, tokens, hook, sae_hook(r.params(), cfg))
     assert np.isfinite(out["ce_loss_recovered"])
 
 

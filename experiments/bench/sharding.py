@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
         print(f"{m} latent shard(s) (data {8 // m}): "
               f"{max(per_dev.values()) / 2**30:.3f} GiB per device, collectives {coll}")
     base = res["shards"][1]["max_bytes_per_device"]
-    for m, r in res["shards"].items():
+    for r in res["shards"].values():
         r["fraction_of_one_shard"] = r["max_bytes_per_device"] / base
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))

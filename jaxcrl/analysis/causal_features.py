@@ -1,7 +1,7 @@
 """Are a transformer's features the true causal variables, and do edits respect the graph?
 
 The end-to-end analysis behind ``experiments/causal_features.py``. A transformer trained on
-a latent-SCM language (:mod:`jaxcrl.lm.tasks`) is read at its residual stream, layer by layer
+a latent-SCM language (:mod:`jaxcrl.scm.language`) is read at its residual stream, layer by layer
 (``embed`` = ``blocks.0.hook_resid_pre``, ``L{l}`` = ``blocks.{l}.hook_resid_post``):
 
 1. **Identifiability.** The ground-truth variables are what a Bayes-optimal reader of the
@@ -33,7 +33,6 @@ causal direction. The scores say which happens; they are not expected to be perf
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any
 
@@ -42,30 +41,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.analysis.interventions import (
+    SAEClamp,
     effect_matrix,
-    latent_beliefs,
+    latent_beliefs_jit,
     probe_readout,
     score_effects,
     steering_deltas,
 )
+from jaxcrl.analysis.probes import collect, residual_names
 from jaxcrl.checkpoint import register_config
 from jaxcrl.crl import CRLConfig, fit
 from jaxcrl.crl.evaluate import score_fit
 from jaxcrl.lm import HookedTransformer, add_vector, replace_with
-from jaxcrl.lm.probe import collect, residual_names, ridge_fit, ridge_predict
-from jaxcrl.lm.tasks import Task, do, posterior_marginals, sample
-from jaxcrl.metrics import mcc
+from jaxcrl.metrics import fit_ridge, mcc, mcc_out_of_sample, predict_linear, r2_score
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.model import encode, forward
 from jaxcrl.sae.source import array_source
 from jaxcrl.sae.training import train as train_sae
-
-
-def _clamp_sae(x, params, f, a, *, cfg):
-    """SAE latent clamp ``x + (a - z_f(x)) W_dec[f]`` at every position (``f``, ``a``
-    traced; ``z_f`` the SAE's own encoding, so TopK/JumpReLU gating is respected)."""
-    z = encode(params, x.reshape(-1, x.shape[-1]), cfg, inference=True)[:, f]
-    return x + (a - z.reshape(x.shape[:-1]))[..., None] * params["W_dec"][f]
+from jaxcrl.scm.language import Task, do, posterior_marginals, sample, sample_jit
 
 
 @register_config
@@ -108,12 +101,6 @@ class CausalFeaturesConfig:
 def _variables(post: np.ndarray) -> np.ndarray:
     """``[..., d, K]`` posterior marginals -> ``[..., d (K - 1)]`` variables (drop ``v = 0``)."""
     return post[..., 1:].reshape(*post.shape[:-2], -1)
-
-
-def _r2(y: np.ndarray, pred: np.ndarray) -> float:
-    sse = ((y - pred) ** 2).sum(0)
-    sst = ((y - y.mean(0)) ** 2).sum(0)
-    return float(np.mean(1.0 - sse / np.maximum(sst, 1e-12)))
 
 
 def _ident(truth: np.ndarray, est: np.ndarray) -> dict:
@@ -162,7 +149,7 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
     labels = list(names)
 
     # -- observational data: activations at every position, exact posteriors
-    batch = jax.jit(lambda k: sample(task, k, cfg.n_sequences, with_posterior=True))(k_obs)
+    batch = sample_jit(task, k_obs, cfg.n_sequences, with_posterior=True)
     acts = collect(model, params, batch.tokens, list(names.values()))
     post = np.asarray(batch.posterior)  # [N, T, d, K]
     truth_last = _variables(post[:, -1])  # [N, m]
@@ -177,13 +164,15 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
 
     out: dict[str, Any] = {"layers": labels, "_arrays": {"adj": adj}}
     steer_tokens = batch.tokens[-cfg.n_steer:]
-    base = latent_beliefs(model, params, steer_tokens, task_cfg=tc)
+    base = latent_beliefs_jit(model, params, steer_tokens, task_cfg=tc)
 
     def beliefs_with(hook_name):
+        # params and tokens are arguments of the jitted function, not constants closed
+        # over by a new jitted closure: one compiled program per hook structure
         def fn(hook):
-            return latent_beliefs(model, params, steer_tokens, task_cfg=tc,
-                                  hooks={hook_name: hook})
-        return jax.jit(fn)
+            return latent_beliefs_jit(model, params, steer_tokens, task_cfg=tc,
+                                      hooks={hook_name: hook})
+        return fn
 
     # -- (c) one latent-SCM fit per layer, all layers in one program
     crl_cfg = CRLConfig(latent_dim=d, n_envs=d + 1, steps=cfg.crl_steps, restarts=1,
@@ -206,10 +195,10 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
         res: dict[str, Any] = {"hook": hook}
 
         # (a) probes, out of sample
-        p = ridge_fit(a_last[:n_fit], truth_last[:n_fit])
-        pred = ridge_predict(p, a_last[n_fit:])
+        p = fit_ridge(a_last[:n_fit], truth_last[:n_fit])
+        pred = predict_linear(p, a_last[n_fit:])
         res["probe"] = {**_ident(truth_last[n_fit:], pred),
-                        "r2": _r2(truth_last[n_fit:], pred)}
+                        "r2": float(r2_score(truth_last[n_fit:], pred).mean())}
 
         # (b) SAEs on every position of this layer
         res["sae"] = {}
@@ -230,14 +219,12 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
             xt = a_last[n_fit:]
             fvu = float(((xt - np.asarray(xh)) ** 2).sum() / ((xt - xt.mean(0)) ** 2).sum())
             # match on the fit half, score the matched latents on the test half
-            m_fit = mcc(truth_last[:n_fit], z_fit)
-            matched = np.asarray(m_fit.perm)
-            zt = z_test[:, matched]
-            corr = np.array([abs(np.corrcoef(truth_last[n_fit:, j], zt[:, j])[0, 1])
-                             if zt[:, j].std() > 0 else 0.0 for j in range(zt.shape[1])])
+            m_oos = mcc_out_of_sample(truth_last, np.concatenate([z_fit, z_test]),
+                                      split=n_fit / len(truth_last))
+            matched = np.asarray(m_oos.perm)
             res["sae"][arch] = {
-                "mcc_pearson_oos": float(corr.mean()),
-                "mcc_pearson": float(m_fit.value),
+                "mcc_pearson_oos": m_oos.value,
+                "mcc_pearson": float(mcc(truth_last[:n_fit], z_fit).value),
                 "l0": float((np.asarray(aux["z"]) > 0).sum(-1).mean()),
                 "fvu": fvu,
                 "matched_latents": matched.tolist(),
@@ -272,10 +259,8 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
                               if (z_fit[:, f] > 0).any() else 1.0 for f in feats])
             edits = {"f": jnp.repeat(jnp.asarray(feats)[:, None], 2, 1),
                      "a": jnp.stack([jnp.zeros(d), jnp.asarray(highs, jnp.float32)], 1)}
-            clamp_fn = functools.partial(_clamp_sae, cfg=scfg)
-
-            def clamp_beliefs(e, sp=sp, clamp_fn=clamp_fn, bel=bel):
-                return bel(replace_with(clamp_fn, sp, e["f"], e["a"]))
+            def clamp_beliefs(e, sp=sp, clamp=SAEClamp(scfg), bel=bel):
+                return bel(replace_with(clamp, sp, e["f"], e["a"]))
 
             e_sae = np.asarray(effect_matrix(clamp_beliefs, edits, base))
             res["effects"][f"sae_{arch}"] = {**score_effects(e_sae, adj),

@@ -8,7 +8,7 @@ descendants, and leave its beliefs about non-descendants alone.
 Pieces (all pure, jit/vmap-friendly):
 
 * :func:`latent_beliefs` reads the model's belief about every latent from its next-token
-  distribution: for the latent-SCM language (:mod:`jaxcrl.lm.tasks`), the value predicted
+  distribution: for the latent-SCM language (:mod:`jaxcrl.scm.language`), the value predicted
   after the cue ``z_j?`` *is* the model's predictive of ``z_j`` (up to the known report
   noise). The last input token is replaced by each cue in turn (one batched forward).
 * :func:`steering_deltas` builds, from a linear readout ``W [D, d K]`` of the latents at a
@@ -26,14 +26,19 @@ Pieces (all pure, jit/vmap-friendly):
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.lm.model import ReplaceWith, replace_with
 from jaxcrl.metrics import edge_auroc, shd
-from jaxcrl.sae.probe import fit_ridge
+from jaxcrl.metrics.regression import fit_ridge
+from jaxcrl.sae.config import SAEConfig
+from jaxcrl.sae.model import Reconstruct, encode
 from jaxcrl.scm.graphs import transitive_closure
 
 
@@ -47,7 +52,7 @@ def latent_beliefs(model, params, tokens: jax.Array, *, task_cfg,
       params: its parameters.
       tokens: ``[B, T]`` latent-language inputs whose last token is a cue position
         (``T`` even); the last token is replaced by the cue of each latent in turn.
-      task_cfg: the language's :class:`jaxcrl.lm.tasks.TaskConfig` (token ids: cue ``z_j?``
+      task_cfg: the language's :class:`jaxcrl.scm.language.TaskConfig` (token ids: cue ``z_j?``
         is ``cue_token(cfg, j)``, the values of ``z_j`` are ``value_token(cfg, j, k)``).
       hooks: optional ``run_with_hooks`` hooks applied in every forward.
 
@@ -55,7 +60,7 @@ def latent_beliefs(model, params, tokens: jax.Array, *, task_cfg,
       ``[B, d, K]`` probabilities ``p(next = value k of z_j | prefix, cue z_j?)``
       renormalised over the ``K`` values of ``z_j``.
     """
-    from jaxcrl.lm.tasks import cue_token, value_token
+    from jaxcrl.scm.language import cue_token, value_token
 
     tokens = jnp.asarray(tokens, jnp.int32)
     b, t = tokens.shape
@@ -71,25 +76,57 @@ def latent_beliefs(model, params, tokens: jax.Array, *, task_cfg,
     return jax.nn.softmax(values, -1).transpose(1, 0, 2)
 
 
+def sae_hook(params: dict, cfg: SAEConfig) -> ReplaceWith:
+    """Hook splicing an SAE's reconstruction into a model: ``x -> x_hat`` at every position.
+
+    The SAE params travel as traced hook data (:func:`jaxcrl.lm.replace_with` with the
+    hashable :class:`jaxcrl.sae.model.Reconstruct`), so a second SAE with the same config
+    reuses the compiled forward and no weights are pinned in the compile cache.
+
+    Args:
+      params: SAE params acting on raw activations (``SAETrainResult.params()``).
+      cfg: its config.
+    """
+    return replace_with(Reconstruct(cfg), params)
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEClamp:
+    """``clamp(x, params, f, a) = x + (a − z_f(x)) W_dec[f]`` at every position.
+
+    Sets SAE latent ``f`` to ``a`` (``f``, ``a`` and ``params`` traced; ``z_f`` the SAE's own
+    encoding of ``x [..., d_in]``, so TopK/JumpReLU gating is respected). Hashable per
+    config, for :func:`jaxcrl.lm.replace_with` (``replace_with(SAEClamp(cfg), params, f, a)``).
+    """
+
+    cfg: SAEConfig
+
+    def __call__(self, x: jax.Array, params: dict, f: jax.Array, a: jax.Array) -> jax.Array:
+        z = encode(params, x.reshape(-1, x.shape[-1]), self.cfg, inference=True)[:, f]
+        return x + (a - z.reshape(x.shape[:-1]))[..., None] * params["W_dec"][f]
+
+
 def probe_readout(acts: jax.Array, targets: jax.Array, *, ridge: float = 1e-3) -> jax.Array:
-    """Ridge read-out ``targets ~ b + acts @ W`` (:func:`jaxcrl.sae.probe.fit_ridge`).
+    """Ridge read-out ``targets ~ b + acts @ W`` on the raw activation geometry.
+
+    :func:`jaxcrl.metrics.regression.fit_ridge` with ``standardize=False``: the penalty is
+    ``ridge`` per sample in units of the mean activation variance (the mean eigenvalue of
+    the activation covariance), so it means the same at every layer, while the read-out
+    directions stay those of the raw residual stream (what :func:`steering_deltas` edits).
 
     Args:
       acts: ``[N, D]`` activations.
       targets: ``[N, M]`` (e.g. posterior marginals flattened to ``M = d K``).
-      ridge: ridge strength relative to the mean eigenvalue of the activation covariance
-        (scale-free, so it means the same at every layer).
+      ridge: ridge strength relative to the mean activation variance.
 
     Returns:
-      ``W [D, M]``.
+      ``W [D, M]`` (float32).
     """
-    acts = jnp.asarray(acts, jnp.float32)
-    targets = jnp.asarray(targets, jnp.float32)
-    if acts.ndim != 2 or targets.ndim != 2 or acts.shape[0] != targets.shape[0]:
+    if np.ndim(acts) != 2 or np.ndim(targets) != 2 or np.shape(acts)[0] != np.shape(targets)[0]:
         raise ValueError(f"probe_readout: acts [N, D] and targets [N, M] must share N, got "
-                         f"{acts.shape} and {targets.shape}")
-    mean_eig = jnp.var(acts, axis=0).sum() / acts.shape[1]
-    return fit_ridge(acts, targets, l2=float(ridge * mean_eig * acts.shape[0])).w
+                         f"{np.shape(acts)} and {np.shape(targets)}")
+    fit = fit_ridge(np.asarray(acts), np.asarray(targets), alpha=ridge, standardize=False)
+    return jnp.asarray(fit.w, jnp.float32)
 
 
 def steering_deltas(w: jax.Array, *, n_latents: int, n_values: int, scale: float = 1.0
@@ -112,6 +149,14 @@ def steering_deltas(w: jax.Array, *, n_latents: int, n_values: int, scale: float
     target = scale * (eye - block / k)  # [d, K, dK]
     pinv = jnp.linalg.pinv(w.T)  # [D, dK]: least-norm solution of delta @ W = t
     return jnp.einsum("ikm,dm->ikd", target, pinv)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "task_cfg"))
+def latent_beliefs_jit(model, params, tokens: jax.Array, *, task_cfg,
+                       hooks: dict | None = None) -> jax.Array:
+    """:func:`latent_beliefs` compiled once per model, task config and hook structure
+    (params, tokens and the hooks' arrays are traced)."""
+    return latent_beliefs(model, params, tokens, task_cfg=task_cfg, hooks=hooks)
 
 
 def belief_shift(p: jax.Array, q: jax.Array) -> jax.Array:

@@ -41,7 +41,7 @@ import optax
 from jaxcrl.checkpoint import CheckpointManager, register_config
 from jaxcrl.lm.config import TransformerConfig
 from jaxcrl.lm.model import HookedTransformer, count_params
-from jaxcrl.lm.tasks import (
+from jaxcrl.scm.language import (
     Batch,
     CharCorpus,
     Task,
@@ -173,6 +173,12 @@ class LMTrainConfig:
                                   n_layers=n_layers, n_heads=n_heads)
         return cls(**{"model": model, "corpus": str(path), "seq_len": seq_len, **override})
 
+    def with_task(self, task: TaskConfig) -> LMTrainConfig:
+        """This run on the language ``task``, its model resized to the task's vocabulary
+        and context (every other model setting kept)."""
+        model = dataclasses.replace(self.model, vocab_size=task.vocab_size, n_ctx=task.seq_len)
+        return dataclasses.replace(self, task=task, model=model, corpus=None, seq_len=None)
+
 
 class TrainState(NamedTuple):
     """Params, optimizer state and the number of steps taken (a pytree)."""
@@ -283,7 +289,7 @@ def make_eval_fn(cfg: LMTrainConfig, heldout: Task | CharCorpus, key: jax.Array)
     """``eval_fn(params) -> metrics`` on a fixed held-out batch, and that batch's reference
     losses (tasks: ``bayes_*`` the exact Bayes-optimal loss on the same sequences, and
     ``graph_blind_*`` that of the exact predictor that ignores the dependence between latents,
-    see :func:`jaxcrl.lm.tasks.independent`)."""
+    see :func:`jaxcrl.scm.language.independent`)."""
     if cfg.eval_batch > 256 and cfg.eval_batch % 256:
         raise ValueError(f"eval_batch must be <= 256 or a multiple of 256, got {cfg.eval_batch}")
     model = HookedTransformer(cfg.model)

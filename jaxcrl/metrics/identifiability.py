@@ -25,12 +25,24 @@ from __future__ import annotations
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-import scipy.linalg
-import scipy.optimize
-import scipy.spatial.distance
 import scipy.special
 import scipy.stats
 from numpy.typing import ArrayLike
+
+from jaxcrl.metrics.regression import (
+    LOO_ALPHAS,
+    as_matrix,
+    even_subsample,
+    fit_ridge,
+    hungarian_match,
+    kernel_ridge_loo_predict,
+    kernel_ridge_predict,
+    median_heuristic_gamma,
+    predict_linear,
+    r2_score,
+    standardize,
+    standardizer,
+)
 
 __all__ = [
     "DCIResult",
@@ -39,25 +51,14 @@ __all__ = [
     "amari_distance",
     "dci",
     "dci_from_importance",
-    "kernel_ridge_loo_residuals",
-    "kernel_ridge_predict",
     "mcc",
     "mcc_out_of_sample",
-    "median_heuristic_gamma",
     "r2",
     "score_latents",
 ]
 
 CorrMethod = Literal["pearson", "spearman"]
 Regressor = Literal["linear", "kernel"]
-
-# A column whose standard deviation is below this fraction of its largest absolute
-# value is treated as constant (its correlations are defined to be 0).
-_CONST_RTOL = 1e-12
-
-# Ridge candidates for ``r2(..., regressor="kernel", alpha="loo")``: half-decade steps
-# from 1e-4 to 1e2, relative to the unit diagonal of the RBF Gram matrix.
-LOO_ALPHAS = np.logspace(-4.0, 2.0, 13)
 
 
 # --------------------------------------------------------------------------------------
@@ -121,30 +122,10 @@ class DCIResult(NamedTuple):
 # --------------------------------------------------------------------------------------
 
 
-def _as_matrix(x: ArrayLike, name: str, *, min_rows: int = 2) -> np.ndarray:
-    """Converts ``x`` to a finite float64 ``[n, d]`` array or raises ``ValueError``."""
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a real numeric array, got {type(x).__name__}") from err
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D with shape [n, d], got shape {arr.shape}")
-    if arr.shape[0] < min_rows or arr.shape[1] < 1:
-        raise ValueError(
-            f"{name} must have at least {min_rows} rows and 1 column, got shape {arr.shape}"
-        )
-    if not np.all(np.isfinite(arr)):
-        n_nan = int(np.isnan(arr).sum())
-        n_inf = int(np.isinf(arr).sum())
-        raise ValueError(
-            f"{name} (shape {arr.shape}) contains {n_nan} NaN and {n_inf} inf values"
-        )
-    return arr
-
 
 def _as_latent_pair(z_true: ArrayLike, z_hat: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    zt = _as_matrix(z_true, "z_true")
-    zh = _as_matrix(z_hat, "z_hat")
+    zt = as_matrix(z_true, "z_true")
+    zh = as_matrix(z_hat, "z_hat")
     if zt.shape[0] != zh.shape[0]:
         raise ValueError(
             "z_true and z_hat must have the same number of samples n, got z_true shape "
@@ -158,30 +139,10 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}")
 
 
-def _constant_columns(x: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return std <= _CONST_RTOL * np.abs(x).max(axis=0)
-
-
-def _standardize(x: np.ndarray) -> np.ndarray:
-    """Column-standardizes ``x`` ``[n, d]``; constant columns become all zeros."""
-    xc = x - x.mean(axis=0)
-    std = np.sqrt(np.mean(xc**2, axis=0))
-    const = _constant_columns(x, std)
-    out = xc / np.where(const, 1.0, std)
-    out[:, const] = 0.0
-    return out
-
-
-def _standardizer(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and scale of training columns; constant columns get scale 1."""
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    return mean, np.where(_constant_columns(x_train, std), 1.0, std)
-
 
 def _abs_corr(zt: np.ndarray, zh: np.ndarray) -> np.ndarray:
     """``[d_true, d_hat]`` absolute Pearson correlation; 0 for constant columns."""
-    corr = _standardize(zt).T @ _standardize(zh) / zt.shape[0]
+    corr = standardize(zt).T @ standardize(zh) / zt.shape[0]
     return np.clip(np.abs(corr), 0.0, 1.0)
 
 
@@ -189,13 +150,6 @@ def _transform(x: np.ndarray, method: str) -> np.ndarray:
     # Spearman correlation is the Pearson correlation of the (average-tie) ranks.
     return scipy.stats.rankdata(x, axis=0) if method == "spearman" else x
 
-
-def _hungarian(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Maximum-weight matching on ``corr`` ``[d_true, d_hat]``: (rows, cols, perm)."""
-    rows, cols = scipy.optimize.linear_sum_assignment(corr, maximize=True)
-    perm = np.full(corr.shape[0], -1, dtype=np.int64)
-    perm[rows] = cols
-    return rows, cols, perm
 
 
 def _permutation(key: Any, n: int) -> np.ndarray:
@@ -221,27 +175,6 @@ def _split_indices(n: int, split: float, key: Any) -> tuple[np.ndarray, np.ndarr
     order = np.arange(n) if key is None else _permutation(key, n)
     return np.sort(order[:n_train]), np.sort(order[n_train:])
 
-
-def _even_subsample(idx: np.ndarray, max_size: int | None) -> np.ndarray:
-    """At most ``max_size`` evenly spaced entries of ``idx`` (deterministic)."""
-    if max_size is None or len(idx) <= max_size:
-        return idx
-    if max_size < 2:
-        raise ValueError(f"subsample size must be at least 2, got {max_size}")
-    return idx[(np.arange(max_size) * len(idx)) // max_size]
-
-
-def _r2_scores(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Per-column coefficient of determination ``1 - SS_res / SS_tot``."""
-    ss_res = np.sum((y - pred) ** 2, axis=0)
-    ss_tot = np.sum((y - y.mean(axis=0)) ** 2, axis=0)
-    const = _constant_columns(y, np.sqrt(ss_tot / y.shape[0]))
-    if np.any(const):
-        raise ValueError(
-            f"z_true columns {np.flatnonzero(const).tolist()} are constant on the test "
-            "split; R² is undefined for them"
-        )
-    return 1.0 - ss_res / ss_tot
 
 
 # --------------------------------------------------------------------------------------
@@ -278,7 +211,7 @@ def mcc(z_true: ArrayLike, z_hat: ArrayLike, method: CorrMethod = "pearson") -> 
     _check_method(method)
     zt, zh = _as_latent_pair(z_true, z_hat)
     corr = _abs_corr(_transform(zt, method), _transform(zh, method))
-    rows, cols, perm = _hungarian(corr)
+    rows, cols, perm = hungarian_match(corr)
     matched = corr[rows, cols]
     return MCCResult(float(matched.mean()), perm, corr, matched)
 
@@ -317,7 +250,7 @@ def mcc_out_of_sample(
     zt, zh = _as_latent_pair(z_true, z_hat)
     train, test = _split_indices(zt.shape[0], split, key)
     corr_train = _abs_corr(_transform(zt[train], method), _transform(zh[train], method))
-    rows, cols, perm = _hungarian(corr_train)
+    rows, cols, perm = hungarian_match(corr_train)
     corr_test = _abs_corr(_transform(zt[test], method), _transform(zh[test], method))
     matched = corr_test[rows, cols]
     return MCCResult(float(matched.mean()), perm, corr_test, matched)
@@ -327,183 +260,6 @@ def mcc_out_of_sample(
 # R²
 # --------------------------------------------------------------------------------------
 
-
-def median_heuristic_gamma(x: ArrayLike, *, max_points: int = 1000) -> float:
-    """RBF ``gamma`` from the median heuristic: ``gamma = 1 / (2 * median ||x_a - x_b||²)``.
-
-    The kernel is ``k(a, b) = exp(-gamma ||a - b||²)``, i.e. bandwidth ``sigma`` equal to
-    the median pairwise distance (Gretton et al., 2012). Uses at most ``max_points``
-    evenly spaced rows.
-
-    Args:
-        x: ``[n, d]`` inputs (callers usually standardize them first).
-        max_points: Cap on the rows used for the pairwise distances.
-
-    Returns:
-        ``gamma`` as a float (1.0 if all points coincide).
-    """
-    arr = _as_matrix(x, "x")
-    sub = arr[_even_subsample(np.arange(arr.shape[0]), max_points)]
-    sq = scipy.spatial.distance.pdist(sub, "sqeuclidean")
-    sq = sq[sq > 0]
-    if sq.size == 0:
-        return 1.0
-    return float(1.0 / (2.0 * np.median(sq)))
-
-
-def kernel_ridge_predict(
-    x_train: ArrayLike,
-    y_train: ArrayLike,
-    x_test: ArrayLike,
-    *,
-    gamma: float,
-    alpha: float,
-    block_size: int = 4096,
-) -> np.ndarray:
-    """Kernel ridge regression with an RBF kernel, no intercept.
-
-    Solves ``(K + alpha I) c = y_train`` with ``K_ab = exp(-gamma ||x_a - x_b||²)``
-    (Cholesky via ``scipy.linalg.solve(..., assume_a="pos")``) and predicts
-    ``K(x_test, x_train) @ c``. This is the same estimator as
-    ``sklearn.kernel_ridge.KernelRidge(alpha=alpha, kernel="rbf", gamma=gamma)``.
-
-    Args:
-        x_train: ``[n_train, d]`` training inputs.
-        y_train: ``[n_train, k]`` (or ``[n_train]``) training targets.
-        x_test: ``[n_test, d]`` test inputs.
-        gamma: RBF inverse squared length scale (> 0).
-        alpha: Ridge added to the kernel diagonal (> 0).
-        block_size: Test rows per kernel block (bounds memory).
-
-    Returns:
-        ``[n_test, k]`` predictions (``[n_test]`` if ``y_train`` is 1-D).
-    """
-    xtr = _as_matrix(x_train, "x_train", min_rows=1)
-    xte = _as_matrix(x_test, "x_test", min_rows=1)
-    y = np.asarray(y_train, dtype=np.float64)
-    squeeze = y.ndim == 1
-    ytr = _as_matrix(y[:, None] if squeeze else y, "y_train", min_rows=1)
-    if ytr.shape[0] != xtr.shape[0]:
-        raise ValueError(
-            f"y_train must have n_train={xtr.shape[0]} rows like x_train, got shape {y.shape}"
-        )
-    if xte.shape[1] != xtr.shape[1]:
-        raise ValueError(
-            f"x_test must have d={xtr.shape[1]} columns like x_train, got shape {xte.shape}"
-        )
-    if not (gamma > 0 and alpha > 0):
-        raise ValueError(f"gamma and alpha must be > 0, got gamma={gamma}, alpha={alpha}")
-    gram = _rbf_gram(xtr, xtr, gamma)
-    gram[np.diag_indices_from(gram)] += alpha
-    coef = scipy.linalg.solve(gram, ytr, assume_a="pos")
-    pred = _rbf_predict(xtr, coef, xte, gamma, block_size)
-    return pred[:, 0] if squeeze else pred
-
-
-def kernel_ridge_loo_residuals(
-    x_train: ArrayLike,
-    y_train: ArrayLike,
-    *,
-    gamma: float,
-    alphas: ArrayLike = LOO_ALPHAS,
-) -> np.ndarray:
-    """Exact leave-one-out residuals of RBF kernel ridge regression for many ridges.
-
-    For the estimator of :func:`kernel_ridge_predict` (no intercept) the hat matrix is
-    ``H = K (K + alpha I)^-1 = U diag(s / (s + alpha)) U^T`` with ``K = U diag(s) U^T``,
-    and the residual of the model refitted without sample ``i``, evaluated at ``i``, is
-    ``e_i = (y_i - (H y)_i) / (1 - H_ii)`` exactly (the PRESS identity, Allen 1974). One
-    eigendecomposition of ``K`` serves every ``alpha``; both the numerator and
-    ``1 - H_ii = sum_j U_ij² alpha / (s_j + alpha)`` are formed from the shrinkage
-    factors ``alpha / (s + alpha)``, so they stay accurate when ``H_ii`` is close to 1.
-
-    Args:
-        x_train: ``[n_train, d]`` training inputs.
-        y_train: ``[n_train, k]`` (or ``[n_train]``) training targets.
-        gamma: RBF inverse squared length scale (> 0).
-        alphas: ``[n_alphas]`` ridges (each > 0); defaults to :data:`LOO_ALPHAS`.
-
-    Returns:
-        ``[n_alphas, n_train, k]`` residuals ``y_i - f_{-i}(x_i)``
-        (``[n_alphas, n_train]`` if ``y_train`` is 1-D).
-    """
-    xtr = _as_matrix(x_train, "x_train")
-    y = np.asarray(y_train, dtype=np.float64)
-    squeeze = y.ndim == 1
-    ytr = _as_matrix(y[:, None] if squeeze else y, "y_train")
-    if ytr.shape[0] != xtr.shape[0]:
-        raise ValueError(
-            f"y_train must have n_train={xtr.shape[0]} rows like x_train, got shape {y.shape}"
-        )
-    alphas = _check_alphas(alphas)
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
-    s, u = _gram_eigh(_rbf_gram(xtr, xtr, gamma))
-    resid = _loo_residuals(s, u, ytr, alphas)
-    return resid[..., 0] if squeeze else resid
-
-
-def _rbf_gram(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
-    return np.exp(-gamma * scipy.spatial.distance.cdist(a, b, "sqeuclidean"))
-
-
-def _rbf_predict(
-    x_train: np.ndarray, coef: np.ndarray, x_test: np.ndarray, gamma: float, block_size: int
-) -> np.ndarray:
-    """``K(x_test, x_train) @ coef`` in blocks of ``block_size`` test rows."""
-    pred = np.empty((x_test.shape[0], coef.shape[1]))
-    for start in range(0, x_test.shape[0], block_size):
-        block = x_test[start : start + block_size]
-        pred[start : start + block_size] = _rbf_gram(block, x_train, gamma) @ coef
-    return pred
-
-
-def _gram_eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (clipped at 0: ``K`` is PSD up to rounding) and eigenvectors."""
-    s, u = scipy.linalg.eigh(gram, overwrite_a=True, check_finite=False, driver="evd")
-    return np.clip(s, 0.0, None), u
-
-
-def _check_alphas(alphas: ArrayLike) -> np.ndarray:
-    arr = np.asarray(alphas, dtype=np.float64)
-    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
-        raise ValueError(f"alphas must be a non-empty 1-D array of finite values > 0, got {arr}")
-    return arr
-
-
-def _loo_residuals(
-    s: np.ndarray, u: np.ndarray, y: np.ndarray, alphas: np.ndarray
-) -> np.ndarray:
-    """``[n_alphas, n, k]`` exact LOO residuals from ``K = u diag(s) u^T`` (see above)."""
-    n, k = y.shape
-    shrink = alphas[None, :] / (s[:, None] + alphas[None, :])  # [n, A]: 1 - s/(s+alpha)
-    uty = u.T @ y  # [n, k]
-    # y - H y = U diag(alpha / (s + alpha)) U^T y, for all alphas in one product.
-    resid = u @ (shrink[:, :, None] * uty[:, None, :]).reshape(n, -1)
-    one_minus_h = (u * u) @ shrink  # [n, A]
-    resid = resid.reshape(n, len(alphas), k) / one_minus_h[:, :, None]
-    return resid.transpose(1, 0, 2)
-
-
-def _kernel_ridge_loo_predict(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    gamma: float,
-    alphas: np.ndarray,
-    block_size: int = 4096,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel ridge with ``alpha`` chosen per target column by exact LOO error.
-
-    Returns ``([n_test, k] predictions, [k] selected alphas)``. Ties go to the
-    smallest ``alpha``.
-    """
-    s, u = _gram_eigh(_rbf_gram(x_train, x_train, gamma))
-    loo_mse = np.mean(_loo_residuals(s, u, y_train, alphas) ** 2, axis=1)  # [A, k]
-    best = alphas[np.argmin(loo_mse, axis=0)]
-    # c = (K + alpha_j I)^-1 y_j = U diag(1 / (s + alpha_j)) U^T y_j, per column j.
-    coef = u @ ((u.T @ y_train) / (s[:, None] + best[None, :]))
-    return _rbf_predict(x_train, coef, x_test, gamma, block_size), best
 
 
 def r2(
@@ -528,8 +284,9 @@ def r2(
     (2023). Works for any ``d_hat``.
 
     Regressors:
-        * ``"linear"``: least squares with intercept (``numpy.linalg.lstsq``), on all
-          training samples.
+        * ``"linear"``: least squares with intercept
+          (:func:`jaxcrl.metrics.regression.fit_ridge` with ``alpha=0``), on all training
+          samples.
         * ``"kernel"``: kernel ridge regression with an RBF kernel on inputs
           standardized with training statistics, targets centred with the training
           mean; ``gamma`` from :func:`median_heuristic_gamma` unless given. The ridge
@@ -578,11 +335,11 @@ def r2(
     train, test = _split_indices(zt.shape[0], split, key)
     alphas_used = None
     if regressor == "linear":
-        pred = _linear_fit_predict(zh[train], zt[train], zh[test])
+        pred = predict_linear(fit_ridge(zh[train], zt[train], alpha=0.0), zh[test])
     else:
-        train = _even_subsample(train, max_train)
-        test = _even_subsample(test, max_test)
-        x_mean, x_scale = _standardizer(zh[train])
+        train = even_subsample(train, max_train)
+        test = even_subsample(test, max_test)
+        x_mean, x_scale = standardizer(zh[train])
         x_tr = (zh[train] - x_mean) / x_scale
         x_te = (zh[test] - x_mean) / x_scale
         y_mean = zt[train].mean(axis=0)
@@ -591,21 +348,14 @@ def r2(
         if isinstance(alpha, str):
             if not g > 0:
                 raise ValueError(f"gamma must be > 0, got {g}")
-            pred, alphas_used = _kernel_ridge_loo_predict(x_tr, y_tr, x_te, g, LOO_ALPHAS)
+            pred, alphas_used = kernel_ridge_loo_predict(x_tr, y_tr, x_te, gamma=g,
+                                                         alphas=LOO_ALPHAS)
         else:
             pred = kernel_ridge_predict(x_tr, y_tr, x_te, gamma=g, alpha=float(alpha))
             alphas_used = np.full(zt.shape[1], float(alpha))
         pred += y_mean
-    per_latent = _r2_scores(zt[test], pred)
+    per_latent = r2_score(zt[test], pred, name="z_true")
     return R2Result(float(per_latent.mean()), per_latent, alphas_used)
-
-
-def _linear_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray):
-    """Least squares with intercept on standardized inputs; returns test predictions."""
-    x_mean, x_scale = _standardizer(x_train)
-    design = np.column_stack([np.ones(len(x_train)), (x_train - x_mean) / x_scale])
-    coef, *_ = np.linalg.lstsq(design, y_train, rcond=None)
-    return coef[0] + ((x_test - x_mean) / x_scale) @ coef[1:]
 
 
 # --------------------------------------------------------------------------------------
@@ -644,7 +394,7 @@ def dci_from_importance(importance: ArrayLike) -> tuple[float, float]:
     Returns:
         ``(disentanglement, completeness)`` as floats in ``[0, 1]``.
     """
-    imp = np.abs(_as_matrix(importance, "importance", min_rows=1))
+    imp = np.abs(as_matrix(importance, "importance", min_rows=1))
     total = imp.sum()
     if total <= 0:
         raise ValueError(f"importance (shape {imp.shape}) must have a positive entry")
@@ -672,7 +422,7 @@ def dci(
 
     Importances: the absolute coefficients of a linear regression of the standardized
     true latents on the standardized learned latents (with ``ridge=0``, ordinary least
-    squares via ``lstsq``; with ``ridge > 0``, ``(X'X + ridge * n I)^-1 X'y``) fitted on
+    squares; with ``ridge > 0``, :func:`~jaxcrl.metrics.regression.fit_ridge`) fitted on
     the training part. This is the lasso-free linear variant of the paper's
     importance matrix (the paper uses lasso or random-forest importances). D and C are
     computed from it with :func:`dci_from_importance`.
@@ -694,17 +444,15 @@ def dci(
         raise ValueError(f"ridge must be >= 0, got {ridge}")
     zt, zh = _as_latent_pair(z_true, z_hat)
     train, test = _split_indices(zt.shape[0], split, key)
-    x_mean, x_scale = _standardizer(zh[train])
-    y_mean, y_scale = _standardizer(zt[train])
+    x_mean, x_scale = standardizer(zh[train])
+    y_mean, y_scale = standardizer(zt[train])
     x_tr = (zh[train] - x_mean) / x_scale
     y_tr = (zt[train] - y_mean) / y_scale
-    if ridge > 0:
-        gram = x_tr.T @ x_tr + ridge * len(train) * np.eye(x_tr.shape[1])
-        coef = scipy.linalg.solve(gram, x_tr.T @ y_tr, assume_a="pos")
-    else:
-        coef, *_ = np.linalg.lstsq(x_tr, y_tr, rcond=None)
+    # On standardized data the rescaling of fit_ridge is the identity, so its weights are
+    # the standardized coefficients.
+    coef = fit_ridge(x_tr, y_tr, alpha=ridge).w
     pred = ((zh[test] - x_mean) / x_scale) @ coef * y_scale + y_mean
-    informativeness = float(_r2_scores(zt[test], pred).mean())
+    informativeness = float(r2_score(zt[test], pred, name="z_true").mean())
     if not np.any(np.abs(coef) > 0):
         return DCIResult(0.0, 0.0, informativeness)
     disentanglement, completeness = dci_from_importance(np.abs(coef))
@@ -741,8 +489,8 @@ def amari_distance(w_unmix: ArrayLike, a_mix: ArrayLike) -> float:
         ValueError: If shapes do not give a square product, on NaN/inf, or if ``P`` has
             an all-zero row or column.
     """
-    w = _as_matrix(w_unmix, "w_unmix", min_rows=1)
-    a = _as_matrix(a_mix, "a_mix", min_rows=1)
+    w = as_matrix(w_unmix, "w_unmix", min_rows=1)
+    a = as_matrix(a_mix, "a_mix", min_rows=1)
     if w.shape[1] != a.shape[0] or w.shape[0] != a.shape[1]:
         raise ValueError(
             "w_unmix @ a_mix must be a square matrix: need w_unmix [d, D] and a_mix [D, d], "

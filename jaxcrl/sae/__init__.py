@@ -13,6 +13,7 @@ Quick start::
     sae.mmcs(params["W_dec"], toy.directions)
 """
 
+from jaxcrl.sae.architectures import ARCHITECTURES, Architecture, register
 from jaxcrl.sae.cache import (
     ActivationCache,
     CacheError,
@@ -20,9 +21,10 @@ from jaxcrl.sae.cache import (
     cache_source,
     open_cache,
 )
-from jaxcrl.sae.config import ARCHITECTURES, SAEConfig
-from jaxcrl.sae.evaluate import ce_loss_recovered, evaluate, next_token_ce, plot_density
+from jaxcrl.sae.config import SAEConfig
+from jaxcrl.sae.metrics import ce_loss_recovered, evaluate, next_token_ce, plot_density
 from jaxcrl.sae.model import (
+    Reconstruct,
     decode,
     encode,
     fold_normalization,
@@ -44,7 +46,7 @@ from jaxcrl.sae.probe import (
     rank_by_mean_difference,
     sparse_probe,
 )
-from jaxcrl.sae.saelens import export_saelens, import_saelens, sae_fn
+from jaxcrl.sae.saelens import export_saelens, import_saelens
 from jaxcrl.sae.source import (
     Source,
     array_source,
@@ -73,14 +75,15 @@ from jaxcrl.sae.training import (
 
 __all__ = [
     "ActivationCache", "CacheError", "cache_activations", "cache_source", "open_cache",
-    "ARCHITECTURES", "HParams", "SAEConfig", "SAEState", "SAETrainResult", "Source", "ToyConfig",
+    "ARCHITECTURES", "Architecture", "HParams", "Reconstruct", "SAEConfig", "SAEState",
+    "SAETrainResult", "Source", "ToyConfig",
     "array_source", "auxk_loss", "ce_loss_recovered", "decode", "direction_mcc", "encode",
     "evaluate", "export_saelens", "fit_logistic", "fit_ridge", "fold_normalization",
     "forward", "generator_source", "geometric_median", "heaviside_step", "hparams",
     "identifiability", "import_saelens", "inference_params", "init_params", "init_state",
     "jumprelu", "logistic_probe", "make_step", "make_toy", "max_cos", "mmcs",
     "next_token_ce", "npy_source", "plot_density", "pre_activations", "predict_linear",
-    "predict_logistic", "rank_by_mean_difference", "sae_fn", "select_run", "sparse_probe",
+    "predict_logistic", "rank_by_mean_difference", "register", "select_run", "sparse_probe",
     "sparsity_penalty", "sweep_configs", "toy_generator", "toy_sample", "train",
     "train_sweep", "transformer_generator", "update",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from jaxcrl.checkpoint import register_config
+from jaxcrl.sae import architectures as arch_lib
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
 
 
@@ -16,9 +16,10 @@ class SAEConfig:
     """One SAE: architecture, sizes, sparsity, optimisation.
 
     Attributes:
-      architecture: ``relu`` (ReLU + L1 weighted by decoder row norms, Anthropic's April 2024
-        update), ``topk`` (Gao et al. 2024), ``batchtopk`` (Bussmann et al. 2024) or
-        ``jumprelu`` (Rajamanoharan et al. 2024 / Gemma Scope).
+      architecture: a key of :data:`jaxcrl.sae.architectures.ARCHITECTURES`: ``relu`` (ReLU +
+        L1 weighted by decoder row norms, Anthropic's April 2024 update), ``topk`` (Gao et
+        al. 2024), ``batchtopk`` (Bussmann et al. 2024), ``jumprelu`` (Rajamanoharan et al.
+        2024 / Gemma Scope), or any registered architecture (:attr:`arch` is the object).
       d_in: width of the activations.
       d_sae: number of latents.
       k: active latents per example for ``topk`` (per example on average for ``batchtopk``).
@@ -79,9 +80,9 @@ class SAEConfig:
     hook_name: str = ""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"SAEConfig.architecture must be one of {ARCHITECTURES}, "
-                             f"got {self.architecture!r}")
+        if self.architecture not in arch_lib.ARCHITECTURES:
+            raise ValueError(f"SAEConfig.architecture must be one of "
+                             f"{tuple(arch_lib.ARCHITECTURES)}, got {self.architecture!r}")
         if self.b_dec_init not in B_DEC_INITS:
             raise ValueError(f"SAEConfig.b_dec_init must be one of {B_DEC_INITS}, "
                              f"got {self.b_dec_init!r}")
@@ -108,15 +109,19 @@ class SAEConfig:
         return min(self.d_in // 2 if self.aux_k is None else self.aux_k, self.d_sae)
 
     @property
+    def arch(self) -> arch_lib.Architecture:
+        """The registered :class:`~jaxcrl.sae.architectures.Architecture` object."""
+        return arch_lib.get(self.architecture)
+
+    @property
     def unit_norm_decoder(self) -> bool:
-        """Decoder rows are kept at unit norm (all but ``relu``, whose penalty uses them)."""
-        return self.architecture != "relu"
+        """Decoder rows are kept at unit norm (all built-ins but ``relu``)."""
+        return self.arch.unit_norm_decoder
 
     @property
     def coefficient(self) -> float:
         """The sparsity coefficient this architecture uses (L1, L0, or 0 for TopK kinds)."""
-        return {"relu": self.l1_coefficient, "jumprelu": self.l0_coefficient}.get(
-            self.architecture, 0.0)
+        return self.arch.coefficient(self)
 
     @classmethod
     def tiny(cls, **override) -> SAEConfig:

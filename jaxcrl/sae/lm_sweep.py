@@ -23,6 +23,7 @@ baseline alike.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +36,9 @@ import numpy as np
 from jaxcrl.checkpoint import register_config
 from jaxcrl.sae.cache import cache_activations, cache_source
 from jaxcrl.sae.config import SAEConfig
-from jaxcrl.sae.evaluate import evaluate, next_token_ce
-from jaxcrl.sae.saelens import export_saelens, sae_fn
+from jaxcrl.sae.metrics import evaluate, next_token_ce
+from jaxcrl.sae.model import Reconstruct
+from jaxcrl.sae.saelens import export_saelens
 from jaxcrl.sae.training import train_sweep
 
 
@@ -212,7 +214,8 @@ def run(model: Any, params: Any, train_tokens: Any, eval_tokens: Any, cfg: LMSwe
             p = res.params(i)
             m = evaluate(p, ev_acts[hook], c)
             ce_sae = mean_ce(model, params, eval_tokens, cfg.eval_batch,
-                             {hook: _splice(sae_fn(p, c), cfg.start_pos)})
+                             {hook: _splice(functools.partial(Reconstruct(c), params=p),
+                                                   cfg.start_pos)})
             sae_dir = export_saelens(workdir / "saes" / hook / f"k{c.k}", p, c,
                                      extra={"start_pos": cfg.start_pos})
             runs.append({"k": c.k, "l0": m["l0"], "fvu": m["fvu"], "mse": m["mse"],

@@ -1,33 +1,33 @@
-"""SAE architectures as pure functions over a params pytree.
+"""SAEs as pure functions over a params pytree.
 
 Params (float32)::
 
     {"W_enc": [d_in, d_sae], "b_enc": [d_sae], "W_dec": [d_sae, d_in], "b_dec": [d_in],
-     "threshold": [d_sae] (jumprelu) | [] (batchtopk: inference threshold, not trained)}
+     plus the architecture's extra params, e.g. "threshold": [d_sae] (jumprelu) | []
+     (batchtopk: inference threshold, not trained)}
 
 the SAELens layout, so export is a rename-free copy. The encoder computes
-``pre = (x - b_dec) @ W_enc + b_enc`` (``apply_b_dec_to_input``) and then
-
-- ``relu``:      ``z = ReLU(pre)``; penalty ``Σ_i z_i ‖W_dec[i]‖`` (Anthropic, April 2024).
-- ``topk``:      ``z = ReLU(TopK_k(pre))`` per example (Gao et al. 2024).
-- ``batchtopk``: keep the ``k·B`` largest of ``ReLU(pre)`` over the whole batch
-  (Bussmann et al. 2024); at inference a fixed threshold (``params["threshold"]``).
-- ``jumprelu``:  ``z = pre · H(pre − θ)`` with a straight-through estimator for θ
-  (rectangle kernel of bandwidth ε), penalty ``L0 = Σ_i H(pre_i − θ_i)`` (Rajamanoharan
-  et al. 2024, Gemma Scope).
-
-TopK selection is dense: the exact k-th largest value of each row
-(:func:`kth_largest_nonneg`, a bitwise binary search) is a per-row threshold, so there is no
-sort, gather or scatter, and ``k`` can be traced (different across vmapped runs of a sweep).
+``pre = (x - b_dec) @ W_enc + b_enc`` (``apply_b_dec_to_input``) and then the architecture's
+activation (:mod:`jaxcrl.sae.architectures`: ReLU, TopK, BatchTopK, JumpReLU and any
+registered one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 
+from jaxcrl.sae.architectures import (  # noqa: F401  (re-exported primitives)
+    batch_topk_mask,
+    heaviside_step,
+    jumprelu,
+    kth_largest_nonneg,
+    topk_mask,
+)
 from jaxcrl.sae.config import SAEConfig
 
 Params = dict[str, jax.Array]
@@ -59,10 +59,7 @@ def init_params(key: jax.Array, cfg: SAEConfig, *, b_dec: jax.Array | None = Non
         "b_dec": (jnp.zeros((cfg.d_in,), jnp.float32) if b_dec is None
                   else jnp.asarray(b_dec, jnp.float32).reshape(cfg.d_in)),
     }
-    if cfg.architecture == "jumprelu":
-        params["threshold"] = jnp.full((cfg.d_sae,), cfg.threshold_init, jnp.float32)
-    elif cfg.architecture == "batchtopk":
-        params["threshold"] = jnp.zeros((), jnp.float32)
+    params.update(cfg.arch.init_extra(cfg))
     return params
 
 
@@ -75,61 +72,6 @@ def geometric_median(x: jax.Array, *, iters: int = 100, eps: float = 1e-6) -> ja
         return (w[:, None] * x).sum(0) / w.sum()
 
     return jax.lax.fori_loop(0, iters, body, x.mean(0))
-
-
-# --------------------------------------------------------------------------- JumpReLU STE
-
-
-def _rect(u: jax.Array) -> jax.Array:
-    """Rectangle kernel ``K(u) = 1{|u| < 1/2}``."""
-    return (jnp.abs(u) < 0.5).astype(u.dtype)
-
-
-@jax.custom_vjp
-def jumprelu(x: jax.Array, threshold: jax.Array, bandwidth: jax.Array) -> jax.Array:
-    """``x · H(x − θ)``; the pseudo-derivative wrt θ is ``−(θ/ε) K((x − θ)/ε)``."""
-    return x * (x > threshold).astype(x.dtype)
-
-
-def _jumprelu_fwd(x, threshold, bandwidth):
-    return jumprelu(x, threshold, bandwidth), (x, threshold, bandwidth)
-
-
-def _jumprelu_bwd(res, g):
-    x, threshold, bandwidth = res
-    gx = g * (x > threshold).astype(x.dtype)
-    gt = g * -(threshold / bandwidth) * _rect((x - threshold) / bandwidth)
-    gt = _sum_to(gt, jnp.shape(threshold))
-    return gx, gt, jnp.zeros_like(bandwidth)
-
-
-jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
-
-
-@jax.custom_vjp
-def heaviside_step(x: jax.Array, threshold: jax.Array, bandwidth: jax.Array) -> jax.Array:
-    """``H(x − θ)``; pseudo-derivative wrt θ ``−(1/ε) K((x − θ)/ε)``, zero wrt ``x``."""
-    return (x > threshold).astype(x.dtype)
-
-
-def _step_fwd(x, threshold, bandwidth):
-    return heaviside_step(x, threshold, bandwidth), (x, threshold, bandwidth)
-
-
-def _step_bwd(res, g):
-    x, threshold, bandwidth = res
-    gt = g * -(1.0 / bandwidth) * _rect((x - threshold) / bandwidth)
-    return jnp.zeros_like(x), _sum_to(gt, jnp.shape(threshold)), jnp.zeros_like(bandwidth)
-
-
-heaviside_step.defvjp(_step_fwd, _step_bwd)
-
-
-def _sum_to(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Sums a broadcast cotangent back to ``shape`` (leading axes, then size-1 axes)."""
-    g = g.sum(tuple(range(g.ndim - len(shape)))) if g.ndim > len(shape) else g
-    axes = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
-    return g.sum(axes, keepdims=True) if axes else g
 
 
 # --------------------------------------------------------------------------- encode / decode
@@ -156,49 +98,29 @@ def check_finite(x: jax.Array, name: str = "x") -> None:
         raise ValueError(f"{name} contains NaN or inf values")
 
 
+def check_params(params: Params, cfg: SAEConfig) -> None:
+    """chex shape/dtype assertions on the SAE params (at trace time: free under jit).
+
+    Raises:
+      AssertionError: naming the parameter, e.g. ``params["W_dec"]`` not ``[d_sae, d_in]``.
+    """
+    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,),
+              "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+    for name, shape in shapes.items():
+        if name not in params:
+            raise KeyError(f"SAE params have no {name!r} (keys: {sorted(params)})")
+        msg = f'params["{name}"] must be {shape} for d_in={cfg.d_in}, d_sae={cfg.d_sae}'
+        chex.assert_shape(params[name], shape, custom_message=msg)
+        chex.assert_type(params[name], float, custom_message=f'params["{name}"]')
+
+
 def pre_activations(params: Params, x: jax.Array, cfg: SAEConfig) -> jax.Array:
     """``(x − b_dec) W_enc + b_enc``: ``[batch, d_in] -> [batch, d_sae]``."""
+    check_params(params, cfg)
+    chex.assert_shape(x, (None, cfg.d_in), custom_message=f"x must be [batch, d_in={cfg.d_in}]")
     if cfg.apply_b_dec_to_input:
         x = x - params["b_dec"]
     return x @ params["W_enc"] + params["b_enc"]
-
-
-def kth_largest_nonneg(a: jax.Array, k: jax.Array | int) -> jax.Array:
-    """Exact k-th largest value of each row of a non-negative ``a`` ``[rows, n]`` -> ``[rows]``.
-
-    A bitwise binary search: non-negative float32 values order like their int32 bit
-    patterns, so 31 passes of ``count(bits >= candidate) >= k`` fix the answer's bits from
-    the highest down. Dense compare-and-count only (no sort, no gather, no scatter); ``k``
-    may be traced. On CPU this is several times faster than ``lax.top_k`` or a sort for
-    wide rows (4096 x 4096, k 32: about 0.5 s against 2.5 s). Returns 0 when fewer than
-    ``k`` entries are positive.
-    """
-    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(a), jnp.int32)
-    k = jnp.asarray(k, jnp.int32)
-
-    def body(i, lo):
-        cand = lo | jnp.left_shift(jnp.int32(1), 30 - i)
-        ok = (bits >= cand[:, None]).sum(1) >= k
-        return jnp.where(ok, cand, lo)
-
-    lo = jax.lax.fori_loop(0, 31, body, jnp.zeros(a.shape[:1], jnp.int32))
-    return jax.lax.bitcast_convert_type(lo, jnp.float32)
-
-
-def topk_mask(acts: jax.Array, k: jax.Array | int) -> jax.Array:
-    """Boolean ``[batch, d_sae]``: each row's ``k`` largest entries of ``acts >= 0``.
-
-    Entries equal to 0 are never selected (so a row has fewer than ``k`` when fewer are
-    positive); ``k`` may be traced.
-    """
-    thr = kth_largest_nonneg(acts, k)
-    return (acts >= thr[:, None]) & (acts > 0)
-
-
-def batch_topk_mask(acts: jax.Array, k: jax.Array | int) -> jax.Array:
-    """Boolean ``[batch, d_sae]``: the ``k·batch`` largest positive entries of the batch."""
-    thr = kth_largest_nonneg(acts.reshape(1, -1), jnp.asarray(k) * acts.shape[0])[0]
-    return (acts >= thr) & (acts > 0)
 
 
 def activate(params: Params, pre: jax.Array, cfg: SAEConfig, *, k: Any = None,
@@ -211,19 +133,7 @@ def activate(params: Params, pre: jax.Array, cfg: SAEConfig, *, k: Any = None,
         batch-level top-k.
     """
     k = cfg.k if k is None else k
-    arch = cfg.architecture
-    acts = jax.nn.relu(pre)
-    if arch == "relu":
-        return acts
-    if arch == "topk":
-        return jnp.where(topk_mask(acts, k), acts, 0.0)
-    if arch == "batchtopk":
-        if inference:
-            return jnp.where(acts > params["threshold"], acts, 0.0)
-        return jnp.where(batch_topk_mask(acts, k), acts, 0.0)
-    if arch == "jumprelu":
-        return jumprelu(acts, params["threshold"], jnp.asarray(cfg.bandwidth, acts.dtype))
-    raise ValueError(f"unknown architecture {arch!r}")
+    return cfg.arch.activate(params, pre, cfg, k=k, inference=inference)
 
 
 def encode(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
@@ -249,22 +159,35 @@ def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
     return decode(params, z), {"pre": pre, "z": z}
 
 
+@dataclasses.dataclass(frozen=True)
+class Reconstruct:
+    """``reconstruct(x [..., d_in], params) -> x_hat [..., d_in]`` for SAEs of config ``cfg``.
+
+    Inference mode, ``x``'s dtype kept. A frozen dataclass: equal configs give equal,
+    hashable objects, so it can be the static function of a hook whose SAE params are
+    passed as traced data (``jaxcrl.lm.replace_with(Reconstruct(cfg), params)``, see
+    :func:`jaxcrl.analysis.sae_hook`): new params reuse the compiled program and are not
+    pinned in the compile cache, unlike a closure over them.
+    """
+
+    cfg: SAEConfig
+
+    def __call__(self, x: jax.Array, params: Params) -> jax.Array:
+        shape = x.shape
+        x_hat, _ = forward(params, x.reshape(-1, shape[-1]), self.cfg, inference=True)
+        return x_hat.reshape(shape).astype(x.dtype)
+
+
 # --------------------------------------------------------------------------- penalties
 
 
 def sparsity_penalty(params: Params, pre: jax.Array, z: jax.Array, cfg: SAEConfig) -> jax.Array:
-    """Per-example sparsity penalty ``[batch]`` (before its coefficient).
+    """Per-example sparsity penalty ``[batch]`` (before its coefficient) of the architecture.
 
     ``relu``: ``Σ_i z_i ‖W_dec[i]‖``; ``jumprelu``: ``Σ_i H(pre_i − θ_i)`` with the STE;
-    TopK kinds: 0.
+    TopK kinds: 0 (see :mod:`jaxcrl.sae.architectures`).
     """
-    if cfg.architecture == "relu":
-        return z @ jnp.linalg.norm(params["W_dec"], axis=1)
-    if cfg.architecture == "jumprelu":
-        h = heaviside_step(jax.nn.relu(pre), params["threshold"],
-                           jnp.asarray(cfg.bandwidth, pre.dtype))
-        return h.sum(-1)
-    return jnp.zeros(pre.shape[:1], pre.dtype)
+    return cfg.arch.penalty(params, pre, z, cfg)
 
 
 # --------------------------------------------------------------------------- normalisation

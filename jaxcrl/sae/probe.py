@@ -1,6 +1,7 @@
 """Probes on raw activations and SAE latents, SAEBench-style sparse probing, identifiability.
 
-- :func:`fit_ridge`: linear probe, ridge regression in closed form (jit-ed).
+- :func:`fit_ridge`, :func:`predict_linear`: the library's one ridge regression
+  (:mod:`jaxcrl.metrics.regression`, re-exported here for probing SAE latents).
 - :func:`fit_logistic`: binary logistic regression with an L2 penalty on standardised
   features, ``steps`` iterations of L-BFGS (optax) inside one ``lax.scan`` (jit-ed).
 - :func:`logistic_probe`: fit on a training split, accuracy on a held-out split.
@@ -22,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcrl.metrics import mcc, r2
+from jaxcrl.metrics.regression import RidgeFit, fit_ridge, predict_linear
 
-class LinearProbe(NamedTuple):
-    """``y ≈ x @ w + b``; ``w`` ``[d]`` or ``[d, t]``."""
-
-    w: jax.Array
-    b: jax.Array
+__all__ = ["LogisticProbe", "RidgeFit", "accuracy", "fit_logistic", "fit_ridge",
+           "identifiability", "logistic_probe", "predict_linear", "predict_logistic",
+           "rank_by_mean_difference", "sparse_probe"]
 
 
 class LogisticProbe(NamedTuple):
@@ -49,32 +50,6 @@ def _check_xy(x: Any, y: Any, name: str = "x") -> tuple[jax.Array, jax.Array]:
     if not bool(jnp.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return x, y
-
-
-@jax.jit
-def _ridge(x, y, l2):
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = x - mx, y - my
-    a = xc.T @ xc + l2 * jnp.eye(x.shape[1], dtype=x.dtype)
-    w = jnp.linalg.solve(a, xc.T @ yc)
-    return LinearProbe(w, my - mx @ w)
-
-
-def fit_ridge(x: Any, y: Any, *, l2: float = 1e-3) -> LinearProbe:
-    """Ridge regression ``min ‖y − xw − b‖² + l2 ‖w‖²`` in closed form.
-
-    Args:
-      x: ``[n, d]`` features.
-      y: ``[n]`` or ``[n, t]`` targets.
-      l2: ridge penalty (absolute, on the centred Gram matrix).
-    """
-    x, y = _check_xy(x, y)
-    return _ridge(x, y.astype(jnp.float32), jnp.float32(l2))
-
-
-def predict_linear(probe: LinearProbe, x: Any) -> jax.Array:
-    """``x @ w + b``."""
-    return jnp.asarray(x, jnp.float32) @ probe.w + probe.b
 
 
 @partial(jax.jit, static_argnames=("steps",))
@@ -187,8 +162,6 @@ def identifiability(z_sae: Any, z_true: Any, *, method: str = "pearson",
       ``{"mcc", "mcc_matched" [d_true], "perm" [d_true] (indices into z_sae), "r2",
       "r2_per_latent" [d_true]}``.
     """
-    from jaxcrl.metrics import mcc, r2
-
     z = np.asarray(z_sae, np.float64)
     zt = np.asarray(z_true, np.float64)
     cols = np.flatnonzero(z.std(0) > 0) if alive_only else np.arange(z.shape[1])

@@ -8,9 +8,10 @@ A directory with::
     sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
                               b_dec [d_in], threshold [d_sae] (jumprelu)
 
-Architecture names: ``relu`` <-> ``standard``, ``topk`` <-> ``topk``, ``jumprelu`` <->
-``jumprelu``; ``batchtopk`` is exported as ``jumprelu`` with its scalar inference
-threshold broadcast to every latent (what SAELens itself saves for BatchTopK SAEs).
+Architecture names and extra weights come from the architecture objects
+(:mod:`jaxcrl.sae.architectures`): ``relu`` <-> ``standard``, ``topk`` <-> ``topk``,
+``jumprelu`` <-> ``jumprelu``; ``batchtopk`` is exported as ``jumprelu`` with its scalar
+inference threshold broadcast to every latent (what SAELens itself saves for BatchTopK SAEs).
 Input normalisation is folded into the weights (:func:`jaxcrl.sae.model.fold_normalization`),
 so the exported SAE acts on raw activations and ``normalize_activations`` is ``"none"``.
 """
@@ -27,14 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.sae import architectures as arch_lib
 from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import SAEConfig
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
-_TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu",
-               "jumprelu": "jumprelu"}
-_FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 
 
 def export_saelens(path: str | os.PathLike, params: dict, cfg: SAEConfig, *,
@@ -60,22 +59,17 @@ def export_saelens(path: str | os.PathLike, params: dict, cfg: SAEConfig, *,
     folded = sae_model.fold_normalization(params, act_scale, cfg)
     weights = {n: np.ascontiguousarray(np.asarray(folded[n], np.float32))
                for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
-    if cfg.architecture == "jumprelu":
-        weights["threshold"] = np.asarray(folded["threshold"], np.float32)
-    elif cfg.architecture == "batchtopk":
-        weights["threshold"] = np.full((cfg.d_sae,), np.asarray(folded["threshold"]),
-                                       np.float32)
+    weights.update(cfg.arch.saelens_weights(folded, cfg))
     hook = cfg.hook_name if hook_name is None else hook_name
     meta = {"hook_name": hook, "jaxcrl_architecture": cfg.architecture,
             "jaxcrl_config": dataclasses.asdict(cfg),
             "jaxcrl_act_scale": float(np.asarray(act_scale))}
-    doc = {"architecture": _TO_SAELENS[cfg.architecture], "d_in": cfg.d_in,
+    doc = {"architecture": cfg.arch.saelens_name, "d_in": cfg.d_in,
            "d_sae": cfg.d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
            "normalize_activations": "none", "hook_name": hook,
            "metadata": {"hook_name": hook}, "jaxcrl": meta}
-    if cfg.architecture == "topk":
-        doc["k"] = cfg.k
+    doc.update(cfg.arch.saelens_cfg(cfg))
     if extra:
         doc.update(extra)
     save_file(weights, str(path / WEIGHTS))
@@ -97,10 +91,10 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
 
     path = Path(path)
     doc = _read_cfg(path)
-    arch_sl = _saelens_architecture(doc, path)
-    if arch_sl not in _FROM_SAELENS:
-        raise ValueError(f"{path}: SAELens architecture {arch_sl!r} is not supported "
-                         f"(supported: {sorted(_FROM_SAELENS)})")
+    try:
+        arch = arch_lib.from_saelens(_saelens_architecture(doc, path))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     # "none" (6.x), false/null (pre-6.0 and hand-written files) all mean: raw activations.
     if doc.get("normalize_activations", "none") not in ("none", None, False):
         raise ValueError(f"{path}: normalize_activations={doc['normalize_activations']!r} "
@@ -112,9 +106,7 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
     d_in, d_sae = doc["d_in"], doc["d_sae"]
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,),
               "b_dec": (d_in,)}
-    arch = _FROM_SAELENS[arch_sl]
-    if arch == "jumprelu":
-        shapes["threshold"] = (d_sae,)
+    shapes.update(arch.saelens_shapes(d_sae))
     for n, s in shapes.items():
         if n not in weights:
             raise ValueError(f"{path}: {WEIGHTS} has no {n}")
@@ -133,10 +125,11 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
     kwargs = doc.get("activation_fn_kwargs") if isinstance(
         doc.get("activation_fn_kwargs"), dict) else {}
     k = doc.get("k", kwargs.get("k", base.get("k", min(32, d_sae))))  # pre-6.0: kwargs.k
-    if arch == "topk" and not (isinstance(k, int) and 1 <= k <= d_sae):
-        raise ValueError(f"{path}: TopK k must be an integer in [1, d_sae={d_sae}], got {k!r}")
+    if arch.knob == "k" and not (isinstance(k, int) and 1 <= k <= d_sae):
+        raise ValueError(f"{path}: TopK k must be an integer in [1, d_sae={d_sae}], got "
+                         f"{k!r} ({arch.name} SAE)")
     try:
-        cfg = SAEConfig(**{**base, "architecture": arch, "d_in": d_in, "d_sae": d_sae,
+        cfg = SAEConfig(**{**base, "architecture": arch.name, "d_in": d_in, "d_sae": d_sae,
                            "k": int(k),
                            "apply_b_dec_to_input": bool(doc.get("apply_b_dec_to_input", True)),
                            "normalize_activations": False, "hook_name": hook})
@@ -176,14 +169,3 @@ def _saelens_architecture(doc: dict, path: Path) -> str:
     if not isinstance(arch, str):
         raise ValueError(f"{path}: architecture must be a string, got {arch!r}")
     return arch
-
-
-def sae_fn(params: dict, cfg: SAEConfig):
-    """``x [..., d_in] -> x_hat [..., d_in]`` of an SAE on raw activations (for hooks)."""
-
-    def fn(x):
-        shape = x.shape
-        x_hat, _ = sae_model.forward(params, x.reshape(-1, shape[-1]), cfg, inference=True)
-        return x_hat.reshape(shape).astype(x.dtype)
-
-    return fn

@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr, ndtri
-from scipy.optimize import linear_sum_assignment
 
 from jaxcrl.checkpoint import register_config
+from jaxcrl.metrics.regression import hungarian_match
+from jaxcrl.sae.metrics import evaluate
 
 
 @register_config
@@ -139,7 +140,7 @@ def mmcs(w_dec: jax.Array, directions: jax.Array) -> float:
 def direction_mcc(w_dec: jax.Array, directions: jax.Array) -> float:
     """Mean |cos| over a one-to-one (Hungarian) matching of true directions to decoder rows."""
     c = _cos(w_dec, directions)
-    rows, cols = linear_sum_assignment(-c)
+    rows, cols, _ = hungarian_match(c)
     return float(c[rows, cols].mean())
 
 
@@ -155,7 +156,6 @@ def evaluate_recovery(params: dict, cfg, toy: Toy, key: jax.Array, *, rows: int 
     Returns ``{"mmcs", "mcc", "l0", "mse", "fvu", "dead_fraction", "dense_fraction",
     "max_cos" [n_features], "density" [d_sae]}``; ``mcc`` is :func:`direction_mcc`.
     """
-    from jaxcrl.sae.evaluate import evaluate
 
     x, _ = sample(toy, key, rows)
     m = evaluate(params, x, cfg)

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcrl.sae import architectures as arch_lib
 from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
@@ -255,21 +256,14 @@ def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
     if cfg.unit_norm_decoder:
         w, g = params["W_dec"], grads["W_dec"]
         grads = {**grads, "W_dec": g - jnp.sum(g * w, 1, keepdims=True) * w}
-    if cfg.architecture == "batchtopk":
-        grads = {**grads, "threshold": jnp.zeros_like(grads["threshold"])}
+    grads = {**grads, **{n: jnp.zeros_like(grads[n]) for n in cfg.arch.frozen_params}}
     # The peak learning rate comes from opt_state (inject_hyperparams), not from cfg.lr.
     updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, params)
     params = optax.apply_updates(params, updates)
     z = parts["z"]
     if cfg.unit_norm_decoder:
         params["W_dec"] = _unit_rows(params["W_dec"])
-    if cfg.architecture == "jumprelu":
-        params["threshold"] = jnp.maximum(params["threshold"], 0.0)
-    if cfg.architecture == "batchtopk":
-        smallest = jnp.min(jnp.where(z > 0, z, jnp.inf))
-        thr = state.params["threshold"]
-        new = (1 - cfg.batchtopk_threshold_lr) * thr + cfg.batchtopk_threshold_lr * smallest
-        params["threshold"] = jnp.where(jnp.isfinite(smallest), new, thr)
+    params = cfg.arch.post_update(params, state.params, z, cfg)
     fired = (z > 0).any(0)
     since = jnp.where(fired, 0, jnp.minimum(state.since_fired + x.shape[0], cfg.dead_tokens))
     new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1,
@@ -332,10 +326,12 @@ def sweep_configs(base: SAEConfig, values: Mapping[str, Sequence[Any]]
     bad = [n for n in values if n not in SWEEPABLE]
     if bad:
         raise ValueError(f"cannot sweep {bad}: sweepable hyper-parameters are {SWEEPABLE}")
-    useless = {"l1_coefficient": "relu", "l0_coefficient": "jumprelu"}
-    for name, arch in useless.items():
-        if name in values and base.architecture != arch:
-            raise ValueError(f"{name} only acts on {arch} SAEs, not {base.architecture}")
+    for name in ("l1_coefficient", "l0_coefficient"):
+        if name in values and base.arch.coefficient_field != name:
+            owners = [a.name for a in arch_lib.ARCHITECTURES.values()
+                      if a.coefficient_field == name]
+            raise ValueError(f"{name} only acts on {'/'.join(owners)} SAEs, not "
+                             f"{base.architecture}")
     lengths = {len(v) for v in values.values()}
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError(f"swept values must be non-empty and equally long, got {dict(values)}")

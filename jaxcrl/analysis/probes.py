@@ -1,6 +1,6 @@
 """Linear probes of the true latents from a transformer's residual stream, layer by layer.
 
-For a model trained on a latent-SCM language (:mod:`jaxcrl.lm.tasks`) we know, for every
+For a model trained on a latent-SCM language (:mod:`jaxcrl.scm.language`) we know, for every
 sequence, the true latents ``z [B, d]`` and, for every position, the exact posterior
 ``p(z_i = k | tokens[:t+1]) [B, T, d, K]``. A ridge-regression probe is fitted on one set of
 sequences and scored on another (out of sample), for the residual stream after the embedding
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.lm.model import HookedTransformer
-from jaxcrl.lm.tasks import Task, prior_marginals, sample
+from jaxcrl.metrics.regression import fit_ridge, predict_linear, r2_score
+from jaxcrl.scm.language import Task, prior_marginals, sample_jit
 
 
 def residual_names(n_layers: int) -> dict[str, str]:
@@ -35,44 +36,6 @@ def residual_names(n_layers: int) -> dict[str, str]:
     out = {"embed": "blocks.0.hook_resid_pre"}
     out.update({f"L{layer}": f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)})
     return out
-
-
-def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float = 1e-3) -> tuple[np.ndarray, ...]:
-    """Ridge regression with an intercept on standardised features.
-
-    Args:
-      x: ``[n, D]`` features.
-      y: ``[n, m]`` targets.
-      alpha: ridge penalty relative to the mean feature variance (features are standardised,
-        so ``alpha * n`` is added to the Gram diagonal).
-
-    Returns:
-      ``(mean, scale, W [D, m], b [m])`` for :func:`ridge_predict`.
-    """
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    mu, sd = x.mean(0), x.std(0) + 1e-8
-    xs = (x - mu) / sd
-    ym = y.mean(0)
-    gram = xs.T @ xs + alpha * len(xs) * np.eye(xs.shape[1])
-    w = np.linalg.solve(gram, xs.T @ (y - ym))
-    return mu, sd, w, ym
-
-
-def ridge_predict(params: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
-    mu, sd, w, b = params
-    return ((np.asarray(x, np.float64) - mu) / sd) @ w + b
-
-
-def r2_grouped(y: np.ndarray, pred: np.ndarray, groups: int) -> np.ndarray:
-    """R² per group of columns (``y``, ``pred`` ``[n, groups * k]``): ``1 - SSE/SST`` summed
-    over the group's columns. Returns ``[groups]``."""
-    n = y.shape[0]
-    y = y.reshape(n, groups, -1)
-    pred = pred.reshape(n, groups, -1)
-    sse = ((y - pred) ** 2).sum((0, 2))
-    sst = ((y - y.mean(0)) ** 2).sum((0, 2))
-    return 1.0 - sse / np.maximum(sst, 1e-12)
 
 
 def collect(model: HookedTransformer, params: Any, tokens: jax.Array, names: list[str],
@@ -96,7 +59,8 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
       task: its language.
       key: PRNG key for the probe's train and test sequences.
       n_train, n_test: sequences to fit / score the probes on.
-      alpha: ridge penalty.
+      alpha: ridge penalty per sample on standardised features
+        (:func:`jaxcrl.metrics.regression.fit_ridge`).
       positions_per_seq: positions per sequence used for ``r2_posterior`` (random, fixed by
         ``key``; None: all), to keep the regression small.
 
@@ -110,7 +74,7 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
     names = residual_names(model.cfg.n_layers)
     data = {}
     for s_i, (split, k, n) in enumerate((("train", k_tr, n_train), ("test", k_te, n_test))):
-        b = jax.jit(lambda kk, n=n: sample(task, kk, n, with_posterior=True))(k)
+        b = sample_jit(task, k, n, with_posterior=True)
         acts = collect(model, params, b.tokens, list(names.values()))
         T = b.tokens.shape[1]
         if positions_per_seq is None or positions_per_seq >= T:
@@ -140,18 +104,18 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
         dm = a_tr.shape[-1]
         x_tr = a_tr[tr["rows"], tr["pos"]].reshape(-1, dm)
         x_te = a_te[te["rows"], te["pos"]].reshape(-1, dm)
-        p = ridge_fit(x_tr, tr["post"], alpha)
-        r2_post = r2_grouped(te["post"], ridge_predict(p, x_te), d)
-        p = ridge_fit(a_tr[:, -1], tr["z_onehot"], alpha)
-        pred = ridge_predict(p, a_te[:, -1])
-        r2_z = r2_grouped(te["z_onehot"], pred, d)
+        p = fit_ridge(x_tr, tr["post"], alpha=alpha)
+        r2_post = r2_score(te["post"], predict_linear(p, x_te), groups=d)
+        p = fit_ridge(a_tr[:, -1], tr["z_onehot"], alpha=alpha)
+        pred = predict_linear(p, a_te[:, -1])
+        r2_z = r2_score(te["z_onehot"], pred, groups=d)
         acc = (pred.reshape(-1, d, K).argmax(-1) == te["z"]).mean(0)
         r2_cued = []
         for i in range(d):  # one probe per variable, fitted where the cue asks about it
             m_tr, m_te = tr["cue"] == i, te["cue"] == i
-            p = ridge_fit(a_tr[:, 1::2][m_tr], tr["post_cued"][m_tr], alpha)
-            r2_cued.append(r2_grouped(te["post_cued"][m_te],
-                                      ridge_predict(p, a_te[:, 1::2][m_te]), 1)[0])
+            p = fit_ridge(a_tr[:, 1::2][m_tr], tr["post_cued"][m_tr], alpha=alpha)
+            r2_cued.append(r2_score(te["post_cued"][m_te],
+                                    predict_linear(p, a_te[:, 1::2][m_te]), groups=1)[0])
         out[lab] = {"r2_cued": float(np.mean(r2_cued)),
                     "r2_cued_per_latent": [float(v) for v in r2_cued],
                     "r2_posterior": float(r2_post.mean()),
@@ -160,7 +124,7 @@ def probe_latents(model: HookedTransformer, params: Any, task: Task, key: jax.Ar
                     "r2_latent_last_per_latent": r2_z.tolist(),
                     "acc_latent_last": float(acc.mean())}
     # ceilings: the exact posterior itself as the "probe"
-    r2_b = r2_grouped(te["z_onehot"], te["post_last"], d)
+    r2_b = r2_score(te["z_onehot"], te["post_last"], groups=d)
     acc_b = (te["post_last"].reshape(-1, d, K).argmax(-1) == te["z"]).mean(0)
     prior_acc = (np.asarray(jnp.argmax(prior_marginals(task), -1))[None] == te["z"]).mean(0)
     out["bayes"] = {"r2_latent_last": float(r2_b.mean()), "acc_latent_last": float(acc_b.mean()),

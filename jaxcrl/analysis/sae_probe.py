@@ -1,7 +1,7 @@
 """SAEs on a transformer's residual stream, end to end: stream, sweep, evaluate, probe.
 
 The logic behind ``experiments/sae_probe.py``. For a model trained on a latent-SCM language
-(:mod:`jaxcrl.lm.tasks`):
+(:mod:`jaxcrl.scm.language`):
 
 1. activations at ``hook`` stream from the transformer (fresh sequences sampled on device,
    ``run_with_cache`` with ``stop_at_layer``) through a shuffled buffer;
@@ -28,21 +28,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrl.analysis.interventions import sae_hook
 from jaxcrl.checkpoint import register_config
 from jaxcrl.sae import model as sae_model
-from jaxcrl.sae.config import ARCHITECTURES, SAEConfig
-from jaxcrl.sae.evaluate import ce_loss_recovered, evaluate
+from jaxcrl.sae.architectures import ARCHITECTURES
+from jaxcrl.sae.architectures import get as get_architecture
+from jaxcrl.sae.config import SAEConfig
+from jaxcrl.sae.metrics import ce_loss_recovered, evaluate
 from jaxcrl.sae.probe import identifiability, sparse_probe
-from jaxcrl.sae.saelens import sae_fn
 from jaxcrl.sae.source import generator_source, transformer_generator
 from jaxcrl.sae.training import train_sweep
-
-# The sparsity knob swept per architecture.
-KNOB = {"topk": "k", "batchtopk": "k", "relu": "l1_coefficient",
-        "jumprelu": "l0_coefficient"}
+from jaxcrl.scm.language import sample, sample_jit
 
 
-@register_config
+@register_config(aliases=("jaxcrl.sae.pipeline:SAEProbeConfig",))  # before the move
 @dataclasses.dataclass(frozen=True)
 class SAEProbeConfig:
     """What to train and evaluate.
@@ -86,9 +85,10 @@ class SAEProbeConfig:
                       "buffer_batches": 2, "n_eval": 64, "target_l0": 8.0, **override})
 
     def sweep(self, arch: str) -> dict[str, tuple]:
+        knob = get_architecture(arch).knob
         values = {"k": self.ks, "l1_coefficient": self.l1_coefficients,
-                  "l0_coefficient": self.l0_coefficients}[KNOB[arch]]
-        return {KNOB[arch]: tuple(values)}
+                  "l0_coefficient": self.l0_coefficients}[knob]
+        return {knob: tuple(values)}
 
 
 def run(model, params, task, cfg: SAEProbeConfig, *, progress: bool = False) -> dict:
@@ -98,8 +98,6 @@ def run(model, params, task, cfg: SAEProbeConfig, *, progress: bool = False) -> 
       ``{"hook", "raw_probe", "architectures": {arch: {headline metrics, "frontier": [...]}}}``
       plus ``"_arrays"`` (densities, the best MCC matrix) for plotting.
     """
-    from jaxcrl.lm.tasks import sample
-
     t_start = time.perf_counter()
     hook = f"blocks.{cfg.layer}.hook_resid_post"
     d_model = model.cfg.d_model
@@ -116,7 +114,7 @@ def run(model, params, task, cfg: SAEProbeConfig, *, progress: bool = False) -> 
     source = generator_source(gen, d_model, rows, buffer_size=rows * cfg.buffer_batches)
 
     # held-out data: tokens, activations at every position, exact posteriors, true latents
-    ev = jax.jit(lambda k: sample(task, k, cfg.n_eval, with_posterior=True))(k_eval)
+    ev = sample_jit(task, k_eval, cfg.n_eval, with_posterior=True)
     _, cache = model.run_with_cache(params, ev.tokens, names=[hook])
     acts = np.asarray(cache[hook])  # [N, T, D]
     flat = acts.reshape(-1, d_model)
@@ -146,19 +144,21 @@ def run(model, params, task, cfg: SAEProbeConfig, *, progress: bool = False) -> 
                          k=max(cfg.ks), steps=cfg.steps, batch_size=rows, lr=cfg.lr,
                          dead_tokens=cfg.dead_tokens, hook_name=hook)
         t0 = time.perf_counter()
-        res = train_sweep(base, source, jax.random.fold_in(k_sae, ARCHITECTURES.index(arch)),
+        arch_seed = list(ARCHITECTURES).index(arch)  # registration order: relu, topk, ...
+        res = train_sweep(base, source, jax.random.fold_in(k_sae, arch_seed),
                           values=cfg.sweep(arch), progress=progress)
         wall = time.perf_counter() - t0
         frontier = []
+        knob = get_architecture(arch).knob
         for i, c in enumerate(res.cfgs):
             p = res.params(i)
             ev_m = evaluate(p, flat, c)
-            ce = ce_loss_recovered(model, params, ev.tokens, hook, sae_fn(p, c))
+            ce = ce_loss_recovered(model, params, ev.tokens, hook, sae_hook(p, c))
             zs = np.asarray(sae_model.encode(p, jnp.asarray(flat), c, inference=True))
             ident = identifiability(zs[sub], post[sub])
             pooled = zs.reshape(cfg.n_eval, seq_len, -1).mean(1)
             frontier.append({
-                KNOB[arch]: getattr(c, KNOB[arch]), "l0": ev_m["l0"], "fvu": ev_m["fvu"],
+                knob: getattr(c, knob), "l0": ev_m["l0"], "fvu": ev_m["fvu"],
                 "dead_fraction": ev_m["dead_fraction"],
                 "dense_fraction": ev_m["dense_fraction"],
                 "ce_loss_recovered": ce["ce_loss_recovered"], "ce_sae": ce["ce_sae"],
@@ -175,7 +175,7 @@ def run(model, params, task, cfg: SAEProbeConfig, *, progress: bool = False) -> 
             "dead_fraction": head["dead_fraction"], "latent_mcc": head["latent_mcc"],
             "sparse_probe_accuracy": head["sparse_probe"].get("top1", float("nan")),
             "sparse_probe": head["sparse_probe"], "headline_index": best,
-            KNOB[arch]: head[KNOB[arch]], "frontier": frontier, "train_wall_s": wall,
+            "knob": knob, knob: head[knob], "frontier": frontier, "train_wall_s": wall,
             "steps_per_s": cfg.steps / max(res.history.get("wall_s", wall), 1e-9)}
     out["wall_s"] = time.perf_counter() - t_start
     return out

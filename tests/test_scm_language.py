@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcrl.lm import tasks as T
 from jaxcrl.scm import GraphConfig, descendants
+from jaxcrl.scm import language as T
 
 TINY = T.TaskConfig.tiny()
 
@@ -226,7 +226,7 @@ def test_intervention_sets_the_target_and_moves_only_descendants(default_task):
     l_obs = T.bayes_loss(default_task, tokens=b.tokens, targets=b.targets)[:, 1::2].mean()
     assert l_do < l_obs
     # vmap over interventions
-    ivs = jax.vmap(lambda v: T.Intervention(jnp.eye(cfg.n_latents, dtype=bool)[src],
+    ivs = jax.vmap(lambda v: T.DoIntervention(jnp.eye(cfg.n_latents, dtype=bool)[src],
                                             jnp.full((cfg.n_latents,), v)))(jnp.arange(3))
     lp = jax.vmap(lambda i: T.intervene(default_task, i).log_prior)(ivs)
     assert lp.shape == (3, cfg.n_states)
@@ -272,3 +272,18 @@ def test_char_corpus(tmp_path):
     assert abs(T.unigram_text_loss(corpus) - want) < 1e-9
     with pytest.raises(ValueError, match="shorter"):
         T.sample_text(held, jax.random.key(0), 2, 500)
+
+
+def test_new_tasks_reuse_the_compiled_sampler_and_bayes_loss():
+    """The task is a traced argument, not a constant of a new jitted closure per call."""
+    t1 = T.make_task(jax.random.key(0), T.TaskConfig.tiny())
+    t2 = T.make_task(jax.random.key(1), T.TaskConfig.tiny())
+    b1 = T.sample_jit(t1, jax.random.key(2), 8, with_posterior=True)
+    size = T.sample_jit._cache_size()
+    b2 = T.sample_jit(t2, jax.random.key(2), 8, with_posterior=True)
+    assert T.sample_jit._cache_size() == size
+    assert not np.array_equal(np.asarray(b1.posterior), np.asarray(b2.posterior))
+    T.expected_bayes_loss(t1, jax.random.key(3), 64, 32)
+    size = T._bayes_batch._cache_size()
+    T.expected_bayes_loss(t2, jax.random.key(3), 64, 32)
+    assert T._bayes_batch._cache_size() == size

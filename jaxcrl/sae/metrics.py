@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,18 +45,12 @@ def evaluate(params: dict, x: Any, cfg: SAEConfig, *, batch_size: int = 4096,
     """
     x = sae_model.check_input(x, cfg)
     n = x.shape[0]
-
-    @jax.jit
-    def stats(xb):
-        x_hat, aux = sae_model.forward(params, xb, cfg, inference=inference)
-        fired = aux["z"] > 0
-        return (jnp.sum((x_hat - xb) ** 2), fired.sum(), fired.sum(0))
-
     sq = 0.0
     nnz = 0
     counts = np.zeros(cfg.d_sae, np.int64)
     for i in range(0, n, batch_size):
-        s, c, per = jax.device_get(stats(x[i:i + batch_size]))
+        s, c, per = jax.device_get(_batch_stats(params, x[i:i + batch_size], cfg,
+                                                inference))
         sq += float(s)
         nnz += int(c)
         counts += per
@@ -64,6 +60,15 @@ def evaluate(params: dict, x: Any, cfg: SAEConfig, *, batch_size: int = 4096,
             "dead_fraction": float((counts == 0).mean()),
             "dense_fraction": float((density > cfg.dense_threshold).mean()),
             "density": density}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "inference"))
+def _batch_stats(params: dict, xb: jax.Array, cfg: SAEConfig, inference: bool):
+    """Squared error, number of firings and per-latent firings of one batch (params traced,
+    so evaluating new params reuses the compiled program)."""
+    x_hat, aux = sae_model.forward(params, xb, cfg, inference=inference)
+    fired = aux["z"] > 0
+    return jnp.sum((x_hat - xb) ** 2), fired.sum(), fired.sum(0)
 
 
 def plot_density(density: Any, ax=None, *, title: str = "latent density", bins: int = 50):
@@ -87,13 +92,17 @@ def plot_density(density: Any, ax=None, *, title: str = "latent density", bins: 
 
 def next_token_ce(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy of ``logits`` ``[b, T, V]`` on ``tokens`` ``[b, T]``."""
+    chex.assert_rank([logits, tokens], [3, 2], custom_message="logits [b, T, V], tokens [b, T]")
+    chex.assert_equal_shape_prefix([logits, tokens], 2,
+                                   custom_message="logits [b, T, V] and tokens [b, T]")
+    chex.assert_type(tokens, int, custom_message="tokens")
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
     tgt = tokens[:, 1:]
     return -jnp.take_along_axis(logp, tgt[..., None], -1).mean()
 
 
 def ce_loss_recovered(model: Any, params: Any, tokens: Any, hook_name: str,
-                      sae_fn: Callable[[jax.Array], jax.Array]) -> dict[str, float]:
+                      hook: Callable[[jax.Array], jax.Array]) -> dict[str, float]:
     """Cross-entropy loss recovered by splicing an SAE into a model at ``hook_name``.
 
     Uses the TransformerLens-style API of :class:`jaxcrl.lm.HookedTransformer`:
@@ -106,8 +115,9 @@ def ce_loss_recovered(model: Any, params: Any, tokens: Any, hook_name: str,
       params: model params.
       tokens: ``[batch, seq]`` int tokens.
       hook_name: where to splice, e.g. ``"blocks.0.hook_resid_post"``.
-      sae_fn: ``x [..., d] -> x_hat [..., d]`` on raw activations
-        (:func:`jaxcrl.sae.saelens.sae_fn`).
+      hook: ``x [..., d] -> x_hat [..., d]`` on raw activations; use
+        :func:`jaxcrl.analysis.sae_hook` (params as traced hook data: evaluating many SAEs
+        compiles once per config, and their weights are not pinned in the compile cache).
 
     Returns:
       ``{"ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered"}`` with
@@ -120,7 +130,7 @@ def ce_loss_recovered(model: Any, params: Any, tokens: Any, hook_name: str,
     zero = next_token_ce(_logits(model.run_with_hooks(params, tokens,
                                                       hooks={hook_name: jnp.zeros_like})), tokens)
     spliced = next_token_ce(_logits(model.run_with_hooks(params, tokens,
-                                                         hooks={hook_name: sae_fn})), tokens)
+                                                         hooks={hook_name: hook})), tokens)
     clean, zero, spliced = (float(v) for v in (clean, zero, spliced))
     return {"ce_clean": clean, "ce_sae": spliced, "ce_zero": zero,
             "ce_loss_recovered": (zero - spliced) / (zero - clean)}

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.checkpoint import register_config
-from jaxcrl.scm import GraphConfig, make_graph
+from jaxcrl.scm.graphs import GraphConfig, make_graph
 
 BOS = 0
 MAX_STATES = 4096
@@ -69,7 +69,7 @@ VALUE_VOCABS = ("per_variable", "shared")
 # --------------------------------------------------------------------------- config
 
 
-@register_config
+@register_config(aliases=("jaxcrl.lm.tasks:TaskConfig",))  # its home before the move
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     """A latent-SCM token language.
@@ -201,8 +201,9 @@ class Task:
     log_prior: jax.Array
 
 
-class Intervention(NamedTuple):
-    """``do(z_i = value[i])`` for every ``i`` with ``mask[i]``.
+class DoIntervention(NamedTuple):
+    """``do(z_i = value[i])`` for every ``i`` with ``mask[i]`` (a hard intervention on the
+    language's discrete latents; :class:`jaxcrl.scm.Intervention` is the continuous SCM's).
 
     Attributes:
       mask: ``[d] bool`` intervened variables.
@@ -213,8 +214,8 @@ class Intervention(NamedTuple):
     value: jax.Array
 
 
-def do(cfg: TaskConfig, assignment: Mapping[int, int]) -> Intervention:
-    """``do({i: v, ...})`` as an :class:`Intervention`, e.g. ``do(cfg, {2: 1})``."""
+def do(cfg: TaskConfig, assignment: Mapping[int, int]) -> DoIntervention:
+    """``do({i: v, ...})`` as a :class:`DoIntervention`, e.g. ``do(cfg, {2: 1})``."""
     mask = np.zeros(cfg.n_latents, bool)
     value = np.zeros(cfg.n_latents, np.int32)
     for i, v in assignment.items():
@@ -222,7 +223,7 @@ def do(cfg: TaskConfig, assignment: Mapping[int, int]) -> Intervention:
             raise ValueError(f"do: variable {i} / value {v} out of range "
                              f"(d={cfg.n_latents}, K={cfg.n_values})")
         mask[i], value[i] = True, v
-    return Intervention(jnp.asarray(mask), jnp.asarray(value))
+    return DoIntervention(jnp.asarray(mask), jnp.asarray(value))
 
 
 def _log_cond(cfg: TaskConfig, adj, bias, emb) -> jax.Array:
@@ -260,7 +261,7 @@ def make_task(key: jax.Array, cfg: TaskConfig) -> Task:
                 log_prior=log_cond.sum(-1))
 
 
-def intervene(task: Task, intervention: Intervention) -> Task:
+def intervene(task: Task, intervention: DoIntervention) -> Task:
     """The task under ``do(z_i = v_i)``: intervened mechanisms replaced by point masses.
 
     Jit- and vmap-able in ``intervention``. The result's :func:`bayes_logprobs` is the exact
@@ -332,8 +333,9 @@ def _sample_one(task: Task, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return seq, z
 
 
-def sample(task: Task, key: jax.Array, batch_size: int, intervention: Intervention | None = None,
-           *, with_posterior: bool = False) -> Batch:
+def sample(task: Task, key: jax.Array, batch_size: int,
+           intervention: DoIntervention | None = None, *, with_posterior: bool = False
+           ) -> Batch:
     """Samples ``batch_size`` sequences (jit-able; ``batch_size``/``with_posterior`` static).
 
     Args:
@@ -357,6 +359,11 @@ def sample(task: Task, key: jax.Array, batch_size: int, intervention: Interventi
 
 
 # --------------------------------------------------------------------------- exact Bayes
+
+
+# ``sample`` compiled once per batch size (the task's tables are traced arguments, so a new
+# task reuses the program; use this instead of jitting a closure over a task).
+sample_jit = jax.jit(sample, static_argnames=("batch_size", "with_posterior"))
 
 
 def _check_tokens(cfg: TaskConfig, tokens) -> jax.Array:
@@ -487,10 +494,9 @@ def expected_bayes_loss(task: Task, key: jax.Array, n_sequences: int = 4096,
     :func:`independent`), still on sequences from ``task``.
     """
     pred = task if predictor is None else predictor
-    f = jax.jit(lambda k: _bayes_batch(task, pred, k, chunk))
     vals, alls = [], []
     for k in jax.random.split(key, max(1, n_sequences // chunk)):
-        v, a = f(k)
+        v, a = _bayes_batch(task, pred, k, chunk)
         vals.append(np.asarray(v))
         alls.append(np.asarray(a))
     v, a = np.concatenate(vals), np.concatenate(alls)
@@ -498,7 +504,9 @@ def expected_bayes_loss(task: Task, key: jax.Array, n_sequences: int = 4096,
             "all": float(a.mean()), "all_se": float(a.std() / math.sqrt(len(a)))}
 
 
+@functools.partial(jax.jit, static_argnames=("batch_size",))
 def _bayes_batch(task: Task, predictor: Task, key: jax.Array, batch_size: int):
+    """Per-sequence Bayes losses of one batch (tasks traced: compiled once per shape)."""
     b = sample(task, key, batch_size)
     nll = bayes_loss(predictor, tokens=b.tokens, targets=b.targets)
     return nll[:, 1::2].mean(1), nll.mean(1)

@@ -1,0 +1,159 @@
+"""The CRL benchmark on simulated multi-environment data: one config, one function.
+
+:class:`SyntheticConfig` holds a whole setting (the data-set family, the methods, seeds and
+the shared fit settings); :func:`run` simulates one data set per seed, fits every method
+(all seeds of a method in one compiled program) and scores it against the truth. The
+default is CauCA's headline setup (Liang et al. 2023): d = 5, Erdős–Rényi p = 0.5,
+linear-Gaussian SCM, 1 observational + 5 single-node perfect interventional environments,
+3-layer invertible leaky-ReLU mixing, D = d, 10k samples per environment, 5 seeds.
+``experiments/crl_synthetic.py`` runs one config; ``experiments/crl_generalization.py``
+runs variants of it (:data:`GENERALIZATION_ROWS`), each one field changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxcrl.checkpoint import register_config
+from jaxcrl.config import apply_overrides
+from jaxcrl.crl import CRLConfig, fit
+from jaxcrl.crl.config import METHODS
+from jaxcrl.crl.evaluate import score_fit
+from jaxcrl.results import summarize_seeds
+from jaxcrl.scm import (
+    DatasetConfig,
+    GraphConfig,
+    InterventionConfig,
+    MixingConfig,
+    SCMConfig,
+    make_dataset,
+)
+
+__all__ = ["GENERALIZATION_ROWS", "SyntheticConfig", "run", "variant"]
+
+_BASELINES = ("beta_vae", "ivae")
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """A CRL benchmark setting.
+
+    Attributes:
+      data: the data-set family (one data set per seed).
+      targets: ``known`` (intervention targets given to the model) or ``unknown``.
+      methods: CRL methods to fit (:data:`jaxcrl.crl.config.METHODS`).
+      seeds: data sets / runs per method (vmapped in one program).
+      seed: root seed.
+      crl: shared fit settings (steps, batch size, learning rate, restarts, ...); the fields
+        that describe the data (``method``, ``latent_dim``, ``n_envs``, ``scm``,
+        ``intervention``, ``targets``) are filled in per method from ``data``.
+      baseline_restarts: restarts of the contrast baselines (β-VAE, iVAE); ``None`` uses
+        ``crl.restarts`` for them too.
+    """
+
+    data: DatasetConfig = DatasetConfig(
+        scm=SCMConfig(latent_dim=5, graph=GraphConfig(kind="er", edge_prob=0.5)),
+        mixing=MixingConfig(kind="mlp", n_layers=3),
+        intervention=InterventionConfig(kind="perfect"),
+        n_per_env=10_000)
+    targets: str = "known"
+    methods: tuple[str, ...] = ("latent_scm", "beta_vae", "ivae")
+    seeds: int = 5
+    seed: int = 0
+    crl: CRLConfig = CRLConfig()
+    baseline_restarts: int | None = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise ValueError(f"SyntheticConfig.methods must be a non-empty subset of {METHODS}, "
+                             f"got {self.methods}")
+        if self.seeds < 1:
+            raise ValueError(f"SyntheticConfig.seeds must be >= 1, got {self.seeds}")
+        if self.targets not in ("known", "unknown"):
+            raise ValueError(f"SyntheticConfig.targets must be 'known' or 'unknown', got "
+                             f"{self.targets!r}")
+        if self.baseline_restarts is not None and self.baseline_restarts < 1:
+            raise ValueError(f"SyntheticConfig.baseline_restarts must be >= 1 or None, got "
+                             f"{self.baseline_restarts}")
+
+    @property
+    def latent_dim(self) -> int:
+        return self.data.scm.latent_dim
+
+    def method_config(self, method: str) -> CRLConfig:
+        """The :class:`CRLConfig` of ``method`` for this data."""
+        d = self.latent_dim
+        n_envs = 1 + (d if self.data.n_envs is None else self.data.n_envs)
+        restarts = self.crl.restarts
+        if method in _BASELINES and self.baseline_restarts is not None:
+            restarts = self.baseline_restarts
+        return dataclasses.replace(
+            self.crl, method=method, latent_dim=d, n_envs=n_envs,
+            scm="linear" if self.data.scm.mechanism == "linear" else "nonlinear",
+            intervention=self.data.intervention.kind, targets=self.targets, restarts=restarts)
+
+
+def run(cfg: SyntheticConfig, *, progress: bool = True, save_dir: str | Path | None = None
+        ) -> dict[str, Any]:
+    """Simulates ``cfg.seeds`` data sets, fits and scores every method.
+
+    Args:
+      cfg: the setting.
+      progress: progress bars during fitting.
+      save_dir: if given, each method's fitted runs are saved to ``save_dir/ckpt_<method>``
+        (the one checkpoint format).
+
+    Returns:
+      ``{"data": stacked datasets [seeds, ...], "methods": {method: summary over seeds
+      (mean, std, per-seed values of every score) + wall_s, steps_per_s, config},
+      "fits": {method: FitResult}}``.
+    """
+    keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
+    data = jax.jit(jax.vmap(lambda k: make_dataset(k, cfg.data)))(keys)
+    methods, fits = {}, {}
+    for method in cfg.methods:
+        mcfg = cfg.method_config(method)
+        t0 = time.perf_counter()
+        result = fit(mcfg, data.x, data.env, targets=data.targets,
+                     key=jax.random.fold_in(jax.random.key(cfg.seed), 1), seeds=cfg.seeds,
+                     z_true=data.z, eval_every=max(mcfg.steps // 10, 1), progress=progress)
+        wall = time.perf_counter() - t0
+        scores = score_fit(result, data.x, data.z, data.env, adj_true=data.adj,
+                           targets_true=data.targets)
+        summary = summarize_seeds(scores)
+        methods[method] = {**summary, "wall_s": wall,
+                           "steps_per_s": mcfg.steps / result.wall_s, "config": mcfg}
+        fits[method] = result
+        if save_dir is not None:
+            result.save(f"{save_dir}/ckpt_{method}", overwrite=True,
+                        metrics={k: v["mean"] for k, v in summary.items()})
+    return {"data": data, "methods": methods, "fits": fits}
+
+
+# One departure from the default setting per row (the generalization table of BENCHMARKS.md).
+GENERALIZATION_ROWS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "d=3": ("data.scm.latent_dim=3",),
+    "d=8": ("data.scm.latent_dim=8",),
+    "2 mixing layers": ("data.mixing.n_layers=2",),
+    "5 mixing layers": ("data.mixing.n_layers=5",),
+    "nonlinear SCM": ("data.scm.mechanism=nonlinear",),
+    "soft interventions": ("data.intervention.kind=soft",),
+    "unknown targets": ("targets=unknown",),
+    "D=20 injective mixing": ("data.mixing.kind=injective", "data.mixing.obs_dim=20"),
+}
+
+
+def variant(base: SyntheticConfig, row: str) -> SyntheticConfig:
+    """``base`` with the overrides of :data:`GENERALIZATION_ROWS` ``[row]`` applied."""
+    if row not in GENERALIZATION_ROWS:
+        raise ValueError(f"unknown row {row!r}; choose from {list(GENERALIZATION_ROWS)}")
+    return apply_overrides(base, GENERALIZATION_ROWS[row])
