@@ -143,7 +143,7 @@ def _transformer_source(batch):
     """Residual-stream activations of a tiny random transformer on a tiny latent-SCM
     language, streamed through a shuffled buffer."""
     from jaxcrl.lm import HookedTransformer, TransformerConfig
-    from jaxcrl.lm.tasks import TaskConfig, make_task, sample
+    from jaxcrl.scm.language import TaskConfig, make_task, sample
 
     task = make_task(jax.random.key(0), TaskConfig.tiny())
     model = HookedTransformer(TransformerConfig(vocab_size=task.cfg.vocab_size,
