@@ -43,7 +43,7 @@ from jaxcrl import plot
 from jaxcrl.analysis.causal_features import CausalFeaturesConfig, analyse, format_table
 from jaxcrl.analysis.lm_runs import TINY_LM, trained_lm
 from jaxcrl.config import parse_config
-from jaxcrl.lm.train import LMTrainConfig
+from jaxcrl.lm.training import LMTrainConfig
 from jaxcrl.results import write_results
 from jaxcrl.scm import GraphConfig
 from jaxcrl.scm.graphs import transitive_closure

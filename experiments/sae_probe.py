@@ -32,7 +32,7 @@ from jaxcrl import plot
 from jaxcrl.analysis.lm_runs import TINY_LM, trained_lm
 from jaxcrl.analysis.sae_probe import SAEProbeConfig, run
 from jaxcrl.config import parse_config
-from jaxcrl.lm.train import LMTrainConfig
+from jaxcrl.lm.training import LMTrainConfig
 from jaxcrl.results import write_results
 from jaxcrl.sae.metrics import plot_density
 from jaxcrl.scm.language import TaskConfig

@@ -42,7 +42,7 @@ import numpy as np
 from jaxcrl import plot
 from jaxcrl.analysis import probes as probe
 from jaxcrl.config import parse_config
-from jaxcrl.lm.train import (
+from jaxcrl.lm.training import (
     LMTrainConfig,
     make_eval_fn,
     make_source,

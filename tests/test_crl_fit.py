@@ -95,9 +95,9 @@ def test_unknown_targets_mode_runs_and_estimates_one_target_per_env(small_data):
     ],
 )
 def test_bad_input_raises_before_training(small_data, mutate, match, monkeypatch):
-    from jaxcrl import train
+    from jaxcrl.train import driver
 
-    monkeypatch.setattr(train, "run", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(driver, "drive", lambda *a, **k: pytest.fail("training started"))
     x, e, t = mutate(small_data.x, small_data.env, small_data.targets)
     with pytest.raises(ValueError, match=match):
         fit(_cfg(), x, e, targets=t, key=jax.random.key(0), progress=False)
@@ -125,3 +125,38 @@ def test_restarts_keep_the_lowest_loss_restart_per_seed(small_data):
 def test_known_targets_required(small_data):
     with pytest.raises(ValueError, match="targets='known' needs"):
         fit(_cfg(), small_data.x, small_data.env, key=jax.random.key(0), progress=False)
+
+
+def test_killed_and_resumed_fit_is_bit_identical(small_data, tmp_path):
+    """2 seeds x 2 restarts, checkpoints every 20 steps, chunks of 15: delete the last
+    checkpoint (killed before writing it) and resume; params, chosen restarts and the
+    resumed losses equal the uninterrupted fit's exactly. Other data: refused."""
+    import shutil
+
+    from jaxcrl.checkpoint import CheckpointManager
+    from jaxcrl.train import ConfigMismatchError
+
+    ds = small_data
+    cfg = _cfg(steps=60, restarts=2)
+    kw = dict(targets=ds.targets, key=jax.random.key(7), progress=False, eval_every=15,
+              save_every=20, workdir=tmp_path / "w")
+    full = fit(cfg, ds.x, ds.env, **kw)
+    mgr = CheckpointManager(tmp_path / "w", kind="crl_train")
+    assert mgr.steps() == [40, 60]
+    shutil.rmtree(mgr.step_path(60))
+    resumed = fit(cfg, ds.x, ds.env, **kw)
+    np.testing.assert_array_equal(resumed.history["restart_chosen"],
+                                  full.history["restart_chosen"])
+    np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"][40:])
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a finished run resumed again has nothing left to do and returns the same fit
+    again = fit(cfg, ds.x, ds.env, **kw)
+    np.testing.assert_array_equal(again.history["restart_chosen"],
+                                  full.history["restart_chosen"])
+    np.testing.assert_array_equal(jax.tree.leaves(again.params)[0],
+                                  jax.tree.leaves(full.params)[0])
+    with pytest.raises(ConfigMismatchError, match="fingerprint"):
+        fit(cfg, ds.x[::-1], ds.env[::-1], **{**kw, "targets": ds.targets[::-1]})
+    with pytest.raises(ConfigMismatchError, match=r"lr: 0.01 \(checkpoint\) vs 0.02"):
+        fit(_cfg(steps=60, restarts=2, lr=2e-2), ds.x, ds.env, **kw)

@@ -1,6 +1,7 @@
 """SAE training: toy recovery, vmapped sweeps equal separate runs, sources, checkpoints."""
 
 import dataclasses
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,8 @@ import pytest
 
 from jaxcrl import checkpoint as ckpt
 from jaxcrl import sae
+from jaxcrl.train import ConfigMismatchError, NonFiniteError
+from jaxcrl.train.optim import learning_rate_of
 
 TOY = sae.ToyConfig(n_features=24, dim=12, avg_active=2.0, freq_ratio=0.5, corr_rank=4)
 CFG = sae.SAEConfig(architecture="topk", d_in=12, d_sae=24, k=3, steps=40, batch_size=128,
@@ -124,10 +127,9 @@ def test_sources_sample_by_key(tmp_path):
     assert not np.array_equal(st["buffer"], st2["buffer"])
 
 
-def test_checkpoint_round_trip_and_resume(tmp_path):
+def test_checkpoint_round_trip(tmp_path):
     _, src = _toy_source()
-    key = jax.random.key(6)
-    full = sae.train(CFG, src, key, progress=False, chunk_size=20)
+    full = sae.train(CFG, src, jax.random.key(6), progress=False, chunk_size=20)
     # the one checkpoint format, kind "sae"
     ckpt.save(tmp_path / "c", full.state, config=CFG, kind="sae", step=CFG.steps)
     back = ckpt.load(tmp_path / "c", kind="sae", target=jax.eval_shape(lambda: full.state))
@@ -135,16 +137,148 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(full.state), jax.tree_util.tree_leaves(back.state),
                     strict=True):
         np.testing.assert_array_equal(a, b)
-    # resume: 20 steps into a workdir, then continue to 40 == 40 straight
-    half = dataclasses.replace(CFG, steps=20)
-    sae.train(half, src, key, progress=False, chunk_size=20, workdir=tmp_path / "w",
-              save_every=20)
-    resumed = sae.train(CFG, src, key, progress=False, chunk_size=20, workdir=tmp_path / "w",
-                        save_every=20)
-    assert resumed.history["mse"].shape == (20,)
-    np.testing.assert_allclose(resumed.state.params["W_dec"], full.state.params["W_dec"],
-                               rtol=1e-5, atol=1e-6)
 
+
+def _transformer_source(batch):
+    """Residual-stream activations of a tiny random transformer on a tiny latent-SCM
+    language, streamed through a shuffled buffer."""
+    from jaxcrl.lm import HookedTransformer, TransformerConfig
+    from jaxcrl.scm.language import TaskConfig, make_task, sample
+
+    task = make_task(jax.random.key(0), TaskConfig.tiny())
+    model = HookedTransformer(TransformerConfig(vocab_size=task.cfg.vocab_size,
+                                                n_ctx=task.cfg.seq_len, d_model=12,
+                                                n_layers=1, n_heads=2))
+    params = model.init(jax.random.key(1))
+    gen = sae.transformer_generator(model, params, lambda k: sample(task, k, 8).tokens,
+                                    "blocks.0.hook_resid_post", stop_at_layer=1)
+    return sae.generator_source(gen, 12, batch, buffer_size=4 * batch)
+
+
+def _cache_source(tmp_path, batch):
+    """A disk activation cache of a tiny random transformer (120 rows), read back 60 rows
+    at a time (a new random subset on each refresh)."""
+    from jaxcrl.lm import HookedTransformer, TransformerConfig
+    from jaxcrl.sae.cache import cache_activations, cache_source
+
+    model = HookedTransformer(TransformerConfig(vocab_size=50, n_ctx=12, d_model=12,
+                                                n_layers=1, n_heads=2))
+    tokens = np.asarray(jax.random.randint(jax.random.key(1), (10, 12), 0, 50), np.int32)
+    hook = "blocks.0.hook_resid_post"
+    c = cache_activations(model, model.init(jax.random.key(0)), tokens, [hook],
+                          tmp_path / "cache", seqs_per_shard=4, progress=False)
+    return cache_source(c, hook, batch, max_rows=60)
+
+
+def _source(kind, tmp_path, batch=128):
+    if kind == "cache_refresh":
+        return _cache_source(tmp_path, batch)
+    toy = sae.make_toy(jax.random.key(0), TOY)
+    if kind == "array":
+        return sae.array_source(sae.toy_sample(toy, jax.random.key(9), 600)[0], batch)
+    if kind == "npy_refresh":
+        np.save(tmp_path / "acts.npy", np.asarray(sae.toy_sample(toy, jax.random.key(9),
+                                                                 600)[0]))
+        return sae.npy_source(tmp_path / "acts.npy", batch, max_rows=300)
+    if kind == "generator":
+        return sae.generator_source(sae.toy_generator(toy, batch), TOY.dim, batch)
+    if kind == "buffer":
+        return sae.generator_source(sae.toy_generator(toy, 32), TOY.dim, batch,
+                                    buffer_size=3 * batch)
+    return _transformer_source(batch)
+
+
+@pytest.mark.parametrize("kind", ["array", "npy_refresh", "cache_refresh", "generator",
+                                  "buffer", "transformer"])
+def test_killed_and_resumed_run_is_bit_identical(kind, tmp_path):
+    """Train 30 steps with checkpoints, delete the last one (as if the process was killed
+    before writing it), resume: parameters, optimizer state, source state and the resumed
+    metrics equal the uninterrupted run's exactly. Uneven chunks (7) and a refresh every 10
+    steps for the npy source; lr_decay makes the schedule depend on the step."""
+    src = _source(kind, tmp_path)
+    cfg = dataclasses.replace(CFG, steps=30, lr_decay=0.5, dead_tokens=300)
+    kw = dict(progress=False, chunk_size=7, save_every=10,
+              refresh_every=10 if kind.endswith("_refresh") else None)
+    key = jax.random.key(6)
+    work = tmp_path / "w"
+    full = sae.train(cfg, src, key, workdir=work, **kw)  # uninterrupted, checkpointing
+    mgr = ckpt.CheckpointManager(work, kind="sae")
+    assert mgr.steps() == [20, 30]
+    shutil.rmtree(mgr.step_path(30))
+    resumed = sae.train(cfg, src, key, workdir=work, **kw)
+    assert resumed.history["mse"].shape == (10,)
+    np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"][20:])
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.state),
+                    jax.tree_util.tree_leaves(full.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # chunks of 7, 3 (to the checkpoint at 10), 7, 3, ...: one compiled program, and the
+    # resumed run in this process reuses it (no retracing across chunks or resume)
+    assert int(full.history["traces"]) == 1 and int(resumed.history["traces"]) == 0
+
+
+def test_sweep_resume_is_bit_identical_and_checks_swept_values(tmp_path):
+    src = _source("buffer", tmp_path)
+    values = {"k": [2, 3], "lr": [1e-2, 3e-3]}
+    kw = dict(progress=False, chunk_size=7, save_every=10)
+    key = jax.random.key(3)
+    full = sae.train_sweep(CFG, src, key, values=values, **kw)
+    part = sae.train_sweep(CFG, src, key, values=values, workdir=tmp_path / "w", stop_at=20,
+                           **kw)
+    assert part.history["loss"].shape == (20, 2)
+    resumed = sae.train_sweep(CFG, src, key, values=values, workdir=tmp_path / "w", **kw)
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.state),
+                    jax.tree_util.tree_leaves(full.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the per-run learning rates live in the optimizer state (inject_hyperparams)
+    np.testing.assert_allclose(learning_rate_of(resumed.state.opt_state), [1e-2, 3e-3])
+    # other swept values: refused, whether the base config (run 0) or another run differs
+    with pytest.raises(ConfigMismatchError, match=r"differs in \['lr'\]"):
+        sae.train_sweep(CFG, src, key, values={"k": [2, 3], "lr": [3e-3, 1e-2]},
+                        workdir=tmp_path / "w", **kw)
+    with pytest.raises(ConfigMismatchError, match=r"lr: \[0.01, 0.003\] \(checkpoint\) "
+                                                  r"vs \[0.01, 0.001\]"):
+        sae.train_sweep(CFG, src, key, values={"k": [2, 3], "lr": [1e-2, 1e-3]},
+                        workdir=tmp_path / "w", **kw)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    """A topk run must not resume a relu checkpoint of the same shapes (nor another key)."""
+    _, src = _toy_source()
+    relu = dataclasses.replace(CFG, architecture="relu")
+    sae.train(relu, src, jax.random.key(0), progress=False, chunk_size=20,
+              workdir=tmp_path / "w", save_every=20, stop_at=20)
+    with pytest.raises(ConfigMismatchError, match="architecture: 'relu' .checkpoint. vs "
+                                                  "'topk'") as e:
+        sae.train(CFG, src, jax.random.key(0), progress=False, workdir=tmp_path / "w")
+    assert "architecture" in e.value.fields
+    with pytest.raises(ConfigMismatchError, match="fingerprint"):
+        sae.train(relu, src, jax.random.key(1), progress=False, workdir=tmp_path / "w")
+    # resume=False starts afresh in the same workdir
+    r = sae.train(CFG, src, jax.random.key(0), progress=False, workdir=tmp_path / "w",
+                  resume=False, stop_at=20)
+    assert r.history["loss"].shape == (20,)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A source that turns NaN at step 25: the error names step 25 and ``loss``; the
+    checkpoint at step 20 is the latest and loads with finite parameters."""
+
+    def sample(state, key):
+        x = jax.random.normal(key, (128, 12))
+        x = jnp.where(state["t"] >= 25, jnp.nan, x)
+        return {"t": state["t"] + 1}, x
+
+    src = sae.Source(lambda key: {"t": jnp.int32(0)}, sample, 12, 128)
+    with pytest.raises(NonFiniteError, match=r"'loss' is nan at step 25.*last good "
+                                             r"checkpoint is step 20") as e:
+        sae.train(CFG, src, jax.random.key(0), progress=False, chunk_size=7,
+                  workdir=tmp_path / "w", save_every=10)
+    assert (e.value.step, e.value.metric) == (25, "loss")
+    mgr = ckpt.CheckpointManager(tmp_path / "w", kind="sae")
+    assert mgr.steps() == [10, 20]
+    c = mgr.restore()
+    assert c.step == 20 and int(c.state["source"]["t"]) == 20
+    assert all(np.isfinite(np.asarray(v)).all() for v in c.state["sae"]["params"].values())
 
 
 def test_npy_source_refreshes_between_rounds(tmp_path):

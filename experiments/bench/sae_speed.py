@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from jaxcrl import sae
 from jaxcrl.sae import training
+from jaxcrl.train.loop import compiled_chunk
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -57,14 +58,10 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _chunk(step, n_steps):
-    def run(carry, key):
-        def body(c, t):
-            return step(c, jax.random.fold_in(key, t))
-
-        return jax.lax.scan(body, carry, jnp.arange(n_steps))
-
-    return jax.jit(run, donate_argnums=0)
+def _chunk(step, carry, key, n_steps):
+    """The compiled chunk ``sae.train`` runs (jaxcrl.train.loop), ``n_steps`` steps long."""
+    chunk = compiled_chunk(step, carry, key, size=n_steps, batched=False)
+    return lambda c, k: chunk(c, k, 0, n_steps)
 
 
 def _init(cfgs, source, key, sweep):
@@ -86,7 +83,7 @@ def time_training(cfgs, source, key, steps, sweep, repeats=2):
     t0 = time.perf_counter()
     cfg, carry = _init(cfgs, source, key, sweep)
     carry = jax.tree_util.tree_map(jnp.copy, carry)  # the chunk donates its input
-    chunk = _chunk(training.make_step(cfg, source, sweep=sweep), steps)
+    chunk = _chunk(training.make_step(cfg, source, sweep=sweep), carry, key, steps)
     carry, m = chunk(carry, key)  # compiles
     jax.block_until_ready(m)
     first = time.perf_counter() - t0

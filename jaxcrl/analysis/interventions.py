@@ -84,7 +84,7 @@ def sae_hook(params: dict, cfg: SAEConfig) -> ReplaceWith:
     reuses the compiled forward and no weights are pinned in the compile cache.
 
     Args:
-      params: SAE params acting on raw activations (``TrainResult.params()``).
+      params: SAE params acting on raw activations (``SAETrainResult.params()``).
       cfg: its config.
     """
     return replace_with(Reconstruct(cfg), params)

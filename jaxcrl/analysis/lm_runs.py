@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxcrl.lm.train import LMTrainConfig, load, make_source, train
+from jaxcrl.lm.training import LMTrainConfig, load, make_source, train
 
 # The transformer of the studies' seconds-long runs (tests): LMTrainConfig.tiny, 150 steps.
 TINY_LM = LMTrainConfig.tiny(steps=150, eval_every=150, eval_batch=128)

@@ -8,7 +8,7 @@
 """
 
 from jaxcrl.crl.config import CRLConfig
-from jaxcrl.crl.fit import FitResult, fit, load_fit
 from jaxcrl.crl.linear import LinearUnmixing, fast_ica, pca
+from jaxcrl.crl.svi import FitResult, fit, load_fit
 
 __all__ = ["CRLConfig", "FitResult", "LinearUnmixing", "fast_ica", "fit", "load_fit", "pca"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcrl.crl.fit import FitResult
+from jaxcrl.crl.svi import FitResult
 from jaxcrl.metrics import graph_metrics, mcc, score_latents, shd
 
 

@@ -23,11 +23,12 @@ from jaxcrl.lm.model import (
     zero_ablate,
 )
 from jaxcrl.lm.patching import activation_patching, logit_diff
+from jaxcrl.lm.training import LMTrainConfig, LMTrainResult, train
 
 __all__ = [
-    "AddVector", "Hook", "HookedTransformer", "MeanAblate", "PatchFrom", "ReplaceWith",
-    "RopeScaling", "from_pretrained", "generate",
-    "Transformer", "TransformerConfig", "ZeroAblate", "activation_patching", "add_vector",
-    "check_hook_names", "count_params", "hook_names", "load_hf_gpt2", "logit_diff",
-    "mean_ablate", "patch_from", "pos_axis_of", "replace_with", "save_hf_gpt2", "zero_ablate",
+    "AddVector", "Hook", "HookedTransformer", "LMTrainConfig", "LMTrainResult", "MeanAblate",
+    "PatchFrom", "ReplaceWith", "RopeScaling", "Transformer", "TransformerConfig", "ZeroAblate",
+    "activation_patching", "add_vector", "check_hook_names", "count_params", "from_pretrained",
+    "generate", "hook_names", "load_hf_gpt2", "logit_diff", "mean_ablate", "patch_from",
+    "pos_axis_of", "replace_with", "save_hf_gpt2", "train", "zero_ablate",
 ]

@@ -60,7 +60,7 @@ from jaxcrl.sae.toy import sample as toy_sample
 from jaxcrl.sae.training import (
     HParams,
     SAEState,
-    TrainResult,
+    SAETrainResult,
     auxk_loss,
     hparams,
     inference_params,
@@ -76,7 +76,7 @@ from jaxcrl.sae.training import (
 __all__ = [
     "ActivationCache", "CacheError", "cache_activations", "cache_source", "open_cache",
     "ARCHITECTURES", "Architecture", "HParams", "Reconstruct", "SAEConfig", "SAEState",
-    "Source", "ToyConfig", "TrainResult",
+    "SAETrainResult", "Source", "ToyConfig",
     "array_source", "auxk_loss", "ce_loss_recovered", "decode", "direction_mcc", "encode",
     "evaluate", "export_saelens", "fit_logistic", "fit_ridge", "fold_normalization",
     "forward", "generator_source", "geometric_median", "heaviside_step", "hparams",

@@ -517,7 +517,8 @@ def cache_source(cache: ActivationCache | str | os.PathLike, hook: str, batch_si
     memory-mapped files (only those rows are read). ``init(key)`` draws the subset,
     ``refresh(state, key)`` draws a new one (:func:`jaxcrl.sae.train_sweep` calls it every
     ``refresh_every`` steps), and ``sample`` draws ``batch_size`` rows of the subset
-    uniformly on device. Deterministic given the keys.
+    uniformly on device. Deterministic given the keys. The state holds the subset's int32
+    ``seed``: training checkpoints keep only it and a resumed run re-reads the same rows.
 
     Args:
       cache: an :class:`ActivationCache` or its directory.
@@ -536,20 +537,27 @@ def cache_source(cache: ActivationCache | str | os.PathLike, hook: str, batch_si
     n, d = cache.n_rows(hook), cache.d(hook)
     m = min(n, max_rows)
 
-    def load(key: jax.Array) -> dict:
+    def load_seed(seed: int) -> dict:
         if m == n:
             rows = cache.read(hook)
         else:
-            seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
             idx = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
             rows = cache.rows(hook, idx)
         if not np.isfinite(rows).all():
             raise ValueError(f"{cache.root}: activations at {hook!r} contain NaN or inf")
-        return {"data": jnp.asarray(rows)}
+        return {"data": jnp.asarray(rows), "seed": jnp.int32(seed)}
+
+    def load(key: jax.Array) -> dict:
+        return load_seed(0 if m == n else int(jax.random.randint(key, (), 0, 2**31 - 1)))
 
     def sample(state, key):
         idx = jax.random.randint(key, (batch_size,), 0, m)
         return state, jnp.take(state["data"], idx, axis=0)
 
+    def restore(fresh, saved):  # training checkpoints keep the subset's seed, not its rows
+        seed = int(saved["seed"])
+        return fresh if seed == int(fresh["seed"]) else load_seed(seed)
+
     refresh = None if m == n else (lambda state, key: load(key))
-    return Source(load, sample, d, batch_size, refresh)
+    return Source(load, sample, d, batch_size, refresh,
+                  save=lambda state: {"seed": state["seed"]}, restore=restore)

@@ -29,7 +29,7 @@ def evaluate(params: dict, x: Any, cfg: SAEConfig, *, batch_size: int = 4096,
 
     Args:
       params: SAE params for the space of ``x`` (fold the normalisation in for raw
-        activations: ``TrainResult.params()``).
+        activations: ``SAETrainResult.params()``).
       x: ``[n, d_in]`` activations.
       cfg: the SAE config.
       batch_size: rows per jit-ed evaluation batch.

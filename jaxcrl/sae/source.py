@@ -17,6 +17,11 @@ Kinds:
   a shuffled buffer of ``buffer_size`` rows: each step writes the ``g`` new rows at random
   buffer slots and reads ``batch_size`` rows from random slots, so consecutive batches mix
   activations of many generator calls (each row is read about ``batch_size / g`` times).
+
+Checkpoints: ``source.save(state)`` is the part of the state a training checkpoint keeps
+(the shuffled buffer; the seed of an ``.npy`` subset; nothing for a fixed array) and
+``source.restore(fresh_state, saved)`` rebuilds the state from it, so a resumed run draws
+exactly the batches an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class Source:
       batch_size: rows per sample.
       refresh: optional host-side ``(state, key) -> state`` run between rounds of training
         (new data from disk); None for sources that never change.
+      save: ``state -> pytree`` kept in training checkpoints (default: the whole state).
+      restore: ``(fresh state from init, saved pytree) -> state`` (default: the saved one).
     """
 
     init: Callable[[jax.Array], Any]
@@ -49,6 +56,8 @@ class Source:
     d_in: int
     batch_size: int
     refresh: Callable[[Any, jax.Array], Any] | None = None
+    save: Callable[[Any], Any] = lambda state: state
+    restore: Callable[[Any, Any], Any] = lambda fresh, saved: saved
 
 
 def _check_rows(x: np.ndarray | jax.Array, name: str) -> None:
@@ -78,37 +87,48 @@ def array_source(x: Any, batch_size: int) -> Source:
         idx = jax.random.randint(key, (batch_size,), 0, n)
         return state, jnp.take(state["data"], idx, axis=0)
 
-    return Source(init, sample, int(x.shape[1]), batch_size)
+    # The data never changes: checkpoints keep nothing, resume re-reads ``x``.
+    return Source(init, sample, int(x.shape[1]), batch_size, save=lambda state: {},
+                  restore=lambda fresh, saved: fresh)
 
 
 def npy_source(path: str | Path, batch_size: int, *, max_rows: int = 1_000_000) -> Source:
     """Activations from a ``.npy`` file ``[n, d_in]``, memory-mapped.
 
     At most ``max_rows`` rows live on the device: all of them when ``n <= max_rows``, else a
-    random subset drawn from ``key`` by ``init`` (and a fresh one by ``refresh``).
+    random subset drawn from ``key`` by ``init`` (and a fresh one by ``refresh``). The state
+    holds the subset's int32 ``seed``; checkpoints keep only the seed and resume reloads the
+    same rows from the file.
     """
     arr = np.load(path, mmap_mode="r")
     _check_rows(arr, str(path))
     n, d = arr.shape
     m = min(n, max_rows)
 
-    def load(key):
+    def load_seed(seed: int):
         if m == n:
             rows = np.asarray(arr, np.float32)
         else:
-            seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
             idx = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
             rows = np.asarray(arr[idx], np.float32)
         if not np.isfinite(rows).all():
             raise ValueError(f"{path} contains NaN or inf values")
-        return {"data": jnp.asarray(rows)}
+        return {"data": jnp.asarray(rows), "seed": jnp.int32(seed)}
+
+    def load(key):
+        return load_seed(0 if m == n else int(jax.random.randint(key, (), 0, 2**31 - 1)))
 
     def sample(state, key):
         idx = jax.random.randint(key, (batch_size,), 0, m)
         return state, jnp.take(state["data"], idx, axis=0)
 
+    def restore(fresh, saved):
+        seed = int(saved["seed"])
+        return fresh if seed == int(fresh["seed"]) else load_seed(seed)
+
     refresh = None if m == n else (lambda state, key: load(key))
-    return Source(load, sample, int(d), batch_size, refresh)
+    return Source(load, sample, int(d), batch_size, refresh,
+                  save=lambda state: {"seed": state["seed"]}, restore=restore)
 
 
 def generator_source(gen: Callable[[jax.Array], jax.Array], d_in: int, batch_size: int, *,
@@ -125,7 +145,8 @@ def generator_source(gen: Callable[[jax.Array], jax.Array], d_in: int, batch_siz
             _check_gen(x, (batch_size, d_in))
             return state, x.astype(jnp.float32)
 
-        return Source(lambda key: {}, sample, d_in, batch_size)
+        return Source(lambda key: {}, sample, d_in, batch_size, save=lambda state: {},
+                      restore=lambda fresh, saved: fresh)
 
     if buffer_size < batch_size:
         raise ValueError(f"buffer_size={buffer_size} must be >= batch_size={batch_size}")
@@ -151,6 +172,7 @@ def generator_source(gen: Callable[[jax.Array], jax.Array], d_in: int, batch_siz
         get = jax.random.randint(k_get, (batch_size,), 0, buffer_size)
         return {"buffer": buf}, jnp.take(buf, get, axis=0)
 
+    # The shuffled buffer is the source's state: checkpoints keep it whole.
     return Source(init, sample, d_in, batch_size)
 
 

@@ -8,8 +8,10 @@ The step (:func:`update`) for one SAE and one batch ``x`` ``[batch, d_in]``:
    linearly over ``coefficient_warmup`` steps) + ``α · AuxK``;
 3. unit-norm architectures: the decoder gradient's component parallel to each row is
    removed, and rows are renormalised after the update (Gao et al. 2024);
-4. Adam (optax ``scale_by_adam``; optional global-norm clipping) with linear warmup and an
-   optional linear decay to 0 over the last ``lr_decay`` fraction of steps.
+4. Adam (:func:`jaxcrl.train.build_optimizer`; optional global-norm clipping) with linear
+   warmup and an optional linear decay to 0 over the last ``lr_decay`` fraction of steps;
+   the run's peak learning rate is a leaf of the optimizer state
+   (``optax.inject_hyperparams``), so it can differ between the runs of a sweep.
 
 Dead latents: every architecture uses the **AuxK** loss of Gao et al. (2024). A latent is
 dead once it has not fired for ``dead_tokens`` training tokens; the ``aux_k`` largest
@@ -21,12 +23,17 @@ latents are dead and pulls them towards directions the SAE fails to reconstruct.
 Sweeps: the hyper-parameters that may differ between runs (``k``, the sparsity
 coefficient, ``lr``) live in the state as traced :class:`HParams`, so S SAEs train as one
 ``jax.vmap``-ed program sharing each activation batch (:func:`train_sweep`).
+
+Driver: training runs through :func:`jaxcrl.train.drive` (non-finite guard, source refresh,
+checkpoints of the SAE *and* the source state every ``save_every`` steps, progress bar).
+``train(..., workdir=w)`` resumes from the latest checkpoint in ``w`` and continues
+bit-identically; it refuses a checkpoint of another config, swept values, key or source.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,11 +43,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcrl import train as train_lib
 from jaxcrl.sae import architectures as arch_lib
 from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
+from jaxcrl.train import driver
+from jaxcrl.train.optim import build_optimizer
 
 SWEEPABLE = ("k", "l1_coefficient", "l0_coefficient", "lr")
 
@@ -79,12 +87,14 @@ class SAEState(NamedTuple):
     since_fired: jax.Array
 
 
-class TrainResult(NamedTuple):
+class SAETrainResult(NamedTuple):
     """What :func:`train` / :func:`train_sweep` return.
 
     Attributes:
       state: final :class:`SAEState` (leading ``[runs]`` axis for a sweep).
-      history: per-step metrics ``[steps]`` (``[steps, runs]`` for a sweep), plus ``wall_s``.
+      history: per-step metrics ``[steps]`` (``[steps, runs]`` for a sweep), plus ``wall_s``
+        and ``traces`` (times this call traced its compiled chunk: 1, or 0 when a run with
+        the same config and source already compiled it in this process).
       cfg: the config (the static base config for a sweep).
       cfgs: one config per run (with the swept values filled in).
     """
@@ -115,10 +125,13 @@ def hparams(cfg: SAEConfig) -> HParams:
                    jnp.asarray(cfg.lr, jnp.float32))
 
 
-def make_optimizer(cfg: SAEConfig) -> optax.GradientTransformation:
-    """Adam's direction (the learning rate is applied in :func:`update`, traced)."""
-    adam = optax.scale_by_adam(b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps)
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam) if cfg.grad_clip else adam
+def make_optimizer(cfg: SAEConfig, lr: float | jax.Array | None = None
+                   ) -> optax.GradientTransformation:
+    """Clipping (``grad_clip``) + Adam with the learning rate :func:`lr_at` of peak ``lr``
+    (default ``cfg.lr``; traced per run in a sweep), held in the optimizer state."""
+    return build_optimizer(learning_rate=cfg.lr if lr is None else lr,
+                           lr_schedule=lambda peak, count: lr_at(cfg, peak, count),
+                           b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps, clip=cfg.grad_clip)
 
 
 def lr_at(cfg: SAEConfig, lr: jax.Array, step: jax.Array) -> jax.Array:
@@ -156,8 +169,9 @@ def init_state(key: jax.Array, cfg: SAEConfig, x_init: jax.Array,
              "geometric_median": lambda: sae_model.geometric_median(xn),
              "zeros": lambda: jnp.zeros((cfg.d_in,), jnp.float32)}[cfg.b_dec_init]()
     params = sae_model.init_params(key, cfg, b_dec=b_dec)
-    return SAEState(params=params, opt_state=make_optimizer(cfg).init(params),
-                    step=jnp.zeros((), jnp.int32), hp=hparams(cfg) if hp is None else hp,
+    hp = hparams(cfg) if hp is None else hp
+    return SAEState(params=params, opt_state=make_optimizer(cfg, hp.lr).init(params),
+                    step=jnp.zeros((), jnp.int32), hp=hp,
                     act_scale=jnp.asarray(scale, jnp.float32),
                     since_fired=jnp.zeros((cfg.d_sae,), jnp.int32))
 
@@ -243,9 +257,9 @@ def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
         w, g = params["W_dec"], grads["W_dec"]
         grads = {**grads, "W_dec": g - jnp.sum(g * w, 1, keepdims=True) * w}
     grads = {**grads, **{n: jnp.zeros_like(grads[n]) for n in cfg.arch.frozen_params}}
-    direction, opt_state = make_optimizer(cfg).update(grads, state.opt_state, params)
-    lr = lr_at(cfg, state.hp.lr, state.step)
-    params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, direction)
+    # The peak learning rate comes from opt_state (inject_hyperparams), not from cfg.lr.
+    updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, params)
+    params = optax.apply_updates(params, updates)
     z = parts["z"]
     if cfg.unit_norm_decoder:
         params["W_dec"] = _unit_rows(params["W_dec"])
@@ -276,9 +290,11 @@ def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False
         upd = plain if not _uses_aux(cfg) else (
             lambda s, x: jax.lax.cond(_any_dead(s, cfg), with_aux, plain, s, x))
 
+    sample = source.sample  # not ``source``: the step cache below is keyed weakly on it
+
     def step(carry, key):
         src, sae = carry
-        src, x = source.sample(src, key)
+        src, x = sample(src, key)
         sae, metrics = upd(sae, x)
         return (src, sae), metrics
 
@@ -343,7 +359,7 @@ def _init_sample(source: Source, src_state: Any, key: jax.Array, rows: int) -> j
     return jnp.concatenate(xs)[:rows]
 
 
-def train(cfg: SAEConfig, source: Source, key: jax.Array, **kwargs: Any) -> TrainResult:
+def train(cfg: SAEConfig, source: Source, key: jax.Array, **kwargs: Any) -> SAETrainResult:
     """Trains one SAE for ``cfg.steps`` steps on ``source``.
 
     Args:
@@ -357,7 +373,7 @@ def train(cfg: SAEConfig, source: Source, key: jax.Array, **kwargs: Any) -> Trai
 
 def train_sweep(cfgs: SAEConfig | Sequence[SAEConfig], source: Source, key: jax.Array, *,
                 values: Mapping[str, Sequence[Any]] | None = None, **kwargs: Any
-                ) -> TrainResult:
+                ) -> SAETrainResult:
     """Trains several SAEs as one vmapped program sharing every activation batch.
 
     Args:
@@ -367,16 +383,28 @@ def train_sweep(cfgs: SAEConfig | Sequence[SAEConfig], source: Source, key: jax.
       key: root key; every run uses the same init key, so run ``i`` equals
         ``train(cfgs[i], source, key)`` (up to float reassociation).
       values: ``{name: [v_0, ..., v_{S-1}]}`` with a base config.
-      progress: tqdm bar with MSE, L0, dead fraction, FVU (mean over runs).
-      chunk_size: steps per compiled ``lax.scan`` chunk.
-      workdir: if given, checkpoints (kind ``"sae"``) go to ``workdir/step_*`` every
-        ``save_every`` steps (rounded to chunks) and training resumes from the latest one.
+      progress: tqdm bar: True (MSE, L0, dead fraction, FVU, mean over runs), False, or
+        the names of the metrics to show.
+      chunk_size: most steps per compiled ``lax.scan`` chunk.
+      workdir: if given, checkpoints (kind ``"sae"``: the SAE state and the source's
+        :meth:`~jaxcrl.sae.source.Source.save` state) go to ``workdir/step_*`` every
+        ``save_every`` steps and at the end, keeping the last ``keep_last``; training resumes
+        from the latest one (``resume=False``: start afresh).
       save_every: checkpoint period in steps.
+      keep_last: checkpoints kept.
+      resume: continue from the latest checkpoint in ``workdir``.
+      stop_at: stop after this global step (as if preempted; schedules still span
+        ``cfg.steps``), checkpointing there.
       refresh_every: for sources with ``refresh`` (large ``.npy`` files), steps between
-        loading a new random subset.
+        loading a new random subset (at global steps ``refresh_every, 2 refresh_every, ...``).
 
     Returns:
-      :class:`TrainResult` with a leading ``[runs]`` axis on the state.
+      :class:`SAETrainResult` with a leading ``[runs]`` axis on the state.
+
+    Raises:
+      jaxcrl.train.NonFiniteError: a loss became NaN/inf (names the step and run; the
+        checkpoints before it stay loadable).
+      jaxcrl.train.ConfigMismatchError: ``workdir`` holds a checkpoint of another run.
     """
     if isinstance(cfgs, SAEConfig):
         if values is None:
@@ -387,10 +415,14 @@ def train_sweep(cfgs: SAEConfig | Sequence[SAEConfig], source: Source, key: jax.
     return _train(list(cfgs), source, key, sweep=True, **kwargs)
 
 
+_IGNORED = ("dense_threshold",)  # evaluation only: may change on resume
+
+
 def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool,
-           progress: bool = True, chunk_size: int = 200, workdir: str | Path | None = None,
-           save_every: int = 1000, refresh_every: int | None = None,
-           init_rows: int = 16384) -> TrainResult:
+           progress: bool | Sequence[str] = True, chunk_size: int = 200,
+           workdir: str | Path | None = None, save_every: int = 1000, keep_last: int = 2,
+           resume: bool = True, stop_at: int | None = None, refresh_every: int | None = None,
+           init_rows: int = 16384) -> SAETrainResult:
     cfg = _check_cfgs(cfgs)
     if cfg.d_in != source.d_in:
         raise ValueError(f"source gives d_in={source.d_in} but the config says {cfg.d_in}")
@@ -401,76 +433,74 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
     src = source.init(k_src)
     x0 = _init_sample(source, src, k_sample, init_rows)
     sae_model.check_finite(x0, "activations from the source")
+    hp = (jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[hparams(c) for c in cfgs])
+          if sweep else hparams(cfgs[0]))
     if sweep:
-        hp = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[hparams(c) for c in cfgs])
         sae = jax.vmap(lambda h: init_state(k_params, cfg, x0, h))(hp)
     else:
-        sae = init_state(k_params, cfg, x0, hparams(cfgs[0]))
-    start = 0
-    mgr = None
+        sae = init_state(k_params, cfg, x0, hp)
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+
+    def to_save(carry):
+        saved = source.save(carry[0])
+        return ({"sae": carry[1], "source": saved} if jax.tree_util.tree_leaves(saved)
+                else {"sae": carry[1]})
+
+    carry, start = (src, sae), 0
+    callbacks: list[driver.Callback] = [driver.NonFiniteGuard(("loss",))]
     if workdir is not None:
         from jaxcrl.checkpoint import CheckpointManager
 
-        mgr = CheckpointManager(workdir, kind="sae", save_every=save_every)
-        last = mgr.latest(target=jax.eval_shape(lambda: sae))
-        if last is not None:
-            sae, start = jax.tree_util.tree_map(jnp.asarray, last.state), last.step
-    step = make_step(cfg, source, sweep=sweep)
-    bar = _Bar(cfg.steps - start, progress)
-
-    def on_chunk(t, carry, last):
-        bar.update(t - start, last)
-        if mgr is not None and (t // save_every > (t - chunk_size) // save_every
-                                or t == cfg.steps):
-            mgr.save(t, carry[1], config=cfg,
-                     metrics={k: np.asarray(v).tolist() for k, v in last.items()})
-        return None
-
-    rounds = ([cfg.steps - start] if source.refresh is None or refresh_every is None
-              else _split(cfg.steps - start, refresh_every))
-    pieces = []
-    carry = (src, sae)
-    done = start
-    for i, n in enumerate(rounds):
-        if i > 0:
-            carry = (source.refresh(carry[0], jax.random.fold_in(k_src, done)), carry[1])
-        carry, hist = train_lib.run(step, carry, k_data, n_steps=n, chunk_size=chunk_size,
-                                    start_step=done, progress=False, on_chunk=on_chunk)
-        pieces.append(hist)
-        done += n
-    bar.close()
-    history = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0] if k != "wall_s"}
-    history["wall_s"] = np.asarray(sum(float(p["wall_s"]) for p in pieces))
-    return TrainResult(carry[1], history, cfg, tuple(cfgs))
+        mgr = CheckpointManager(workdir, kind="sae", save_every=save_every,
+                                keep_last=keep_last)
+        identity = driver.fingerprint(key)
+        if resume:
+            got = driver.restore(mgr, config=cfg, template=carry, to_save=to_save,
+                                 ignore=_IGNORED, identity=identity)
+            if got is not None:
+                saved, start = got
+                _check_hparams(saved["sae"].hp, hp, mgr.step_path(start))
+                src = source.restore(src, saved["source"]) if "source" in saved else (
+                    source.restore(src, source.save(src)))
+                carry = (src, saved["sae"])
+        callbacks[0].manager = mgr
+        callbacks.append(driver.Checkpoint(mgr, config=cfg, to_save=to_save,
+                                           identity=identity))
+    if source.refresh is not None and refresh_every is not None:
+        callbacks.append(driver.Refresh(
+            lambda t, c: (source.refresh(c[0], jax.random.fold_in(k_src, t)), c[1]),
+            refresh_every))
+    callbacks += driver.progress_callbacks(progress, ("mse", "l0", "dead_frac", "fvu"), "sae")
+    step = _step(cfg, source, sweep)
+    out = driver.drive(step, carry, k_data, start_step=start, end_step=max(end, start),
+                       total_steps=cfg.steps, chunk_size=chunk_size, callbacks=callbacks)
+    history = {**out.history, "traces": np.asarray(out.traces)}
+    return SAETrainResult(out.state[1], history, cfg, tuple(cfgs))
 
 
-def _split(n: int, every: int) -> list[int]:
-    return [min(every, n - i) for i in range(0, n, every)] or [0]
+def _show(a: Any) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in np.asarray(a).ravel().tolist()) + "]"
 
 
-class _Bar:
-    """tqdm bar showing MSE, L0, dead fraction and FVU (mean over runs)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        self.done = 0
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="sae", leave=False, mininterval=0.5)
-
-    def update(self, done: int, last: dict) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(done - self.done)
-        self.done = done
-        self.bar.set_postfix({k: _fmt(last[k]) for k in ("mse", "l0", "dead_frac", "fvu")})
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+# source -> {(cfg, sweep): step}: a resumed run in the same process reuses the step, and
+# with it the driver's compiled chunk (no retracing); entries go with their source.
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _fmt(v: Any) -> str:
-    v = float(np.mean(v))
-    return f"{v:.4g}" if math.isfinite(v) else str(v)
+def _step(cfg: SAEConfig, source: Source, sweep: bool):
+    per_source = _STEPS.setdefault(source, {})
+    if (cfg, sweep) not in per_source:
+        per_source[(cfg, sweep)] = make_step(cfg, source, sweep=sweep)
+    return per_source[(cfg, sweep)]
+
+
+def _check_hparams(saved: HParams, current: HParams, where: Any) -> None:
+    diff = [name for name in HParams._fields
+            if not np.array_equal(np.asarray(getattr(saved, name)),
+                                  np.asarray(getattr(current, name)))]
+    if diff:
+        raise driver.ConfigMismatchError(
+            f"{where}: the checkpointed run has other per-run hyper-parameters "
+            + "; ".join(f"{n}: {_show(getattr(saved, n))} (checkpoint) vs "
+                        f"{_show(getattr(current, n))} (this run)" for n in diff)
+            + "; use another workdir or resume=False", diff)

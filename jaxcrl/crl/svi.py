@@ -11,12 +11,19 @@ Example::
                  key=jax.random.key(0), seeds=4)
     z_hat = result.encode(ds.x)          # [S, N, d]
     w_hat = result.graph()               # [S, d, d] learned weighted adjacency
+
+Training runs through the one driver (:func:`jaxcrl.train.drive`): a non-finite guard on the
+loss, MCC evaluation when the true latents are given, and, with ``workdir``, checkpoints
+(kind ``"crl_train"``) every ``save_every`` steps from which ``fit`` resumes bit-identically.
+The module is ``jaxcrl.crl.svi``; ``from jaxcrl.crl import fit`` gives the function.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -27,11 +34,12 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
 
 from jaxcrl import checkpoint as ckpt
-from jaxcrl import train
 from jaxcrl.crl import prior as prior_lib
 from jaxcrl.crl.config import CRLConfig
 from jaxcrl.crl.models import MODELS
 from jaxcrl.crl.nets import FlowEncoder, GaussianEncoder
+from jaxcrl.train import driver
+from jaxcrl.train.optim import build_optimizer
 
 # --------------------------------------------------------------------------- preprocessing
 
@@ -101,13 +109,18 @@ def _check_inputs(cfg: CRLConfig, x, env, targets, z_true):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class FitState:
-    """One run's training state (vmapped: every leaf gets a leading run axis)."""
+    """One run's training state (vmapped: every leaf gets a leading run axis).
+
+    ``tail_loss`` sums the loss over the last ``max(steps // 20, 1)`` steps: the criterion
+    that picks the best restart, kept in the state so a resumed run picks the same one.
+    """
 
     svi_state: Any
     x: jax.Array
     env: jax.Array
     targets: jax.Array
     step: jax.Array
+    tail_loss: jax.Array
 
 
 def _svi(cfg: CRLConfig, n_total: int) -> SVI:
@@ -115,8 +128,7 @@ def _svi(cfg: CRLConfig, n_total: int) -> SVI:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps, end_value=0.05 * cfg.lr
     )
-    optim = optax_to_numpyro(optax.chain(optax.clip_by_global_norm(cfg.clip),
-                                         optax.adam(schedule)))
+    optim = optax_to_numpyro(build_optimizer(learning_rate=schedule, clip=cfg.clip))
     kw = dict(cfg=cfg, n_total=n_total)
     return SVI(lambda *a: model(*a, **kw), lambda *a: guide(*a, **kw), optim, Trace_ELBO())
 
@@ -254,7 +266,12 @@ def fit(
     seeds: int | None = None,
     z_true: jax.Array | None = None,
     eval_every: int = 500,
-    progress: bool = True,
+    progress: bool | Sequence[str] = True,
+    workdir: str | os.PathLike | None = None,
+    save_every: int = 1000,
+    keep_last: int = 2,
+    resume: bool = True,
+    stop_at: int | None = None,
 ) -> FitResult:
     """Trains ``S`` runs of ``cfg.method`` in one compiled program.
 
@@ -273,14 +290,22 @@ def fit(
       z_true: [N, d] (or [S, N, d]) true latents: the progress bar then shows MCC, and
         ``history["mcc"]`` records it every ``eval_every`` steps.
       eval_every: steps per compiled chunk (progress/evaluation cadence).
-      progress: show a progress bar.
+      progress: progress bar: True (loss, and MCC with ``z_true``), False, or metric names.
+      workdir: checkpoint directory (kind ``"crl_train"``: SVI state of every run, step and
+        restart criterion) written every ``save_every`` steps and at the end, keeping the
+        last ``keep_last``; ``fit`` resumes from its latest checkpoint (``resume=False``:
+        start afresh) when config, keys and data match (else ``ConfigMismatchError``).
+      save_every, keep_last, resume: see ``workdir``.
+      stop_at: stop after this global step (as if preempted; the schedules still span
+        ``cfg.steps``); with ``workdir`` a later call continues the run.
 
     Returns:
-      A :class:`FitResult`.
+      A :class:`FitResult` (``history`` covers the steps run by this call).
 
     Raises:
       ValueError: NaN/inf in x, environment index out of range, inconsistent shapes —
         before anything is compiled.
+      jaxcrl.train.NonFiniteError: the loss became NaN/inf (names the step and run).
     """
     _check_inputs(cfg, x, env, targets, z_true)
     keys = jnp.asarray(key)
@@ -320,15 +345,38 @@ def fit(
 
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     svi_state = jax.jit(jax.vmap(init))(init_keys, xp, env, tgt)
-    state = FitState(svi_state, xp, env, tgt, jnp.zeros((n_runs,), jnp.int32))
+    state = FitState(svi_state, xp, env, tgt, jnp.zeros((n_runs,), jnp.int32),
+                     jnp.zeros((n_runs,), jnp.float32))
+    tail = max(cfg.steps // 20, 1)
 
     def step(s: FitState, k: jax.Array):
         idx = jax.random.randint(k, (b,), 0, n_total)
         new, loss = svi.update(s.svi_state, s.x[idx], s.env[idx], s.targets,
                                penalty_schedule(cfg, s.step))
-        return FitState(new, s.x, s.env, s.targets, s.step + 1), {"loss": loss / n_total}
+        loss = loss / n_total
+        tail_loss = s.tail_loss + jnp.where(s.step >= cfg.steps - tail, loss, 0.0)
+        return (FitState(new, s.x, s.env, s.targets, s.step + 1, tail_loss),
+                {"loss": loss})
 
-    on_chunk = None
+    def to_save(s: FitState) -> dict:  # the data come from the caller, not the checkpoint
+        return {"svi_state": s.svi_state, "step": s.step, "tail_loss": s.tail_loss}
+
+    start = 0
+    callbacks: list[driver.Callback] = [driver.NonFiniteGuard(("loss",))]
+    if workdir is not None:
+        mgr = ckpt.CheckpointManager(workdir, kind="crl_train", save_every=save_every,
+                                     keep_last=keep_last)
+        identity = driver.fingerprint(keys, x, env, tgt)
+        got = (driver.restore(mgr, config=cfg, template=state, to_save=to_save,
+                              identity=identity) if resume else None)
+        if got is not None:
+            saved, start = got
+            state = FitState(saved["svi_state"], xp, env, tgt, saved["step"],
+                             saved["tail_loss"])
+        callbacks[0].manager = mgr
+        callbacks.append(driver.Checkpoint(mgr, config=cfg, to_save=to_save,
+                                           identity=identity))
+
     if z_true is not None:
         zt = np.asarray(z_true)
         zt = (np.broadcast_to(zt, (n_runs, *zt.shape)) if zt.ndim == 2
@@ -336,28 +384,35 @@ def fit(
         sub = np.linspace(0, n_total - 1, min(n_total, 2000)).astype(int)
         enc = jax.jit(jax.vmap(_encode_fn(cfg)))
 
-        def on_chunk(t, s, last):
+        def evaluate(ev: driver.Event) -> dict:
             from jaxcrl.metrics import mcc
 
-            params = jax.vmap(svi.get_params)(s.svi_state)
-            z_hat = np.asarray(enc(params, s.x[:, sub]))
+            params = jax.vmap(svi.get_params)(ev.state.svi_state)
+            z_hat = np.asarray(enc(params, ev.state.x[:, sub]))
             return {"mcc": np.array([mcc(zt[r, sub], z_hat[r]).value for r in range(n_runs)])}
+
+        callbacks.append(driver.Evaluate(evaluate, every=eval_every))
+    callbacks += driver.progress_callbacks(
+        progress, ("loss", "mcc") if z_true is not None else ("loss",), cfg.method)
 
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     t0 = time.perf_counter()
-    state, history = train.run(train.vmap_runs(step), state, run_keys, n_steps=cfg.steps,
-                               chunk_size=eval_every, batched=True, progress=progress,
-                               desc=cfg.method, on_chunk=on_chunk)
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    out = driver.drive(jax.vmap(step), state, run_keys, start_step=start,
+                       end_step=max(start, end), total_steps=cfg.steps, chunk_size=eval_every,
+                       batched=True, callbacks=callbacks)
+    state, history = out.state, out.history
     wall = time.perf_counter() - t0
     params = jax.vmap(svi.get_params)(state.svi_state)
     if n_rep > 1:
-        # Keep, per seed, the restart with the best (lowest) training loss at the end.
-        tail = max(cfg.steps // 20, 1)
-        final = history["loss"][-tail:].mean(0).reshape(n_seeds, n_rep)
+        # Keep, per seed, the restart with the best (lowest) training loss at the end (the
+        # mean over the last ``tail`` steps, accumulated in the state).
+        final = (np.asarray(state.tail_loss) / tail).reshape(n_seeds, n_rep)
         best = np.nanargmin(np.where(np.isfinite(final), final, np.inf), axis=1)
         idx = np.arange(n_seeds) * n_rep + best
         params, pre = jax.tree.map(lambda a: a[idx], (params, pre))
-        history["loss_restarts"] = history["loss"].reshape(-1, n_seeds, n_rep)
+        if "loss" in history:  # (absent when a resumed run had no steps left)
+            history["loss_restarts"] = history["loss"].reshape(-1, n_seeds, n_rep)
         history["restart_chosen"] = best
         for k in ("loss", "mcc"):
             if k in history:

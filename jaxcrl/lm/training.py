@@ -2,12 +2,16 @@
 
 One pure step ``train_step(state, key) -> (state, metrics)`` samples its own batch on device
 from the step key (no host data loop), computes the next-token cross-entropy and applies
-AdamW (linear warmup, cosine decay, global-norm clipping). It runs through the one loop,
-:func:`jaxcrl.train.loop.run`, in ``lax.scan`` chunks; between chunks ``on_chunk`` evaluates
-on a fixed held-out set (model loss vs the exact Bayes-optimal loss of the same sequences
-and positions) and saves checkpoints (``kind="lm"``) with
-:class:`jaxcrl.checkpoint.CheckpointManager`. ``train(cfg, workdir)`` resumes from the latest
-checkpoint in ``workdir`` and continues the very same run (same key stream, same schedule).
+AdamW (linear warmup, cosine decay, global-norm clipping; :func:`jaxcrl.train.build_optimizer`).
+It runs through the one driver, :func:`jaxcrl.train.drive`, in ``lax.scan`` chunks; between
+chunks its callbacks stop on a NaN/inf loss, evaluate on a fixed held-out set (model loss vs
+the exact Bayes-optimal loss of the same sequences and positions), save checkpoints
+(``kind="lm"``) with :class:`jaxcrl.checkpoint.CheckpointManager` and update the progress
+bar. ``train(cfg, workdir)`` resumes from the latest checkpoint in ``workdir`` and continues
+the very same run (same key stream, same schedule), bit-identically; it refuses a checkpoint
+of another config (:class:`jaxcrl.train.ConfigMismatchError`, naming the fields).
+
+The module is ``jaxcrl.lm.training``; ``from jaxcrl.lm import train`` gives the function.
 
 Keys: ``root = key(cfg.seed)``; ``init, train, eval = split(root, 3)``; step ``t`` uses
 ``fold_in(train, t)`` (done by the loop). The language itself is drawn from
@@ -26,6 +30,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -50,7 +55,8 @@ from jaxcrl.scm.language import (
     sample_text,
     unigram_text_loss,
 )
-from jaxcrl.train.loop import run
+from jaxcrl.train import driver
+from jaxcrl.train.optim import build_optimizer
 
 # --------------------------------------------------------------------------- config
 
@@ -221,11 +227,8 @@ def schedule(cfg: LMTrainConfig) -> optax.Schedule:
 def optimizer(cfg: LMTrainConfig) -> optax.GradientTransformation:
     """Global-norm clipping + AdamW (weight decay on parameters with >= 2 dims only)."""
     decay_mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)  # noqa: E731
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.clip),
-        optax.adamw(schedule(cfg), b1=0.9, b2=cfg.b2, weight_decay=cfg.weight_decay,
-                    mask=decay_mask),
-    )
+    return build_optimizer(learning_rate=schedule(cfg), b1=0.9, b2=cfg.b2, clip=cfg.clip,
+                           weight_decay=cfg.weight_decay, decay_mask=decay_mask)
 
 
 def make_source(cfg: LMTrainConfig) -> tuple[Task | CharCorpus, Task | CharCorpus]:
@@ -319,7 +322,7 @@ def make_eval_fn(cfg: LMTrainConfig, heldout: Task | CharCorpus, key: jax.Array)
 
 
 @dataclasses.dataclass
-class TrainResult:
+class LMTrainResult:
     """What :func:`train` returns.
 
     Attributes:
@@ -353,7 +356,8 @@ class TrainResult:
 
 
 def train(cfg: LMTrainConfig, workdir: str | os.PathLike | None = None, *, resume: bool = True,
-          stop_at: int | None = None, progress: bool = True) -> TrainResult:
+          stop_at: int | None = None, progress: bool | Sequence[str] = True
+          ) -> LMTrainResult:
     """Trains (or resumes) a run.
 
     Args:
@@ -362,73 +366,64 @@ def train(cfg: LMTrainConfig, workdir: str | os.PathLike | None = None, *, resum
       resume: continue from the latest checkpoint in ``workdir`` if there is one.
       stop_at: stop at this global step (as if preempted; the schedule still spans
         ``cfg.steps``), saving a checkpoint there.
-      progress: show a progress bar.
+      progress: progress bar: True (loss, held-out loss), False, or the metric names.
 
     Returns:
-      :class:`TrainResult`.
+      :class:`LMTrainResult`.
+
+    Raises:
+      jaxcrl.train.ConfigMismatchError: ``workdir`` holds a checkpoint of another run.
+      jaxcrl.train.NonFiniteError: the loss became NaN/inf (names the step; the checkpoints
+        before it stay loadable).
     """
     source, heldout = make_source(cfg)
     k_init, k_train, k_eval = jax.random.split(jax.random.key(cfg.seed), 3)
     state = init_state(cfg, k_init)
     start = 0
-    mgr = None
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    eval_fn, ref = make_eval_fn(cfg, heldout, k_eval)
+    ref.update(reference_losses(source))
+
+    def evaluate(ev: driver.Event) -> dict | None:
+        if ev.step % cfg.eval_every and not ev.final:
+            return None
+        extra = {k: float(v) for k, v in jax.device_get(eval_fn(ev.state.params)).items()}
+        if "bayes_value_loss" in ref:
+            extra["eval_gap_value"] = extra["eval_value_loss"] - ref["bayes_value_loss"]
+        return extra
+
+    callbacks: list[driver.Callback] = [driver.NonFiniteGuard(("loss",)),
+                                        driver.Evaluate(evaluate, every=cfg.eval_every)]
     if workdir is not None:
         mgr = CheckpointManager(workdir, kind="lm", save_every=cfg.checkpoint_every,
                                 keep_last=cfg.keep_last)
-        if resume and mgr.latest_step() is not None:
-            ckpt = mgr.restore(target=jax.eval_shape(lambda: state))
-            _check_same_run(ckpt.config, cfg, mgr.workdir)
-            state, start = ckpt.state, ckpt.step
-    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-
-    eval_fn, ref = make_eval_fn(cfg, heldout, k_eval)
-    ref.update(reference_losses(source))
-    chunk = math.gcd(cfg.eval_every, cfg.checkpoint_every)
-    timer = {"last": None, "chunk_s": [], "chunk_steps": []}
-
-    def on_chunk(step: int, st: TrainState, last: dict) -> dict | None:
-        now = time.perf_counter()
-        if timer["last"] is not None:
-            timer["chunk_s"].append(now - timer["last"])
-            timer["chunk_steps"].append(step - timer["prev_step"])
-        extra = None
-        if step % cfg.eval_every == 0 or step == end:
-            extra = {k: float(v) for k, v in jax.device_get(eval_fn(st.params)).items()}
-            if "bayes_value_loss" in ref:
-                extra["eval_gap_value"] = extra["eval_value_loss"] - ref["bayes_value_loss"]
-        if mgr is not None and (mgr.should_save(step) or step == end):
-            mgr.save(step, st, config=cfg, metrics={**(extra or {}), **_scalars(last)})
-        timer["last"], timer["prev_step"] = time.perf_counter(), step
-        return extra
+        if resume:
+            got = driver.restore(mgr, config=cfg, template=state, ignore=_LOGGING_FIELDS)
+            if got is not None:
+                state, start = got
+        callbacks[0].manager = mgr
+        callbacks.append(driver.Checkpoint(mgr, config=cfg))
+    callbacks += driver.progress_callbacks(progress, ("loss", "eval_loss"), "lm")
 
     step_fn = make_train_step(cfg, source)
     t0 = time.perf_counter()
-    state, history = run(step_fn, state, k_train, n_steps=max(end - start, 0),
-                         chunk_size=chunk, start_step=start, progress=progress, desc="lm",
-                         on_chunk=on_chunk)
+    out = driver.drive(step_fn, state, k_train, start_step=start, end_step=max(end, start),
+                       total_steps=cfg.steps, chunk_size=cfg.eval_every, callbacks=callbacks)
     wall = time.perf_counter() - t0
-    if timer["chunk_s"]:
-        tps = sum(timer["chunk_steps"]) * cfg.batch_size * cfg.context / sum(timer["chunk_s"])
+    # Throughput without the first (compiling) chunk and without the callbacks.
+    steps_t, secs = out.chunk_steps[1:], out.chunk_s[1:]
+    if secs:
+        tps = sum(steps_t) * cfg.batch_size * cfg.context / sum(secs)
     else:
         tps = max(end - start, 0) * cfg.batch_size * cfg.context / wall
-    return TrainResult(config=cfg, model=HookedTransformer(cfg.model), state=state,
-                       source=source, history=history, reference=ref, start_step=start,
-                       wall_s=wall, tokens_per_s=float(tps))
+    history = {**out.history, "traces": np.asarray(out.traces)}
+    return LMTrainResult(config=cfg, model=HookedTransformer(cfg.model), state=out.state,
+                         source=source, history=history, reference=ref, start_step=start,
+                         wall_s=wall, tokens_per_s=float(tps))
 
 
-def _scalars(metrics: dict) -> dict:
-    return {k: float(np.mean(v)) for k, v in metrics.items()}
-
-
-def _check_same_run(saved: Any, cfg: LMTrainConfig, where: Any) -> None:
-    if not isinstance(saved, LMTrainConfig):
-        raise ValueError(f"{where}: holds a checkpoint of {type(saved).__name__}, not an LM run")
-    diff = [f.name for f in dataclasses.fields(cfg)
-            if f.name not in ("eval_every", "eval_batch", "save_every", "keep_last")
-            and getattr(saved, f.name) != getattr(cfg, f.name)]
-    if diff:
-        raise ValueError(f"{where}: the checkpointed run differs in {diff}; use another "
-                         f"workdir or resume=False")
+# Fields that only set logging and checkpoint cadence: a run may resume with others.
+_LOGGING_FIELDS = ("eval_every", "eval_batch", "save_every", "keep_last")
 
 
 def reference_losses(source: Task | CharCorpus, key: jax.Array | None = None,
