@@ -471,6 +471,12 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
             lambda t, c: (source.refresh(c[0], jax.random.fold_in(k_src, t)), c[1]),
             refresh_every))
     callbacks += driver.progress_callbacks(progress, ("mse", "l0", "dead_frac", "fvu"), "sae")
+    if sweep:  # the SAEs of a sweep side by side on the local devices (none on one device)
+        from jaxcrl.train.mesh import place_runs, runs_mesh
+
+        mesh = runs_mesh(len(cfgs))
+        if mesh is not None:
+            carry = (carry[0], place_runs(carry[1], mesh))
     step = _step(cfg, source, sweep)
     out = driver.drive(step, carry, k_data, start_step=start, end_step=max(end, start),
                        total_steps=cfg.steps, chunk_size=chunk_size, callbacks=callbacks)

@@ -308,7 +308,7 @@ class DriveResult:
 
 def drive(step_fn: StepFn, state: Any, key: jax.Array, *, start_step: int, end_step: int,
           chunk_size: int, total_steps: int | None = None, batched: bool = False,
-          callbacks: Sequence[Callback] = ()) -> DriveResult:
+          callbacks: Sequence[Callback] = (), mesh: Any = None) -> DriveResult:
     """Runs steps ``start_step .. end_step - 1`` of ``step_fn`` with callbacks between chunks.
 
     Args:
@@ -322,6 +322,10 @@ def drive(step_fn: StepFn, state: Any, key: jax.Array, *, start_step: int, end_s
       total_steps: the run's full length (default ``end_step``; larger when stopping early).
       batched: ``step_fn`` is vmapped over a leading run axis.
       callbacks: run after chunks, sorted by ``order`` (stable).
+      mesh: where the runs of a batched step live. None (default): spread the run axis over
+        as many local devices as divide the number of runs (all 8 cores of a Colab TPU for
+        8 seeds; nothing changes on one device); a ``jax.sharding.Mesh``: its ``"data"``
+        axis; False: leave the placement as given.
 
     Returns:
       :class:`DriveResult`.
@@ -331,6 +335,12 @@ def drive(step_fn: StepFn, state: Any, key: jax.Array, *, start_step: int, end_s
     total = end_step if total_steps is None else total_steps
     cbs = sorted(callbacks, key=lambda c: c.order)
     state = jax.tree_util.tree_map(jnp.copy, state)
+    if batched and mesh is not False:
+        from jaxcrl.train.mesh import place_runs, runs_mesh
+
+        mesh = runs_mesh(int(np.shape(key)[0])) if mesh is None else mesh
+        if mesh is not None:  # the runs of a sweep side by side on the devices
+            state, key = place_runs((state, key), mesh)
     chunk = compiled_chunk(step_fn, state, key, size=chunk_size, batched=batched) if (
         end_step > start_step) else None
     traces_before = chunk.traces if chunk is not None else 0

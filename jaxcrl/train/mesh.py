@@ -109,6 +109,31 @@ def shard_runs(mesh: Mesh, tree: Any) -> Any:
     return shard_batch(mesh, tree, axis=0)
 
 
+def runs_mesh(n_runs: int, devices: Sequence[Any] | None = None) -> Mesh | None:
+    """A ``("data", "model")`` mesh over the most local devices that divide ``n_runs`` (the
+    vmapped run axis of a sweep, seeds or restarts), or None when that is one device.
+
+    With 8 devices: 8 or 16 runs use all 8, 4 runs use 4, 6 runs use 2, 1 run none.
+    """
+    devices = list(jax.local_devices() if devices is None else devices)
+    d = max((k for k in range(1, len(devices) + 1) if n_runs % k == 0 and
+             len(devices) >= k), default=1)
+    return make_mesh(MeshConfig(data=d, model=1), devices[:d]) if d > 1 else None
+
+
+def place_runs(tree: Any, mesh: Mesh) -> Any:
+    """Places every array of ``tree`` with its leading (run) axis over ``"data"`` (scalars
+    and arrays without that axis are replicated)."""
+    size = mesh.shape[DATA]
+
+    def put(x):
+        if not hasattr(x, "shape") or not x.shape or x.shape[0] % size:
+            return jax.device_put(x, replicated(mesh))
+        return jax.device_put(x, batch_sharding(mesh, len(x.shape), 0))
+
+    return jax.tree_util.tree_map(put, tree)
+
+
 def fsdp_spec(shape: Sequence[int], model_size: int, *, min_size: int = 1024) -> PartitionSpec:
     """FSDP placement of one parameter: its largest axis divisible by ``model_size`` over
     ``"model"``; arrays smaller than ``min_size`` elements (biases, norms) replicated."""
