@@ -359,3 +359,35 @@ def test_runs_mesh_uses_the_devices_that_divide_the_runs():
     """)
     assert out == {"1": None, "2": 2, "3": 3, "4": 4, "6": 6, "8": 8, "16": 8, "12": 6,
                    "drive": [4, ["data", None]]}
+
+
+def test_from_pretrained_places_each_tensor_on_its_shards(tmp_path):
+    """A Llama-family model saved by transformers, loaded onto a 2 x 4 mesh: every large
+    tensor split over "model", the logits equal to the one-device load."""
+    import torch
+    import transformers as T
+
+    torch.manual_seed(0)
+    hf = T.LlamaForCausalLM(T.LlamaConfig(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, vocab_size=96, max_position_embeddings=32))
+    hf.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    out = _run8("""
+        import json, sys, jax, jax.numpy as jnp
+        from jaxcrl.lm import from_pretrained
+        from jaxcrl.train.mesh import MeshConfig, make_mesh, per_device_bytes
+        model, p1 = from_pretrained(sys.argv[1])
+        mesh = make_mesh(MeshConfig(data=2, model=4))
+        _, p8 = from_pretrained(sys.argv[1], mesh=mesh)
+        tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 96)
+        err = float(jnp.abs(model.apply(p8, tokens) - model.apply(p1, tokens)).max())
+        big = [x for x in jax.tree.leaves(p8) if x.size >= 1024]
+        split = sum(len(x.addressable_shards[0].data.shape) and
+                    x.addressable_shards[0].data.size * 4 == x.size for x in big)
+        b1, b8 = per_device_bytes(p1), per_device_bytes(p8)
+        print(json.dumps({"err": err, "big": len(big), "split": split,
+                          "ratio": max(b8.values()) / max(b1.values())}))
+    """, str(tmp_path / "llama"))
+    assert out["err"] < 1e-5, out
+    assert out["split"] == out["big"] > 0, out
+    assert out["ratio"] < 0.3, out  # most bytes are in the split matrices

@@ -659,11 +659,21 @@ def _load_llama_like(cfg: TransformerConfig, w: _Weights, put: Callable) -> dict
 class _Put:
     """Hands each converted numpy tensor to JAX at once (so host copies do not pile up)."""
 
-    def __init__(self, dtype: Any):
+    def __init__(self, dtype: Any, mesh: Any = None):
         self.dtype = np.dtype(dtype)
+        self.mesh = mesh
 
     def __call__(self, x: np.ndarray) -> jax.Array:
-        return jnp.asarray(np.ascontiguousarray(x, dtype=self.dtype))
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if self.mesh is None:
+            return jnp.asarray(x)
+        from jax.sharding import NamedSharding
+
+        from jaxcrl.train.mesh import MODEL, fsdp_spec
+
+        # Each device receives only its shard of the tensor (FSDP over "model").
+        spec = fsdp_spec(x.shape, self.mesh.shape[MODEL])
+        return jax.device_put(x, NamedSharding(self.mesh, spec))
 
 
 def _resolve(path_or_id: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -689,8 +699,8 @@ def _resolve(path_or_id: str | os.PathLike) -> tuple[Path, Path | None]:
     raise FileNotFoundError(f"{path}: no such Hugging Face model directory")
 
 
-def from_pretrained(path_or_id: str | os.PathLike, *, dtype: Any = jnp.float32
-                    ) -> tuple[Any, dict]:
+def from_pretrained(path_or_id: str | os.PathLike, *, dtype: Any = jnp.float32,
+                    mesh: Any = None) -> tuple[Any, dict]:
     """Loads a Hugging Face causal LM as ``(HookedTransformer, params)``.
 
     Args:
@@ -699,6 +709,9 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype: Any = jnp.float32
         slash, e.g. ``"openai-community/gpt2"``) when ``huggingface_hub`` is installed and
         online.
       dtype: parameter (and so activation) dtype, ``jnp.float32`` or ``jnp.bfloat16``.
+      mesh: a ``("data", "model")`` mesh (:func:`jaxcrl.train.mesh.make_mesh`): each tensor
+        goes straight onto its shards, its largest axis divisible by the model axis split
+        over ``"model"`` (FSDP), so a model larger than one device loads; None: one device.
 
     Returns:
       ``(model, params)``: params a dict pytree of JAX arrays in ``dtype`` (layout in
@@ -720,7 +733,7 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype: Any = jnp.float32
         raise ValueError(f"{root / CONFIG}: not a JSON object")
     cfg = config_from_hf(hf, root / CONFIG)
     weights = _Weights(root, links)
-    put = _Put(jnp.dtype(dtype))
+    put = _Put(jnp.dtype(dtype), mesh)
     family = hf["model_type"]
     load = {"gpt2": _load_gpt2, "gpt_neox": _load_neox}.get(family, _load_llama_like)
     params = load(cfg, weights, put)
