@@ -35,6 +35,7 @@ from jaxcrl.lm import HookedTransformer
 from jaxcrl.lm.text import load_tokenizer, read_documents, token_dataset
 from jaxcrl.results import write_results
 from jaxcrl.sae.lm_sweep import LMSweepConfig, run
+from jaxcrl.train.mesh import initialize_distributed
 
 
 def _load_model(path: str | Path):
@@ -78,6 +79,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    initialize_distributed()  # joins a multi-host launch; results are written by process 0
     t0 = time.perf_counter()
     model, params = _load_model(args.model)
     if args.context > model.cfg.n_ctx:

@@ -199,6 +199,8 @@ def parse_config(parser: argparse.ArgumentParser, default: T, argv: Sequence[str
     Adds ``--set``, the alias flags and (when a ``tiny`` preset is given) ``--tiny`` to the
     script's ``parser``; the config is ``default`` (or ``tiny``) with the command line's
     overrides applied. A bad override exits through ``parser.error`` with its message.
+    On a multi-host launch it calls ``jax.distributed.initialize()`` (see
+    :func:`jaxcrl.train.mesh.initialize_distributed`).
     """
     if tiny is not None:
         parser.add_argument("--tiny", action="store_true", help="a seconds-long run (tests)")
@@ -209,4 +211,7 @@ def parse_config(parser: argparse.ArgumentParser, default: T, argv: Sequence[str
         cfg = config_from_args(base, args, aliases)
     except ValueError as err:
         parser.error(str(err))
+    from jaxcrl.train.mesh import initialize_distributed
+
+    initialize_distributed()  # a multi-host launch (coordinator, SLURM, MPI, TPU pod) joins up
     return args, cfg

@@ -50,8 +50,13 @@ def _jsonable(obj: Any) -> Any:
 
 def write_results(out: str | os.PathLike, setup: Any, methods: Mapping[str, Any],
                   **extra: Any) -> Path:
-    """Writes ``out/results.json`` (creating ``out``) and returns its path."""
+    """Writes ``out/results.json`` (creating ``out``) and returns its path; in a multi-host
+    run only process 0 writes (the others return the same path)."""
     out = Path(out)
+    import jax
+
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        return out / "results.json"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     payload = {"setup": _jsonable(setup), "methods": _jsonable(methods), **_jsonable(extra)}
