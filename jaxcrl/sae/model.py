@@ -160,7 +160,15 @@ def pre_activations(params: Params, x: jax.Array, cfg: SAEConfig) -> jax.Array:
     """``(x − b_dec) W_enc + b_enc``: ``[batch, d_in] -> [batch, d_sae]``."""
     if cfg.apply_b_dec_to_input:
         x = x - params["b_dec"]
-    return x @ params["W_enc"] + params["b_enc"]
+    return matmul(x, params["W_enc"], cfg) + params["b_enc"]
+
+
+def matmul(a: jax.Array, b: jax.Array, cfg: SAEConfig | None) -> jax.Array:
+    """``a @ b`` in ``cfg.compute_dtype`` with float32 accumulation and result."""
+    if cfg is None or cfg.compute_dtype == "float32":
+        return a @ b
+    dt = jnp.dtype(cfg.compute_dtype)
+    return jnp.matmul(a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
 
 
 def kth_largest_nonneg(a: jax.Array, k: jax.Array | int) -> jax.Array:
@@ -234,8 +242,7 @@ def encode(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
 
 def decode(params: Params, z: jax.Array, cfg: SAEConfig | None = None) -> jax.Array:
     """Reconstruction ``z W_dec + b_dec``: ``[batch, d_sae] -> [batch, d_in]``."""
-    del cfg
-    return z @ params["W_dec"] + params["b_dec"]
+    return matmul(z, params["W_dec"], cfg) + params["b_dec"]
 
 
 def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
@@ -243,10 +250,16 @@ def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
     """``x`` ``[batch, d_in]`` -> ``(x_hat [batch, d_in], aux)``.
 
     ``aux`` holds ``pre`` (pre-activations) and ``z`` (latents), both ``[batch, d_sae]``.
+    TopK kinds take the sparse path when :func:`jaxcrl.sae.sparse.use_sparse` says so
+    (same values; ``pre`` and ``z`` then carry no gradient, ``aux`` adds ``idx``/``v``).
     """
+    from jaxcrl.sae import sparse  # sparse builds on this module
+
+    if sparse.use_sparse(cfg, inference=inference):
+        return sparse.forward(params, x, cfg, k=k)
     pre = pre_activations(params, x, cfg)
     z = activate(params, pre, cfg, k=k, inference=inference)
-    return decode(params, z), {"pre": pre, "z": z}
+    return decode(params, z, cfg), {"pre": pre, "z": z}
 
 
 # --------------------------------------------------------------------------- penalties

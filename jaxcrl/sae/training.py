@@ -38,6 +38,7 @@ import optax
 
 from jaxcrl import train as train_lib
 from jaxcrl.sae import model as sae_model
+from jaxcrl.sae import sparse
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
 
@@ -196,10 +197,13 @@ def loss_fn(params: dict, x: jax.Array, *, cfg: SAEConfig, k: jax.Array,
     aux_loss = jnp.float32(0.0)
     if with_aux and _uses_aux(cfg):
         residual = jax.lax.stop_gradient(x - x_hat)
-        aux_loss = auxk_loss(params, pre, residual, dead, cfg.effective_aux_k)
+        aux_loss = (sparse.auxk_loss(params, x, pre, residual, dead, cfg.effective_aux_k, cfg)
+                    if sparse.use_sparse(cfg) else
+                    auxk_loss(params, pre, residual, dead, cfg.effective_aux_k))
         loss = loss + cfg.aux_coefficient * aux_loss
     centered = jnp.sum((x - x.mean(0)) ** 2)
-    return loss, {"z": z, "mse": mse / cfg.d_in, "fvu": err.sum() / centered,
+    return loss, {"z": z, **sparse.latent_stats(aux), "mse": mse / cfg.d_in,
+                  "fvu": err.sum() / centered,
                   "sparsity": sparsity, "aux_loss": aux_loss}
 
 
@@ -246,21 +250,20 @@ def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
     direction, opt_state = make_optimizer(cfg).update(grads, state.opt_state, params)
     lr = lr_at(cfg, state.hp.lr, state.step)
     params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, direction)
-    z = parts["z"]
     if cfg.unit_norm_decoder:
         params["W_dec"] = _unit_rows(params["W_dec"])
     if cfg.architecture == "jumprelu":
         params["threshold"] = jnp.maximum(params["threshold"], 0.0)
     if cfg.architecture == "batchtopk":
-        smallest = jnp.min(jnp.where(z > 0, z, jnp.inf))
+        smallest = parts["smallest"]
         thr = state.params["threshold"]
         new = (1 - cfg.batchtopk_threshold_lr) * thr + cfg.batchtopk_threshold_lr * smallest
         params["threshold"] = jnp.where(jnp.isfinite(smallest), new, thr)
-    fired = (z > 0).any(0)
+    fired = parts["fired"]
     since = jnp.where(fired, 0, jnp.minimum(state.since_fired + x.shape[0], cfg.dead_tokens))
     new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1,
                                since_fired=since.astype(jnp.int32))
-    metrics = {"mse": parts["mse"], "fvu": parts["fvu"], "l0": (z > 0).sum(-1).mean(),
+    metrics = {"mse": parts["mse"], "fvu": parts["fvu"], "l0": parts["l0"],
                "dead_frac": dead.mean(), "loss": loss, "aux_loss": parts["aux_loss"]}
     return new_state, metrics
 
