@@ -48,6 +48,19 @@ def test_kernels_match_dense_formulas(kernels):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_sorted_scatter_matches_the_per_example_scatter(monkeypatch):
+    B, K, n, d = 64, 4, 300, 8  # B·K a multiple of the block
+    ks = jax.random.split(jax.random.key(1), 3)
+    v = jax.random.normal(ks[0], (B, K))
+    y = jax.random.normal(ks[1], (B, d))
+    idx = jax.random.randint(ks[2], (B, K), 0, n)
+    per_example = sparse._scatter(v, y, idx, n)
+    monkeypatch.setattr(sparse, "_SORTED_SCATTER_MIN", 1)
+    monkeypatch.setattr(sparse, "_SCATTER_BLOCK", 32)
+    np.testing.assert_allclose(sparse._scatter(v, y, idx, n), per_example, rtol=1e-5,
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_forward_and_gradients_equal_the_dense_path(arch, apply_b_dec, kernels):

@@ -69,6 +69,8 @@ SPARSE_MIN_RATIO = 16
 BATCHTOPK_ROW_CAP = 4
 
 _UNROLL = 8
+_SORTED_SCATTER_MIN = 8 * 2**20  # elements of the scattered-into array
+_SCATTER_BLOCK = 128
 
 
 # --------------------------------------------------------------------------- the rule
@@ -113,13 +115,28 @@ def _rowdot(y: jax.Array, w: jax.Array, idx: jax.Array) -> jax.Array:
 
 
 def _scatter(v: jax.Array, y: jax.Array, idx: jax.Array, n: int) -> jax.Array:
-    """``out[i] = Σ_{b,j: idx[b,j]=i} v[b, j] y[b]``: ``[B, K], [B, d], [B, K] -> [n, d]``."""
+    """``out[i] = Σ_{b,j: idx[b,j]=i} v[b, j] y[b]``: ``[B, K], [B, d], [B, K] -> [n, d]``.
+
+    CPU: per example (``K`` rows added into ``out``) while ``out`` is small; for a large
+    ``out`` (``n·d >= _SORTED_SCATTER_MIN``) the ``B·K`` pairs are first sorted by latent
+    and added in blocks of ``_SCATTER_BLOCK``, so the writes walk ``out`` in order
+    (measured: 308 -> 156 ms at d_sae 24,576, d_in 768, k 32; but 29 -> 120+ ms at
+    d_sae 4096, d_in 512, where ``out`` stays in cache and the sort is the cost).
+    """
     out = jnp.zeros((n, y.shape[1]), y.dtype)
     if not _loops():
         upd = (v[..., None] * y[:, None, :]).reshape(-1, y.shape[1])
         return out.at[idx.reshape(-1)].add(upd)
-    body = lambda b, acc: acc.at[idx[b]].add(v[b][:, None] * y[b][None, :])
-    return lax.fori_loop(0, y.shape[0], body, out, unroll=_UNROLL)
+    if n * y.shape[1] < _SORTED_SCATTER_MIN or idx.size % _SCATTER_BLOCK:
+        body = lambda b, acc: acc.at[idx[b]].add(v[b][:, None] * y[b][None, :])
+        return lax.fori_loop(0, y.shape[0], body, out, unroll=_UNROLL)
+    flat = idx.reshape(-1)
+    order = jnp.argsort(flat, stable=False)
+    lat = flat[order].reshape(-1, _SCATTER_BLOCK)
+    rows = (order // idx.shape[1]).reshape(-1, _SCATTER_BLOCK)
+    w = v.reshape(-1)[order].reshape(-1, _SCATTER_BLOCK)
+    body = lambda t, acc: acc.at[lat[t]].add(w[t][:, None] * y[rows[t]])
+    return lax.fori_loop(0, lat.shape[0], body, out, unroll=4)
 
 
 # --------------------------------------------------------------------------- differentiable pieces
