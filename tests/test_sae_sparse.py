@@ -48,6 +48,17 @@ def test_kernels_match_dense_formulas(kernels):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_kth_largest_top_k_and_bitwise_search_agree(k):
+    a = jax.nn.relu(jax.random.normal(jax.random.key(7), (6, 10)))
+    a = a.at[0].set(0.0).at[1, :3].set(2.0)  # a row with no positive entry, and ties
+    want = np.sort(np.asarray(a), 1)[:, ::-1][:, k - 1]
+    np.testing.assert_array_equal(sae.model.kth_largest_nonneg(a, k), want)
+    np.testing.assert_array_equal(sae.model.kth_largest_nonneg(a, jnp.int32(k), 8), want)
+    traced = jax.jit(lambda a, k: sae.model.kth_largest_nonneg(a, k))(a, k)  # bitwise
+    np.testing.assert_array_equal(traced, want)
+
+
 def test_sorted_scatter_matches_the_per_example_scatter(monkeypatch):
     B, K, n, d = 64, 4, 300, 8  # B·K a multiple of the block
     ks = jax.random.split(jax.random.key(1), 3)
@@ -173,5 +184,9 @@ def test_rule_and_bad_arguments():
         dataclasses.replace(BASE, decoder="csr")
     with pytest.raises(ValueError, match="SAEConfig.compute_dtype"):
         dataclasses.replace(BASE, compute_dtype="float16")
+    with pytest.raises(ValueError, match="exceeds k_max"):
+        sparse.select_topk(jnp.ones((2, 8)), 5, 4)
+    with pytest.raises(ValueError, match="exceeds its static bound"):
+        sae.model.kth_largest_nonneg(jnp.ones((2, 8)), jnp.int32(5), 4)
     with pytest.raises(ValueError, match="cfg.architecture='relu'"):
         sparse.forward({}, jnp.zeros((2, 16)), dataclasses.replace(BASE, architecture="relu"))

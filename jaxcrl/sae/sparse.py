@@ -225,6 +225,8 @@ def select_topk(pre: jax.Array, k: jax.Array | int, k_max: int, *,
       ``(values [B, k_max], idx [B, k_max] int32, keep [B, k_max] bool)`` sorted in
       descending order; ``keep`` marks slots ``< k`` holding a positive value.
     """
+    if not isinstance(k, jax.core.Tracer) and int(k) > k_max:
+        raise ValueError(f"k={int(k)} exceeds k_max={k_max} (cfg.k bounds the traced k)")
     pre = lax.stop_gradient(pre)
     if recall_target < 1.0:
         vals, idx = lax.approx_max_k(pre, k_max, recall_target=recall_target)
