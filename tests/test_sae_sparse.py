@@ -103,6 +103,30 @@ def test_forward_and_gradients_equal_the_dense_path(arch, apply_b_dec, kernels):
         np.testing.assert_allclose(p_s[n], p_d[n], rtol=1e-6, err_msg=n)
 
 
+@pytest.mark.parametrize("sparse_aux", [True, False])
+def test_auxk_sparse_and_dense_kernels_give_the_dense_loss_and_gradients(sparse_aux, kernels,
+                                                                         monkeypatch):
+    monkeypatch.setattr(sparse, "AUX_SPARSE_MIN_RATIO", 1 if sparse_aux else 10**9)
+    cfg = dataclasses.replace(BASE, decoder="sparse")
+    params = sae.init_params(jax.random.key(6), cfg, b_dec=jnp.linspace(-0.2, 0.2, 16))
+    x = _data(32)
+    resid = jax.random.normal(jax.random.key(7), (32, 16))
+    dead = jnp.arange(cfg.d_sae) % 3 == 0
+    pre = sae.pre_activations(params, x, cfg)
+
+    def dense(p):
+        return sae.auxk_loss(p, sae.pre_activations(p, x, cfg), resid, dead, cfg.aux_k)
+
+    def sp(p):
+        return sparse.auxk_loss(p, x, pre, resid, dead, cfg.aux_k, cfg)
+
+    (l_d, g_d), (l_s, g_s) = jax.value_and_grad(dense)(params), jax.value_and_grad(sp)(params)
+    np.testing.assert_allclose(l_s, l_d, rtol=1e-5)
+    for n in g_d:
+        scale = float(jnp.abs(g_d[n]).max()) + 1e-12
+        np.testing.assert_allclose(g_s[n] / scale, g_d[n] / scale, atol=2e-6, err_msg=n)
+
+
 def test_sparse_decoder_gradient_is_zero_on_inactive_rows():
     cfg = dataclasses.replace(BASE, decoder="sparse", d_sae=512)
     params = sae.init_params(jax.random.key(1), cfg)

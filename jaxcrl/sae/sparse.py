@@ -64,6 +64,12 @@ Params = dict[str, jax.Array]
 #: sparse step replaces 4 dense matmuls by ~5 kernels, so it wins from about 10x.
 SPARSE_MIN_RATIO = 16
 
+#: AuxK (``aux_k`` = d_in / 2 by default) takes the sparse kernels only when
+#: ``d_sae >= AUX_SPARSE_MIN_RATIO * aux_k``. Measured on the 2-core CPU (B 4096, half the
+#: latents dead): extra cost of AuxK, sparse vs dense, 2.2 s vs 0.8 s at d_sae/aux_k = 16
+#: (512 x 4096) and 4.2 s vs 2.4 s at 64 (768 x 24,576); the gap shrinks as K / d_sae.
+AUX_SPARSE_MIN_RATIO = 128
+
 #: BatchTopK: each row keeps at most ``BATCHTOPK_ROW_CAP · k`` candidates; a batch where a
 #: row would need more falls back to the dense path for that step (exact either way).
 BATCHTOPK_ROW_CAP = 4
@@ -305,7 +311,7 @@ def _batchtopk_forward(params, x, cfg, pre, k):
 
 def auxk_loss(params: Params, x: jax.Array, pre: jax.Array, residual: jax.Array,
               dead: jax.Array, aux_k: int, cfg: SAEConfig) -> jax.Array:
-    """Sparse :func:`jaxcrl.sae.training.auxk_loss` (same value, same gradients).
+    """:func:`jaxcrl.sae.training.auxk_loss` for the sparse path (same value, same gradients).
 
     Args:
       params: SAE params; ``x`` ``[B, d_in]`` normalised inputs; ``pre`` ``[B, d_sae]``
@@ -314,11 +320,23 @@ def auxk_loss(params: Params, x: jax.Array, pre: jax.Array, residual: jax.Array,
 
     Returns ``min(n_dead / aux_k, 1) · mean_b ‖ê − e‖²`` where ``ê`` decodes (no bias) the
     ``aux_k`` largest positive pre-activations among dead latents.
+
+    ``aux_k`` is large (``d_in / 2``), so the sparse kernels read ``B · aux_k · d_in``
+    scattered values four times; they win only for very wide SAEs
+    (``d_sae >= AUX_SPARSE_MIN_RATIO · aux_k``). Below that the loss is computed densely,
+    with the gradient through pre-activations recomputed with their gradient (XLA shares
+    the forward matmul with the selection's).
     """
-    acts = jnp.where(dead, jax.nn.relu(lax.stop_gradient(pre)), 0.0)
-    vals, idx, keep = select_topk(acts, aux_k, aux_k)
-    v = _values(params, x, cfg, vals, idx, keep)
-    e_hat = decode_rows(v, params["W_dec"], idx)
+    if cfg.d_sae < AUX_SPARSE_MIN_RATIO * aux_k:
+        pre = sae_model.pre_activations(params, x, cfg)
+        acts = jnp.where(dead, jax.nn.relu(pre), 0.0)
+        z_aux = jnp.where(sae_model.topk_mask(acts, aux_k), acts, 0.0)
+        e_hat = sae_model.matmul(z_aux, params["W_dec"], cfg)
+    else:
+        acts = jnp.where(dead, jax.nn.relu(lax.stop_gradient(pre)), 0.0)
+        vals, idx, keep = select_topk(acts, aux_k, aux_k)
+        v = _values(params, x, cfg, vals, idx, keep)
+        e_hat = decode_rows(v, params["W_dec"], idx)
     scale = jnp.minimum(dead.sum() / aux_k, 1.0)
     return scale * jnp.mean(jnp.sum((e_hat - residual) ** 2, -1))
 
