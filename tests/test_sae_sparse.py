@@ -112,13 +112,12 @@ def test_auxk_sparse_and_dense_kernels_give_the_dense_loss_and_gradients(sparse_
     x = _data(32)
     resid = jax.random.normal(jax.random.key(7), (32, 16))
     dead = jnp.arange(cfg.d_sae) % 3 == 0
-    pre = sae.pre_activations(params, x, cfg)
-
     def dense(p):
         return sae.auxk_loss(p, sae.pre_activations(p, x, cfg), resid, dead, cfg.aux_k)
 
     def sp(p):
-        return sparse.auxk_loss(p, x, pre, resid, dead, cfg.aux_k, cfg)
+        return sparse.auxk_loss(p, x, sae.pre_activations(p, x, cfg), resid, dead, cfg.aux_k,
+                                cfg)
 
     (l_d, g_d), (l_s, g_s) = jax.value_and_grad(dense)(params), jax.value_and_grad(sp)(params)
     np.testing.assert_allclose(l_s, l_d, rtol=1e-5)

@@ -6,7 +6,8 @@ latent gradient, encoder-weight gradient). Only the encoder forward needs every 
 select the active ones); everything else touches ``k`` rows per example. This module keeps
 that one dense matmul and does the rest over the active set:
 
-1. ``pre = (x − b_dec) W_enc + b_enc`` densely, under ``stop_gradient`` (selection only);
+1. ``pre = (x − b_dec) W_enc + b_enc`` densely, for the selection (no gradient flows
+   through the selection; the main loss never differentiates this matmul);
 2. select ``idx`` ``[B, K]`` with ``lax.top_k`` at a static ``K`` (``cfg.k``, the largest
    ``k`` of a sweep) and mask slots beyond the traced ``k`` (so ``k`` can differ across
    vmapped runs);
@@ -256,15 +257,17 @@ def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Sparse-path :func:`jaxcrl.sae.model.forward` for ``topk`` / ``batchtopk`` (training).
 
-    Returns ``(x_hat [B, d_in], aux)``; ``aux`` holds ``pre`` ``[B, d_sae]`` (no
-    gradient), ``z`` ``[B, d_sae]`` (no gradient; built only if used) and, for ``topk``,
-    ``idx`` / ``v`` ``[B, K]`` (``v`` carries the gradient). Same values as the dense path.
+    Returns ``(x_hat [B, d_in], aux)``; ``aux`` holds ``pre`` ``[B, d_sae]`` (``x_hat``
+    does not depend on it through autodiff; a loss term that uses it, like the dense AuxK,
+    gets its gradient from the one dense matmul), ``z`` ``[B, d_sae]`` (no gradient; built
+    only if used) and, for ``topk``, ``idx`` / ``v`` ``[B, K]`` (``v`` carries the
+    gradient). Same values as the dense path.
     """
     if cfg.architecture not in ("topk", "batchtopk"):
         raise ValueError(f"the sparse path supports topk and batchtopk, not "
                          f"cfg.architecture={cfg.architecture!r}")
     k = cfg.k if k is None else k
-    pre = lax.stop_gradient(sae_model.pre_activations(params, x, cfg))
+    pre = sae_model.pre_activations(params, x, cfg)
     if cfg.architecture == "topk":
         vals, idx, keep = select_topk(pre, k, cfg.k)
         v = _values(params, x, cfg, vals, idx, keep)
@@ -282,7 +285,7 @@ def _values(params, x, cfg, vals, idx, keep):
 def _batchtopk_forward(params, x, cfg, pre, k):
     B = x.shape[0]
     cap = min(cfg.d_sae, BATCHTOPK_ROW_CAP * cfg.k)
-    vals, idx = lax.top_k(pre, cap)
+    vals, idx = lax.top_k(lax.stop_gradient(pre), cap)
     r = jax.nn.relu(vals)
     thr = sae_model.kth_largest_nonneg(r.reshape(1, -1), jnp.asarray(k) * B)[0]
     keep = (r >= thr) & (r > 0)
@@ -315,7 +318,8 @@ def auxk_loss(params: Params, x: jax.Array, pre: jax.Array, residual: jax.Array,
 
     Args:
       params: SAE params; ``x`` ``[B, d_in]`` normalised inputs; ``pre`` ``[B, d_sae]``
-        pre-activations (selection only, no gradient); ``residual`` ``[B, d_in]`` the
+        pre-activations (the forward's ``aux["pre"]``; the dense branch differentiates
+        through it, the sparse branch only selects with it); ``residual`` ``[B, d_in]`` the
         stop-gradient ``x − x̂``; ``dead`` ``[d_sae]`` bool; ``aux_k`` static.
 
     Returns ``min(n_dead / aux_k, 1) · mean_b ‖ê − e‖²`` where ``ê`` decodes (no bias) the
@@ -324,11 +328,10 @@ def auxk_loss(params: Params, x: jax.Array, pre: jax.Array, residual: jax.Array,
     ``aux_k`` is large (``d_in / 2``), so the sparse kernels read ``B · aux_k · d_in``
     scattered values four times; they win only for very wide SAEs
     (``d_sae >= AUX_SPARSE_MIN_RATIO · aux_k``). Below that the loss is computed densely,
-    with the gradient through pre-activations recomputed with their gradient (XLA shares
-    the forward matmul with the selection's).
+    with the gradient through ``pre`` (one dense matmul for ``dW_enc``, three for the
+    decoder, as in the dense path).
     """
     if cfg.d_sae < AUX_SPARSE_MIN_RATIO * aux_k:
-        pre = sae_model.pre_activations(params, x, cfg)
         acts = jnp.where(dead, jax.nn.relu(pre), 0.0)
         z_aux = jnp.where(sae_model.topk_mask(acts, aux_k), acts, 0.0)
         e_hat = sae_model.matmul(z_aux, params["W_dec"], cfg)
