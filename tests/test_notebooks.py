@@ -76,6 +76,18 @@ CHECKS = {
                 assert _eff["shd_descendants"] == _want["shd_descendants"]
         assert res[_l0]["effects"]["probe"]["own_effect"] > 0.05  # the edit takes (0.17)
     """,
+    "05_pretrained_models.ipynb": """
+        _runs = [(sae.evaluate(sweep.params(i), acts, c), c) for i, c in enumerate(sweep.cfgs)]
+        assert all(_m["l0"] <= _c.k + 1e-6 for _m, _c in _runs)  # TopK: at most k active
+        assert _runs[-1][0]["fvu"] < _runs[0][0]["fvu"]  # a larger k reconstructs better
+        _cb = sweep.cfgs[best]
+        _ce = mean_ce(model, params, eval_tokens, 8, {HOOK: keep_bos(
+            lambda x, c=_cb, p=sweep.params(best): sae.Reconstruct(c)(x, p))})
+        assert ce_zero > ce_clean + 0.5  # zero-ablating the residual stream hurts
+        assert (ce_zero - _ce) / (ce_zero - ce_clean) > 0.8  # the SAE recovers most of it
+        assert Z in model.hook_names  # per-head hooks exist, so head ablation ran
+        assert f_after.mean() > f_before.mean()  # steering along the feature raises it
+    """,
 }
 
 
