@@ -119,8 +119,6 @@ class Checkpoint:
 
 _REGISTRY: dict[str, type] = {}  # "module:qualname" -> class, for jaxcrl's own configs
 _BY_QUALNAME: dict[str, type] = {}  # "qualname" -> class (unique), for moved modules
-# jaxcrl packages whose import registers their configs; a fixed list in code, never from a file.
-_JAXCRL_PACKAGES = ("jaxcrl.scm", "jaxcrl.crl", "jaxcrl.lm", "jaxcrl.sae", "jaxcrl.analysis")
 
 
 def _tag(cls: type) -> str:
@@ -186,10 +184,13 @@ def _resolve_type(tag: Any, allow: Mapping[str, type]) -> type:
 
 
 def _import_jaxcrl_configs() -> None:
-    import importlib
-
-    for name in _JAXCRL_PACKAGES:  # fixed in code: importing them registers their configs
-        importlib.import_module(name)
+    """Imports jaxcrl's own packages (static imports, never a name from a file): importing
+    them registers their configs."""
+    import jaxcrl.analysis  # noqa: F401
+    import jaxcrl.crl  # noqa: F401
+    import jaxcrl.lm  # noqa: F401
+    import jaxcrl.sae  # noqa: F401
+    import jaxcrl.scm  # noqa: F401
 
 
 def config_to_json(obj: Any) -> Any:
