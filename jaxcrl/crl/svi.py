@@ -39,6 +39,7 @@ from jaxcrl.crl.config import CRLConfig
 from jaxcrl.crl.models import MODELS
 from jaxcrl.crl.nets import FlowEncoder, GaussianEncoder
 from jaxcrl.train import driver
+from jaxcrl.train.mesh import constrain_batch, place_state, resolve_mesh
 from jaxcrl.train.optim import build_optimizer
 
 # --------------------------------------------------------------------------- preprocessing
@@ -272,6 +273,7 @@ def fit(
     keep_last: int = 2,
     resume: bool = True,
     stop_at: int | None = None,
+    mesh: Any = None,
 ) -> FitResult:
     """Trains ``S`` runs of ``cfg.method`` in one compiled program.
 
@@ -295,6 +297,11 @@ def fit(
         restart criterion) written every ``save_every`` steps and at the end, keeping the
         last ``keep_last``; ``fit`` resumes from its latest checkpoint (``resume=False``:
         start afresh) when config, keys and data match (else ``ConfigMismatchError``).
+      mesh: where the runs live. None (default): the runs over the most local devices that
+        divide their number, or, for a single run, its minibatch over the most that divide
+        ``cfg.batch_size`` (data parallelism for one large fit); a ``("data", "model")``
+        mesh: the same on its ``"data"`` axis; False: one device. Nothing changes on one
+        device.
       save_every, keep_last, resume: see ``workdir``.
       stop_at: stop after this global step (as if preempted; the schedules still span
         ``cfg.steps``); with ``workdir`` a later call continues the run.
@@ -349,9 +356,14 @@ def fit(
                      jnp.zeros((n_runs,), jnp.float32))
     tail = max(cfg.steps // 20, 1)
 
+    # One run: its minibatch data-parallel over the mesh; several: the runs over the mesh
+    # (placed by the driver).
+    dp_mesh = resolve_mesh(mesh, b, "batch_size") if n_runs == 1 else None
+
     def step(s: FitState, k: jax.Array):
         idx = jax.random.randint(k, (b,), 0, n_total)
-        new, loss = svi.update(s.svi_state, s.x[idx], s.env[idx], s.targets,
+        xb, eb = constrain_batch((s.x[idx], s.env[idx]), dp_mesh)
+        new, loss = svi.update(s.svi_state, xb, eb, s.targets,
                                penalty_schedule(cfg, s.step))
         loss = loss / n_total
         tail_loss = s.tail_loss + jnp.where(s.step >= cfg.steps - tail, loss, 0.0)
@@ -398,9 +410,12 @@ def fit(
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     t0 = time.perf_counter()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    if dp_mesh is not None:
+        state, run_keys = place_state(dp_mesh, (state, run_keys))
     out = driver.drive(jax.vmap(step), state, run_keys, start_step=start,
                        end_step=max(start, end), total_steps=cfg.steps, chunk_size=eval_every,
-                       batched=True, callbacks=callbacks)
+                       batched=True, callbacks=callbacks,
+                       mesh=False if (dp_mesh is not None or mesh is False) else mesh)
     state, history = out.state, out.history
     wall = time.perf_counter() - t0
     params = jax.vmap(svi.get_params)(state.svi_state)

@@ -56,6 +56,7 @@ from jaxcrl.scm.language import (
     unigram_text_loss,
 )
 from jaxcrl.train import driver
+from jaxcrl.train.mesh import constrain_batch, place_state, resolve_mesh
 from jaxcrl.train.optim import build_optimizer
 
 # --------------------------------------------------------------------------- config
@@ -257,8 +258,12 @@ def init_state(cfg: LMTrainConfig, key: jax.Array) -> TrainState:
     return TrainState(params, optimizer(cfg).init(params), jnp.zeros((), jnp.int32))
 
 
-def make_train_step(cfg: LMTrainConfig, source: Task | CharCorpus):
+def make_train_step(cfg: LMTrainConfig, source: Task | CharCorpus, mesh: Any = None):
     """The pure ``train_step(state, key) -> (state, metrics)`` of a run.
+
+    With a ``mesh`` (:mod:`jaxcrl.train.mesh`) the batch drawn on device is split over its
+    ``"data"`` axis (data parallelism: XLA all-reduces the gradients); parameters follow the
+    placement of the state (:func:`jaxcrl.train.mesh.place_state`).
 
     Metrics: ``loss`` (all positions: the objective), ``value_loss`` (value positions, tasks
     only), ``grad_norm`` (before clipping), ``lr``.
@@ -268,7 +273,7 @@ def make_train_step(cfg: LMTrainConfig, source: Task | CharCorpus):
     lr_fn = schedule(cfg)
 
     def train_step(state: TrainState, key: jax.Array) -> tuple[TrainState, dict]:
-        batch = draw(source, key, cfg.batch_size, cfg.context)
+        batch = constrain_batch(draw(source, key, cfg.batch_size, cfg.context), mesh)
 
         def loss_fn(params):
             nll = cross_entropy(logits=model.apply(params, batch.tokens), targets=batch.targets)
@@ -356,8 +361,8 @@ class LMTrainResult:
 
 
 def train(cfg: LMTrainConfig, workdir: str | os.PathLike | None = None, *, resume: bool = True,
-          stop_at: int | None = None, progress: bool | Sequence[str] = True
-          ) -> LMTrainResult:
+          stop_at: int | None = None, progress: bool | Sequence[str] = True,
+          mesh: Any = None) -> LMTrainResult:
     """Trains (or resumes) a run.
 
     Args:
@@ -367,6 +372,12 @@ def train(cfg: LMTrainConfig, workdir: str | os.PathLike | None = None, *, resum
       stop_at: stop at this global step (as if preempted; the schedule still spans
         ``cfg.steps``), saving a checkpoint there.
       progress: progress bar: True (loss, held-out loss), False, or the metric names.
+      mesh: None (default): data-parallel over the most local devices that divide
+        ``cfg.batch_size`` (all 8 cores of a Colab TPU; nothing changes on one device); a
+        ``("data", "model")`` mesh (:func:`jaxcrl.train.mesh.make_mesh`): batch over
+        ``"data"``, parameters and Adam moments FSDP-style over ``"model"``; False: one
+        device. The run is the same run on any mesh (same keys and batches; float
+        reassociation aside), so a checkpoint resumes on another device count.
 
     Returns:
       :class:`LMTrainResult`.
@@ -377,6 +388,7 @@ def train(cfg: LMTrainConfig, workdir: str | os.PathLike | None = None, *, resum
         before it stay loadable).
     """
     source, heldout = make_source(cfg)
+    mesh = resolve_mesh(mesh, cfg.batch_size, "batch_size")
     k_init, k_train, k_eval = jax.random.split(jax.random.key(cfg.seed), 3)
     state = init_state(cfg, k_init)
     start = 0
@@ -405,7 +417,8 @@ def train(cfg: LMTrainConfig, workdir: str | os.PathLike | None = None, *, resum
         callbacks.append(driver.Checkpoint(mgr, config=cfg))
     callbacks += driver.progress_callbacks(progress, ("loss", "eval_loss"), "lm")
 
-    step_fn = make_train_step(cfg, source)
+    state = place_state(mesh, state)
+    step_fn = make_train_step(cfg, source, mesh)
     t0 = time.perf_counter()
     out = driver.drive(step_fn, state, k_train, start_step=start, end_step=max(end, start),
                        total_steps=cfg.steps, chunk_size=cfg.eval_every, callbacks=callbacks)

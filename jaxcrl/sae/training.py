@@ -48,6 +48,7 @@ from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
 from jaxcrl.train import driver
+from jaxcrl.train.mesh import constrain_batch, place_runs, resolve_mesh
 from jaxcrl.train.optim import build_optimizer
 
 SWEEPABLE = ("k", "l1_coefficient", "l0_coefficient", "lr")
@@ -273,7 +274,7 @@ def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
     return new_state, metrics
 
 
-def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False
+def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False, mesh: Any = None
               ) -> Callable[[tuple, jax.Array], tuple[tuple, dict]]:
     """Pure ``step((source_state, sae_state), key) -> (carry, metrics)`` for ``train.run``.
 
@@ -281,6 +282,9 @@ def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False
     while the activation batch (drawn once from ``key``) is shared. The AuxK branch is
     chosen outside the vmap (taken when any run has a dead latent), so runs without dead
     latents do not pay for it.
+
+    With a ``mesh`` (one SAE, not a sweep) the activation batch is split over ``"data"``;
+    the SAE state keeps the placement it was given (:func:`place_sae_state`).
     """
     if not sweep:
         upd = lambda s, x: update(s, x, cfg)
@@ -295,13 +299,42 @@ def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False
     def step(carry, key):
         src, sae = carry
         src, x = sample(src, key)
-        sae, metrics = upd(sae, x)
+        sae, metrics = upd(sae, constrain_batch(x, mesh))
         return (src, sae), metrics
 
     return step
 
 
 # --------------------------------------------------------------------------- drivers
+
+
+def place_sae_state(mesh: Any, state: SAEState, d_sae: int) -> SAEState:
+    """Places one SAE's training state on a ``("data", "model")`` mesh: every array with a
+    latent axis (``W_enc``, ``b_enc``, ``W_dec``, their Adam moments, ``since_fired``,
+    thresholds) is split along it over ``"model"``, the rest replicated. Per-device memory
+    falls with the model-axis size; XLA takes the TopK/BatchTopK over the whole latent axis
+    (one global selection, the same latents as on one device).
+
+    Raises:
+      ValueError: ``d_sae`` not divisible by the model axis.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxcrl.train.mesh import MODEL
+
+    n = mesh.shape[MODEL]
+    if d_sae % n:
+        raise ValueError(f"d_sae={d_sae} is not divisible by the mesh model axis ({n} shards)")
+
+    def put(x):
+        shape = np.shape(x)
+        spec = [None] * len(shape)
+        axes = [i for i in range(len(shape)) if shape[i] == d_sae]
+        if n > 1 and axes:
+            spec[axes[0]] = MODEL
+        return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+    return jax.tree_util.tree_map(put, state)
 
 
 def select_run(state: Any, run: int) -> Any:
@@ -397,6 +430,11 @@ def train_sweep(cfgs: SAEConfig | Sequence[SAEConfig], source: Source, key: jax.
         ``cfg.steps``), checkpointing there.
       refresh_every: for sources with ``refresh`` (large ``.npy`` files), steps between
         loading a new random subset (at global steps ``refresh_every, 2 refresh_every, ...``).
+      mesh: None (default): a sweep's runs over the most local devices that divide their
+        number, and one SAE's batch over the most that divide ``batch_size`` (nothing
+        changes on one device); a ``("data", "model")`` mesh: runs (sweep) or the batch (one
+        SAE) over ``"data"``, and one SAE's latent axis over ``"model"``
+        (:func:`place_sae_state`); False: one device.
 
     Returns:
       :class:`SAETrainResult` with a leading ``[runs]`` axis on the state.
@@ -422,7 +460,7 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
            progress: bool | Sequence[str] = True, chunk_size: int = 200,
            workdir: str | Path | None = None, save_every: int = 1000, keep_last: int = 2,
            resume: bool = True, stop_at: int | None = None, refresh_every: int | None = None,
-           init_rows: int = 16384) -> SAETrainResult:
+           init_rows: int = 16384, mesh: Any = None) -> SAETrainResult:
     cfg = _check_cfgs(cfgs)
     if cfg.d_in != source.d_in:
         raise ValueError(f"source gives d_in={source.d_in} but the config says {cfg.d_in}")
@@ -471,13 +509,16 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
             lambda t, c: (source.refresh(c[0], jax.random.fold_in(k_src, t)), c[1]),
             refresh_every))
     callbacks += driver.progress_callbacks(progress, ("mse", "l0", "dead_frac", "fvu"), "sae")
-    if sweep:  # the SAEs of a sweep side by side on the local devices (none on one device)
-        from jaxcrl.train.mesh import place_runs, runs_mesh
-
-        mesh = runs_mesh(len(cfgs))
+    if sweep:  # the SAEs of a sweep side by side on the devices (none on one device)
+        mesh = resolve_mesh(mesh, len(cfgs), "number of runs")
         if mesh is not None:
             carry = (carry[0], place_runs(carry[1], mesh))
-    step = _step(cfg, source, sweep)
+        mesh = None
+    else:  # one SAE: batch over "data", latents over "model"
+        mesh = resolve_mesh(mesh, cfg.batch_size, "batch_size")
+        if mesh is not None:
+            carry = (carry[0], place_sae_state(mesh, carry[1], cfg.d_sae))
+    step = _step(cfg, source, sweep, mesh)
     out = driver.drive(step, carry, k_data, start_step=start, end_step=max(end, start),
                        total_steps=cfg.steps, chunk_size=chunk_size, callbacks=callbacks)
     history = {**out.history, "traces": np.asarray(out.traces)}
@@ -493,11 +534,11 @@ def _show(a: Any) -> str:
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _step(cfg: SAEConfig, source: Source, sweep: bool):
+def _step(cfg: SAEConfig, source: Source, sweep: bool, mesh: Any = None):
     per_source = _STEPS.setdefault(source, {})
-    if (cfg, sweep) not in per_source:
-        per_source[(cfg, sweep)] = make_step(cfg, source, sweep=sweep)
-    return per_source[(cfg, sweep)]
+    if (cfg, sweep, mesh) not in per_source:
+        per_source[(cfg, sweep, mesh)] = make_step(cfg, source, sweep=sweep, mesh=mesh)
+    return per_source[(cfg, sweep, mesh)]
 
 
 def _check_hparams(saved: HParams, current: HParams, where: Any) -> None:

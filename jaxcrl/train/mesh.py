@@ -134,6 +134,60 @@ def place_runs(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(put, tree)
 
 
+def resolve_mesh(mesh: Mesh | None | bool, size: int, what: str = "batch") -> Mesh | None:
+    """The mesh of a trainer's ``mesh=`` argument.
+
+    Args:
+      mesh: None: automatic, the most local devices that divide ``size`` along ``"data"``
+        (:func:`runs_mesh`; None on one device, so single-device code paths stay as they
+        are); False: no mesh; a ``Mesh``: used as given.
+      size: the length of the axis split over ``"data"`` (batch size, or number of runs).
+      what: its name, for the error.
+
+    Raises:
+      ValueError: ``size`` is not divisible by the mesh's data axis (before compiling).
+    """
+    if mesh is False:
+        return None
+    if mesh is None or mesh is True:
+        return runs_mesh(size)
+    if size % mesh.shape[DATA]:
+        raise ValueError(f"{what} {size} is not divisible by the mesh data axis "
+                         f"({mesh.shape[DATA]} devices)")
+    return mesh
+
+
+def constrain_batch(tree: Any, mesh: Mesh | None, axis: int = 0) -> Any:
+    """Inside a jitted step: constrains every array of ``tree`` (a batch drawn on device) to
+    be split along ``axis`` over ``"data"``, so XLA runs the step data-parallel and
+    all-reduces the gradients. The identity without a mesh."""
+    if mesh is None:
+        return tree
+    return jax.tree_util.tree_map(
+        lambda x: jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim, axis)), tree)
+
+
+def place_state(mesh: Mesh | None, tree: Any, *, min_size: int = 1024) -> Any:
+    """Places a training state on ``mesh``: parameters and optimizer moments FSDP-style over
+    ``"model"`` (:func:`fsdp_spec`; replicated when the model axis is 1), replicated over
+    ``"data"``; scalars and keys replicated. The identity without a mesh."""
+    if mesh is None:
+        return tree
+    size = mesh.shape[MODEL]
+
+    def put(x):
+        if not hasattr(x, "shape"):
+            return x
+        spec = PartitionSpec() if _is_key(x) else fsdp_spec(np.shape(x), size, min_size=min_size)
+        return jax.device_put(x, NamedSharding(mesh, spec))
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 def fsdp_spec(shape: Sequence[int], model_size: int, *, min_size: int = 1024) -> PartitionSpec:
     """FSDP placement of one parameter: its largest axis divisible by ``model_size`` over
     ``"model"``; arrays smaller than ``min_size`` elements (biases, norms) replicated."""
