@@ -51,7 +51,9 @@ from jaxcrl.sae.source import (
     Source,
     array_source,
     generator_source,
+    host_rows,
     npy_source,
+    sharded_array_source,
     transformer_generator,
 )
 from jaxcrl.sae.toy import ToyConfig, direction_mcc, make_toy, max_cos, mmcs
@@ -79,11 +81,11 @@ __all__ = [
     "SAETrainResult", "Source", "ToyConfig",
     "array_source", "auxk_loss", "ce_loss_recovered", "decode", "direction_mcc", "encode",
     "evaluate", "export_saelens", "fit_logistic", "fit_ridge", "fold_normalization",
-    "forward", "generator_source", "geometric_median", "heaviside_step", "hparams",
+    "forward", "generator_source", "geometric_median", "heaviside_step", "host_rows", "hparams",
     "identifiability", "import_saelens", "inference_params", "init_params", "init_state",
     "jumprelu", "logistic_probe", "make_step", "make_toy", "max_cos", "mmcs",
     "next_token_ce", "npy_source", "plot_density", "pre_activations", "predict_linear",
     "predict_logistic", "rank_by_mean_difference", "register", "select_run", "sparse_probe",
-    "sparsity_penalty", "sweep_configs", "toy_generator", "toy_sample", "train",
-    "train_sweep", "transformer_generator", "update",
+    "sharded_array_source", "sparsity_penalty", "sweep_configs", "toy_generator",
+    "toy_sample", "train", "train_sweep", "transformer_generator", "update",
 ]

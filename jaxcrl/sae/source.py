@@ -9,6 +9,8 @@ jit-ed training step::
 Kinds:
 
 - :func:`array_source`: an in-memory array ``[n, d_in]``, rows drawn uniformly by key.
+- :func:`sharded_array_source`: rows split over the devices (and hosts) of a mesh, each
+  host holding only its own (:func:`host_rows`); stratified sampling, device-count free.
 - :func:`npy_source`: a ``.npy`` file, memory-mapped; up to ``max_rows`` rows (a random
   subset drawn by key when the file is larger) are moved to the device. ``refresh(key)``
   draws a new subset; :func:`jaxcrl.sae.training.train` calls it every ``refresh_every`` steps.
@@ -89,6 +91,80 @@ def array_source(x: Any, batch_size: int) -> Source:
 
     # The data never changes: checkpoints keep nothing, resume re-reads ``x``.
     return Source(init, sample, int(x.shape[1]), batch_size, save=lambda state: {},
+                  restore=lambda fresh, saved: fresh)
+
+
+def host_rows(n: int) -> slice:
+    """This process's equal share of ``n`` rows (``jax.process_index()`` of
+    ``jax.process_count()``): the rows it reads from a file in a multi-host run.
+
+    Raises:
+      ValueError: ``n`` not divisible by the number of processes.
+    """
+    p, i = jax.process_count(), jax.process_index()
+    if n % p:
+        raise ValueError(f"{n} rows do not split evenly over {p} processes")
+    return slice(i * (n // p), (i + 1) * (n // p))
+
+
+def sharded_array_source(local_rows: Any, batch_size: int, mesh: Any = None, *,
+                         blocks: int | None = None) -> Source:
+    """Rows spread over the ``"data"`` devices of a mesh, each host holding only its own.
+
+    Every process passes only its own rows (the same count everywhere: its
+    :func:`host_rows` slice of a memory-mapped ``.npy``, or its shards of an activation
+    cache); the global array ``[n, d_in]`` is assembled by
+    ``jax.make_array_from_process_local_data`` and split over ``"data"``, so no host loads
+    or receives another host's rows. Sampling is stratified: the global rows are ``blocks``
+    equal blocks (default: the data-axis size), and each step draws ``batch_size / blocks``
+    rows uniformly with replacement from every block, so each device gathers only from the
+    block it holds. The batches depend on ``blocks`` and the key, not on the devices: the
+    same source on one device (``mesh=None, blocks=8``) draws exactly the batches of an
+    8-device or multi-host run.
+
+    Args:
+      local_rows: this process's rows ``[n_local, d_in]``.
+      batch_size: rows per step (divisible by ``blocks``).
+      mesh: a ``("data", "model")`` mesh (:func:`jaxcrl.train.mesh.make_mesh`); None: one
+        device.
+      blocks: sampling strata; must divide the global row count and be a multiple of the
+        data-axis size.
+
+    Raises:
+      ValueError: bad shapes, NaN/inf, or sizes the blocks or the mesh do not divide.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxcrl.train.mesh import DATA
+
+    local = np.asarray(local_rows, np.float32)
+    _check_rows(local, "local_rows")
+    if not np.isfinite(local).all():
+        raise ValueError("local_rows contains NaN or inf values")
+    n_data = 1 if mesh is None else mesh.shape[DATA]
+    blocks = n_data if blocks is None else blocks
+    n = local.shape[0] * (1 if mesh is None else jax.process_count())
+    if blocks < 1 or blocks % n_data or n % blocks or batch_size % blocks:
+        raise ValueError(f"blocks={blocks} must be a multiple of the data axis ({n_data}) and "
+                         f"divide both the {n} rows and batch_size={batch_size}")
+    per, draw = n // blocks, batch_size // blocks
+    if mesh is None:
+        data = jnp.asarray(local)
+    else:
+        data = jax.make_array_from_process_local_data(
+            NamedSharding(mesh, PartitionSpec(DATA, None)), local, (n, local.shape[1]))
+
+    def init(key):
+        del key
+        return {"data": data}
+
+    def sample(state, key):
+        idx = jax.random.randint(key, (blocks, draw), 0, per)
+        x = state["data"].reshape(blocks, per, -1)
+        return state, jax.vmap(lambda b, i: jnp.take(b, i, axis=0))(x, idx).reshape(
+            batch_size, -1)
+
+    return Source(init, sample, int(local.shape[1]), batch_size, save=lambda state: {},
                   restore=lambda fresh, saved: fresh)
 
 

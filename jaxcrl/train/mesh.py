@@ -149,8 +149,8 @@ def resolve_mesh(mesh: Mesh | None | bool, size: int, what: str = "batch") -> Me
     """
     if mesh is False:
         return None
-    if mesh is None or mesh is True:
-        return runs_mesh(size)
+    if mesh is None or mesh is True:  # multi-host: every process's devices
+        return runs_mesh(size, jax.devices() if jax.process_count() > 1 else None)
     if size % mesh.shape[DATA]:
         raise ValueError(f"{what} {size} is not divisible by the mesh data axis "
                          f"({mesh.shape[DATA]} devices)")
