@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,interop,text]'
 	touch $(STAMP)
 
+# One pytest worker per core, whole files per worker (module fixtures built once);
+# `make test PYTEST_FLAGS=` runs serially.
+PYTEST_FLAGS ?= -n auto --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_FLAGS) tests
 
 # The main job: the quickstart (reference unmixings), then a short CRL run of the
 # latent-SCM model against beta-VAE and iVAE (full-size runs: see BENCHMARKS.md).

@@ -102,3 +102,19 @@ def test_sae_toy_held_out_table_matches_its_results_files():
         m = res[names[row[0]]]
         for cell, (key, tol) in zip(row[1:6], cols, strict=True):
             assert _num(cell) == pytest.approx(m[key], abs=tol), (row[0], key)
+
+
+def test_sharding_tables_match_their_results_file():
+    res = _load("bench_sharding.json")
+    rows = _table_after("| latent shards (mesh data x model) |")
+    assert len(rows) == 4
+    for row in rows:
+        r = res["shards"][row[0].split()[0]]
+        assert abs(_num(row[1]) - r["gib_per_device"]) < 6e-4
+    rows = _table_after("| architecture | latent shards (data x model) |")
+    assert len(rows) == 8
+    for arch, shards, gib, coll in rows:
+        r = res["trainer"][f"{arch}/{shards.split()[0]}"]
+        assert abs(_num(gib) - r["gib_per_device"]) < 6e-4
+        want = {f"{n} {c}" for c, n in r["collectives_in_hlo"].items() if n}
+        assert set(coll.split(", ")) == want

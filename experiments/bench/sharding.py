@@ -72,9 +72,46 @@ def main(argv=None) -> dict:
     base = res["shards"][1]["max_bytes_per_device"]
     for r in res["shards"].values():
         r["fraction_of_one_shard"] = r["max_bytes_per_device"] / base
+    res["trainer"] = trainer_steps(a)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     return res
+
+
+def trainer_steps(a) -> dict:
+    """The step of ``sae.train(..., mesh=)`` itself (GSPMD: the state placed by
+    ``place_sae_state``, the batch constrained over "data"; the dense TopK/BatchTopK of the
+    architecture registry): per-device bytes and the collectives in its compiled HLO (static
+    count: one inside the bitwise k-th-largest loop runs once per pass)."""
+    import jax
+
+    from jaxcrl import sae
+    from jaxcrl.sae import training as tr
+    from jaxcrl.train.mesh import MeshConfig, make_mesh, per_device_bytes
+
+    x = jax.random.normal(jax.random.key(0), (4 * a.batch, a.d_in))
+    src = sae.array_source(x, a.batch)
+    out = {}
+    for arch in ("topk", "batchtopk"):
+        for m in (1, 2, 4, 8):
+            mesh = make_mesh(MeshConfig(data=8 // m, model=m))
+            cfg = sae.SAEConfig(architecture=arch, d_in=a.d_in, d_sae=a.d_sae, k=a.k,
+                                batch_size=a.batch, steps=10)
+            st = tr.place_sae_state(mesh, tr.init_state(jax.random.key(1), cfg, x,
+                                                        tr.hparams(cfg)), a.d_sae)
+            step = tr.make_step(cfg, src, mesh=mesh)
+            hlo = jax.jit(step).lower((src.init(None), st), jax.random.key(2)).compile(
+                ).as_text()
+            coll = {c: hlo.count(c + "(") + hlo.count(c + "-start(")
+                    for c in ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
+                              "collective-permute")}
+            per_dev = per_device_bytes(st)
+            out[f"{arch}/{m}"] = {"architecture": arch, "mesh": {"data": 8 // m, "model": m},
+                                  "gib_per_device": max(per_dev.values()) / 2**30,
+                                  "collectives_in_hlo": coll}
+            print(f"sae.train step, {arch}, {m} latent shard(s): "
+                  f"{max(per_dev.values()) / 2**30:.3f} GiB per device, collectives {coll}")
+    return out
 
 
 if __name__ == "__main__":
