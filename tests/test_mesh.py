@@ -310,6 +310,11 @@ res = sae.train_sweep(cfg, sae.array_source(x, 128), jax.random.key(1),
                       values={"k": [2, 4, 6, 8]}, progress=False)
 w = np.asarray(res.state.params["W_dec"]) if hasattr(res, "state") else np.stack(
     [np.asarray(res.params(i)["W_dec"]) for i in range(4)])
+# a buffered source: its state is made by a jitted init on one device (a regression: it
+# must follow the runs onto the mesh)
+gen = sae.generator_source(lambda k: jax.random.normal(k, (64, 16)), 16, 128, buffer_size=512)
+wb = np.asarray(sae.train_sweep(cfg, gen, jax.random.key(1), values={"k": [2, 4, 6, 8]},
+                                progress=False).state.params["W_dec"])
 xs = jax.random.normal(jax.random.key(2), (4, 256, 3))
 env = jnp.zeros((4, 256), jnp.int32)
 fr = fit(CRLConfig(latent_dim=3, n_envs=1, steps=3, batch_size=64, method="beta_vae"),
@@ -319,6 +324,7 @@ def ndev(tree):
     return max(len(getattr(a, "sharding", None).device_set) if hasattr(a, "sharding") else 1
                for a in jax.tree.leaves(tree))
 print(json.dumps({"devices": len(jax.devices()), "w": w.ravel().tolist(),
+                  "wb": wb.ravel().tolist(),
                   "sae_devices": ndev(res.state.params),
                   "crl": np.asarray(leaf).ravel().tolist()}))
 """
@@ -337,6 +343,7 @@ def test_sweeps_and_seeds_spread_over_devices_without_code_changes():
     assert (one["devices"], eight["devices"]) == (1, 8)
     assert (one["sae_devices"], eight["sae_devices"]) == (1, 4)
     np.testing.assert_allclose(eight["w"], one["w"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(eight["wb"], one["wb"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(eight["crl"], one["crl"], rtol=1e-4, atol=1e-5)
 
 

@@ -48,7 +48,7 @@ from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
 from jaxcrl.train import driver
-from jaxcrl.train.mesh import constrain_batch, place_runs, resolve_mesh
+from jaxcrl.train.mesh import constrain_batch, onto, place_runs, resolve_mesh
 from jaxcrl.train.optim import build_optimizer
 
 SWEEPABLE = ("k", "l1_coefficient", "l0_coefficient", "lr")
@@ -512,12 +512,12 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
     if sweep:  # the SAEs of a sweep side by side on the devices (none on one device)
         mesh = resolve_mesh(mesh, len(cfgs), "number of runs")
         if mesh is not None:
-            carry = (carry[0], place_runs(carry[1], mesh))
+            carry = (onto(mesh, carry[0]), place_runs(carry[1], mesh))
         mesh = None
     else:  # one SAE: batch over "data", latents over "model"
         mesh = resolve_mesh(mesh, cfg.batch_size, "batch_size")
         if mesh is not None:
-            carry = (carry[0], place_sae_state(mesh, carry[1], cfg.d_sae))
+            carry = (onto(mesh, carry[0]), place_sae_state(mesh, carry[1], cfg.d_sae))
     step = _step(cfg, source, sweep, mesh)
     out = driver.drive(step, carry, k_data, start_step=start, end_step=max(end, start),
                        total_steps=cfg.steps, chunk_size=chunk_size, callbacks=callbacks)

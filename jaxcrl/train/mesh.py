@@ -184,6 +184,25 @@ def place_state(mesh: Mesh | None, tree: Any, *, min_size: int = 1024) -> Any:
     return jax.tree_util.tree_map(put, tree)
 
 
+def onto(mesh: Mesh | None, tree: Any) -> Any:
+    """Replicates over ``mesh`` every array of ``tree`` that is not already placed on its
+    devices (e.g. a source's buffer made by a jitted init on one device), so that one jitted
+    step can take it with arrays sharded on the mesh; arrays already on the mesh keep their
+    sharding. The identity without a mesh."""
+    if mesh is None:
+        return tree
+    devices = set(mesh.devices.flat)
+
+    def put(x):
+        if not hasattr(x, "shape"):
+            return x
+        if isinstance(x, jax.Array) and set(x.sharding.device_set) == devices:
+            return x
+        return jax.device_put(x, replicated(mesh))
+
+    return jax.tree_util.tree_map(put, tree)
+
+
 def _is_key(x: Any) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
