@@ -310,9 +310,12 @@ res = sae.train_sweep(cfg, sae.array_source(x, 128), jax.random.key(1),
                       values={"k": [2, 4, 6, 8]}, progress=False)
 w = np.asarray(res.state.params["W_dec"]) if hasattr(res, "state") else np.stack(
     [np.asarray(res.params(i)["W_dec"]) for i in range(4)])
-# a buffered source: its state is made by a jitted init on one device (a regression: it
-# must follow the runs onto the mesh)
-gen = sae.generator_source(lambda k: jax.random.normal(k, (64, 16)), 16, 128, buffer_size=512)
+# a buffered source whose generator reads arrays on all devices (as a transformer trained
+# data-parallel does): its buffer must follow the 4 runs onto their mesh (a regression)
+mix = jax.device_put(jnp.eye(16), jax.sharding.NamedSharding(
+    jax.sharding.Mesh(np.array(jax.devices()), ("all",)), jax.sharding.PartitionSpec()))
+gen = sae.generator_source(lambda k: jax.random.normal(k, (64, 16)) @ mix, 16, 128,
+                           buffer_size=512)
 wb = np.asarray(sae.train_sweep(cfg, gen, jax.random.key(1), values={"k": [2, 4, 6, 8]},
                                 progress=False).state.params["W_dec"])
 xs = jax.random.normal(jax.random.key(2), (4, 256, 3))
