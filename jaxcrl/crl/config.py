@@ -6,7 +6,7 @@ import dataclasses
 
 from jaxcrl.checkpoint import register_config
 
-METHODS = ("latent_scm", "latent_scm_vae", "beta_vae", "ivae")
+METHODS = ("latent_scm", "latent_scm_vae", "contrastive", "beta_vae", "ivae")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -21,14 +21,16 @@ class CRLConfig:
 
     Attributes:
       method: ``latent_scm`` (flow encoder, exact likelihood), ``latent_scm_vae``,
-        ``beta_vae`` or ``ivae`` (see :mod:`jaxcrl.crl.models`).
+        ``contrastive`` (MLP encoder + environment classifier whose logits are the latent
+        SCM's exact log-density ratios, Buchholz et al. 2023; any D >= d, no
+        invertibility), ``beta_vae`` or ``ivae`` (see :mod:`jaxcrl.crl.models`).
       latent_dim: number of latents d.
       n_envs: number of environments E (0 observational, 1..E-1 interventional).
       scm: latent SCM family of the model prior, ``linear`` or ``nonlinear``.
       intervention: ``perfect`` or ``soft``.
       targets: ``known`` (given per environment) or ``unknown`` (learned, single-node).
       flow_layers, flow_terms: flow encoder depth and tanh terms per elementwise layer.
-      hidden: hidden widths of the VAE encoder/decoder MLPs.
+      hidden: hidden widths of the VAE encoder/decoder and contrastive encoder MLPs.
       scm_hidden: hidden width of the nonlinear prior's per-node MLPs.
       beta: KL weight of ``beta_vae``/``ivae``.
       steps, batch_size, lr, warmup: optimization (Adam, linear warmup then cosine decay,
@@ -85,4 +87,4 @@ class CRLConfig:
 
     @property
     def learns_graph(self) -> bool:
-        return self.method in ("latent_scm", "latent_scm_vae")
+        return self.method in ("latent_scm", "latent_scm_vae", "contrastive")
