@@ -42,6 +42,11 @@ class CRLConfig:
         pull the encoder away from the true latents (MCC fell as the penalty rose). The
         DAG then comes from the exact search of :meth:`FitResult.discover_graph`.
       l1: L1 weight on the learned adjacency.
+      recon: weight of the reconstruction term of ``contrastive`` (an MLP decoder, mean
+        squared error per standardized input dimension). The classifier only sees the
+        log-density ratios, which depend on an intervened latent through a quadratic, so
+        a *folded* encoder (``|z_i - c|``) fits them as well as the true one; requiring
+        ``x`` to be decodable from ``z`` makes the encoder injective and rules folds out.
       edge_threshold: |standardized weight| above which an edge counts as learned (for the
         continuous ``W`` and to prune the exact-search DAG).
       restarts: random restarts per seed (trained together by vmap); the one with the best
@@ -69,6 +74,7 @@ class CRLConfig:
     penalty_max: float = 1e-2
     penalty_ramp: float = 0.6
     l1: float = 0.0
+    recon: float = 0.0
     edge_threshold: float = 0.3
     restarts: int = 2
 

@@ -100,9 +100,14 @@ def contrastive_model(x, env, targets, penalty, *, cfg: CRLConfig, n_total: int)
     encoder = flax_module("encoder", MLP(cfg.hidden, cfg.latent_dim),
                           input_shape=(1, x.shape[-1]))
     prior = _prior_params(cfg)
-    logits = prior_lib.env_log_probs(prior, encoder(x), targets=_targets(cfg, targets),
+    z = encoder(x)
+    logits = prior_lib.env_log_probs(prior, z, targets=_targets(cfg, targets),
                                      soft=cfg.intervention == "soft")
     ll = jnp.sum(jax.nn.log_softmax(logits, -1) * prior_lib.env_onehot(env, cfg.n_envs))
+    if cfg.recon > 0:  # injectivity of the encoder (see CRLConfig.recon)
+        decoder = flax_module("decoder", MLP(cfg.hidden, x.shape[-1]),
+                              input_shape=(1, cfg.latent_dim))
+        ll = ll - cfg.recon * jnp.sum(jnp.mean((decoder(z) - x) ** 2, -1))
     numpyro.factor("log_likelihood", ll * (n_total / x.shape[0]))
     _graph_penalty(prior, penalty, cfg, n_total)
 
