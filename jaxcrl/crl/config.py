@@ -50,8 +50,11 @@ class CRLConfig:
       edge_threshold: |standardized weight| above which an edge counts as learned (for the
         continuous ``W`` and to prune the exact-search DAG).
       restarts: random restarts per seed (trained together by vmap); the one with the best
-        final training loss is kept. Flow maximum likelihood has label-swap local optima,
-        and the likelihood tells them apart.
+        final training loss is kept (with ``holdout > 0``: the best held-out loss). Flow
+        maximum likelihood has label-swap local optima, and the likelihood tells them apart.
+      holdout: fraction of the samples (a fixed random split) kept out of training; the
+        restart with the lowest loss on them (the negative held-out log-likelihood for the
+        exact-likelihood and contrastive models) is kept. 0: select by training loss.
     """
 
     method: str = "latent_scm"
@@ -77,6 +80,7 @@ class CRLConfig:
     recon: float = 0.0
     edge_threshold: float = 0.3
     restarts: int = 2
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -86,6 +90,8 @@ class CRLConfig:
         for name in ("latent_dim", "n_envs", "steps", "batch_size", "flow_layers", "restarts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CRLConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.holdout < 0.5:
+            raise ValueError(f"CRLConfig.holdout must be in [0, 0.5), got {self.holdout}")
         if self.lr <= 0 or self.beta < 0:
             raise ValueError(f"CRLConfig: lr must be > 0 and beta >= 0 (lr={self.lr}, "
                              f"beta={self.beta})")

@@ -381,9 +381,18 @@ def fit(
     state = FitState(svi_state, xp, env, tgt, jnp.zeros((n_runs,), jnp.int32),
                      jnp.zeros((n_runs,), jnp.float32))
     tail = max(cfg.steps // 20, 1)
+    # Held-out split (the same for every run): restarts are compared on unseen samples.
+    split = np.asarray(jax.random.permutation(jax.random.key(0), n_total))
+    n_heldout = int(round(cfg.holdout * n_total))
+    train_idx = jnp.asarray(np.sort(split[n_heldout:]), jnp.int32)
+    heldout_idx = np.sort(split[:n_heldout])
+    n_train = n_total - n_heldout
+    if n_train < b:
+        raise ValueError(f"batch_size={b} exceeds the {n_train} training samples left after "
+                         f"holdout={cfg.holdout}")
 
     def step(s: FitState, k: jax.Array):
-        idx = jax.random.randint(k, (b,), 0, n_total)
+        idx = train_idx[jax.random.randint(k, (b,), 0, n_train)]
         new, loss = svi.update(s.svi_state, s.x[idx], s.env[idx], s.targets,
                                penalty_schedule(cfg, s.step))
         loss = loss / n_total
@@ -437,10 +446,19 @@ def fit(
     state, history = out.state, out.history
     wall = time.perf_counter() - t0
     params = jax.vmap(svi.get_params)(state.svi_state)
+    if n_heldout > 0:
+        penalty = penalty_schedule(cfg, jnp.asarray(cfg.steps))
+
+        def heldout_loss(svi_state, xx, ee, tt):
+            return svi.evaluate(svi_state, xx[heldout_idx], ee[heldout_idx], tt, penalty)
+
+        history["heldout_loss"] = np.asarray(jax.jit(jax.vmap(heldout_loss))(
+            state.svi_state, state.x, state.env, state.targets)) / n_total
     if n_rep > 1:
-        # Keep, per seed, the restart with the best (lowest) training loss at the end (the
-        # mean over the last ``tail`` steps, accumulated in the state).
-        final = (np.asarray(state.tail_loss) / tail).reshape(n_seeds, n_rep)
+        # Keep, per seed, the restart with the best (lowest) held-out loss or, without a
+        # held-out set, training loss at the end (mean over the last ``tail`` steps).
+        final = (history["heldout_loss"] if n_heldout > 0
+                 else np.asarray(state.tail_loss) / tail).reshape(n_seeds, n_rep)
         best = np.nanargmin(np.where(np.isfinite(final), final, np.inf), axis=1)
         idx = np.arange(n_seeds) * n_rep + best
         params, pre = jax.tree.map(lambda a: a[idx], (params, pre))
