@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
+from test_crl_prior import TARGETS, E, _analytic, _params
 
 from jaxcrl.crl import CRLConfig, fit
 from jaxcrl.crl import prior as P
 from jaxcrl.crl.targets import assign_targets, brute_force_assignment
 from jaxcrl.metrics import mcc
-from test_crl_prior import E, TARGETS, _analytic, _params
 
 D = 3
 
