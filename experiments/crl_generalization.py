@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def main(argv=None):
         p.error(str(err))
     table = {}
     for name, cfg in rows.items():
-        slug = name.replace(" ", "_").replace("=", "")
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", name.replace("=", "")).strip("_")
         t = time.perf_counter()
         out = run(cfg, progress=False)
         write_results(f"{args.out}/{slug}", dataclasses.asdict(cfg), out["methods"])

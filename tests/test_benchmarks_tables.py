@@ -118,3 +118,19 @@ def test_sharding_tables_match_their_results_file():
         assert abs(_num(gib) - r["gib_per_device"]) < 6e-4
         want = {f"{n} {c}" for c, n in r["collectives_in_hlo"].items() if n}
         assert set(coll.split(", ")) == want
+
+
+def test_crl_contrastive_table_matches_its_results_files():
+    rows = _table_after("--tag _contrastive --rows")
+    files = ["crl_contrastive_D20.json", "crl_contrastive_d10_D100_unknown.json"]
+    cols = ["mcc_pearson_oos", "mcc_spearman", "r2", "shd", "shd_svi", "edge_auroc"]
+    assert len(rows) == len(files)
+    for row, name in zip(rows, files, strict=True):
+        m = _load(name)["methods"]["contrastive"]
+        for cell, key in zip(row[1:7], cols, strict=True):
+            mean, std = _mean_std(cell)
+            tol = 5e-4 if key.startswith(("mcc", "r2", "edge")) else 0.05
+            assert mean == pytest.approx(m[key]["mean"], abs=tol), (name, key)
+            assert std == pytest.approx(m[key]["std"], abs=tol), (name, key)
+        if "target_accuracy" in m:
+            assert _num(row[7]) == pytest.approx(m["target_accuracy"]["mean"], abs=5e-3)

@@ -2,7 +2,9 @@
 
 * :func:`fit` / :class:`CRLConfig` / :func:`load_fit` — train S seeds in one program.
 * :mod:`jaxcrl.crl.models` — numpyro models/guides (latent SCM exact-likelihood and VAE,
-  β-VAE, iVAE); :mod:`jaxcrl.crl.prior` — the learnable latent SCM density.
+  contrastive (exact-log-ratio environment classifier), β-VAE, iVAE);
+  :mod:`jaxcrl.crl.prior` — the learnable latent SCM density.
+* :mod:`jaxcrl.crl.targets` — unknown targets by likelihood over assignments.
 * :mod:`jaxcrl.crl.evaluate` — score fits against simulated ground truth.
 * :func:`pca`, :func:`fast_ica` — linear reference unmixings.
 """

@@ -6,7 +6,7 @@ import dataclasses
 
 from jaxcrl.checkpoint import register_config
 
-METHODS = ("latent_scm", "latent_scm_vae", "beta_vae", "ivae")
+METHODS = ("latent_scm", "latent_scm_vae", "contrastive", "beta_vae", "ivae")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -21,14 +21,16 @@ class CRLConfig:
 
     Attributes:
       method: ``latent_scm`` (flow encoder, exact likelihood), ``latent_scm_vae``,
-        ``beta_vae`` or ``ivae`` (see :mod:`jaxcrl.crl.models`).
+        ``contrastive`` (MLP encoder + environment classifier whose logits are the latent
+        SCM's exact log-density ratios, Buchholz et al. 2023; any D >= d, no
+        invertibility), ``beta_vae`` or ``ivae`` (see :mod:`jaxcrl.crl.models`).
       latent_dim: number of latents d.
       n_envs: number of environments E (0 observational, 1..E-1 interventional).
       scm: latent SCM family of the model prior, ``linear`` or ``nonlinear``.
       intervention: ``perfect`` or ``soft``.
       targets: ``known`` (given per environment) or ``unknown`` (learned, single-node).
       flow_layers, flow_terms: flow encoder depth and tanh terms per elementwise layer.
-      hidden: hidden widths of the VAE encoder/decoder MLPs.
+      hidden: hidden widths of the VAE encoder/decoder and contrastive encoder MLPs.
       scm_hidden: hidden width of the nonlinear prior's per-node MLPs.
       beta: KL weight of ``beta_vae``/``ivae``.
       steps, batch_size, lr, warmup: optimization (Adam, linear warmup then cosine decay,
@@ -40,11 +42,19 @@ class CRLConfig:
         pull the encoder away from the true latents (MCC fell as the penalty rose). The
         DAG then comes from the exact search of :meth:`FitResult.discover_graph`.
       l1: L1 weight on the learned adjacency.
+      recon: weight of the reconstruction term of ``contrastive`` (an MLP decoder, mean
+        squared error per standardized input dimension). The classifier only sees the
+        log-density ratios, which depend on an intervened latent through a quadratic, so
+        a *folded* encoder (``|z_i - c|``) fits them as well as the true one; requiring
+        ``x`` to be decodable from ``z`` makes the encoder injective and rules folds out.
       edge_threshold: |standardized weight| above which an edge counts as learned (for the
         continuous ``W`` and to prune the exact-search DAG).
       restarts: random restarts per seed (trained together by vmap); the one with the best
-        final training loss is kept. Flow maximum likelihood has label-swap local optima,
-        and the likelihood tells them apart.
+        final training loss is kept (with ``holdout > 0``: the best held-out loss). Flow
+        maximum likelihood has label-swap local optima, and the likelihood tells them apart.
+      holdout: fraction of the samples (a fixed random split) kept out of training; the
+        restart with the lowest loss on them (the negative held-out log-likelihood for the
+        exact-likelihood and contrastive models) is kept. 0: select by training loss.
     """
 
     method: str = "latent_scm"
@@ -67,8 +77,10 @@ class CRLConfig:
     penalty_max: float = 1e-2
     penalty_ramp: float = 0.6
     l1: float = 0.0
+    recon: float = 0.0
     edge_threshold: float = 0.3
     restarts: int = 2
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -78,6 +90,8 @@ class CRLConfig:
         for name in ("latent_dim", "n_envs", "steps", "batch_size", "flow_layers", "restarts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CRLConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.holdout < 0.5:
+            raise ValueError(f"CRLConfig.holdout must be in [0, 0.5), got {self.holdout}")
         if self.lr <= 0 or self.beta < 0:
             raise ValueError(f"CRLConfig: lr must be > 0 and beta >= 0 (lr={self.lr}, "
                              f"beta={self.beta})")
@@ -85,4 +99,4 @@ class CRLConfig:
 
     @property
     def learns_graph(self) -> bool:
-        return self.method in ("latent_scm", "latent_scm_vae")
+        return self.method in ("latent_scm", "latent_scm_vae", "contrastive")

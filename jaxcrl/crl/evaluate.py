@@ -62,7 +62,8 @@ def score_fit(result: FitResult, x, z_true, env, *, adj_true=None, targets_true=
     z_hat = np.asarray(result.encode(x))
     w = result.graph()
     w_dag = result.discover_graph(x, env, targets_true) if result.cfg.learns_graph else None
-    t_hat = result.targets() if result.cfg.targets == "unknown" else None
+    t_hat = (result.assign_targets(x, env) if result.cfg.targets == "unknown"
+             and result.cfg.learns_graph else None)
     scores = []
     for r in range(result.n_runs):
         scores.append(score_run(

@@ -192,6 +192,79 @@ def log_prob(
     return jnp.where(env == 0, obs, jax.nn.logsumexp(log_pi + per_target, -1))
 
 
+def env_log_probs(
+    params: PriorParams,
+    z: jax.Array,
+    *,
+    targets: jax.Array | None,
+    soft: bool = False,
+) -> jax.Array:
+    """``log p_e(z_n)`` of every sample under every environment: ``[n, E]``.
+
+    Column ``e`` equals :func:`log_prob` with ``env = e`` for all samples, computed once
+    for all environments (the observational mechanism is shared). Differences of columns
+    are exact log-density ratios ``log p_e(z) / p_0(z)``: the logits of the contrastive
+    route (:func:`jaxcrl.crl.models.contrastive_model`), where ``softmax_e`` of this row is
+    the Bayes posterior of the environment given ``z`` under equal environment sizes.
+
+    Args:
+      params: prior parameters.
+      z: [n, d] latents.
+      targets: [E, d] known target mask, or None for unknown single-node targets (each
+        interventional environment a mixture over nodes, weights ``softmax(target_logits)``).
+      soft: soft interventions (else perfect).
+    """
+    n_envs, d = params.int_mean.shape
+    loc = node_loc(params, z)
+    lp_obs = _normal_logpdf(z, loc, params.log_scale)  # [n, d]
+    int_loc = params.int_mean[None] + (params.int_factor[None] * loc[:, None] if soft else 0.0)
+    lp_int = _normal_logpdf(z[:, None, :], int_loc, params.int_log_scale[None])  # [n, E, d]
+    diff = lp_int - lp_obs[:, None, :]
+    base = lp_obs.sum(-1)[:, None]
+    linear = params.mlp_w1.shape[-1] == 0
+    if targets is not None:
+        t = targets.astype(z.dtype)
+        out = base + jnp.einsum("ned,ed->ne", diff, t)
+        if linear:
+            out = out + _logdet_linear(params, t, soft)[None]
+        return out
+    per_target = diff + (_logdet_single_targets(params, soft)[None] if linear else 0.0)
+    log_pi = jax.nn.log_softmax(params.target_logits, -1)
+    mix = base + jax.nn.logsumexp(log_pi[None] + per_target, -1)  # [n, E]
+    obs = base[:, 0]
+    if linear:
+        obs = obs + jnp.linalg.slogdet(jnp.eye(d, dtype=z.dtype) - masked_weights(params))[1]
+    return mix.at[:, 0].set(obs)
+
+
+def target_scores(
+    params: PriorParams, z: jax.Array, env: jax.Array, *, soft: bool = False
+) -> jax.Array:
+    """``S[e, j] = sum_{n in e} log p(z_n | env e intervenes on node j alone)``, up to a
+    constant per environment: ``[E, d]`` (row 0, the observational environment, is 0).
+
+    The log-likelihood of a hard single-node target assignment ``e -> j_e`` is
+    ``sum_e S[e, j_e]`` plus a term that does not depend on it, so the maximum-likelihood
+    assignment is a linear assignment problem (:func:`jaxcrl.crl.targets.assign_targets`).
+
+    Args:
+      params: prior parameters (of the fitted model).
+      z: [n, d] encoded latents.
+      env: [n] environment of each sample.
+      soft: soft interventions (else perfect).
+    """
+    n_envs, d = params.int_mean.shape
+    loc = node_loc(params, z)
+    lp_obs = _normal_logpdf(z, loc, params.log_scale)
+    onehot = env_onehot(env, n_envs, z.dtype)  # [n, E]
+    int_loc = onehot @ params.int_mean + ((onehot @ params.int_factor) * loc if soft else 0.0)
+    lp_int = _normal_logpdf(z, int_loc, onehot @ params.int_log_scale)  # [n, d]
+    s = onehot.T @ (lp_int - lp_obs)  # [E, d]
+    if params.mlp_w1.shape[-1] == 0:
+        s = s + onehot.sum(0)[:, None] * _logdet_single_targets(params, soft)
+    return s.at[0].set(0.0)
+
+
 def _logdet_single_targets(params: PriorParams, soft: bool) -> jax.Array:
     """``log|det(I - W_ej)|`` for every environment e and single target j: [E, d]."""
     w = masked_weights(params)

@@ -37,7 +37,7 @@ from jaxcrl import checkpoint as ckpt
 from jaxcrl.crl import prior as prior_lib
 from jaxcrl.crl.config import CRLConfig
 from jaxcrl.crl.models import MODELS
-from jaxcrl.crl.nets import FlowEncoder, GaussianEncoder
+from jaxcrl.crl.nets import MLP, FlowEncoder, GaussianEncoder
 from jaxcrl.train import driver
 from jaxcrl.train.mesh import constrain_batch, place_state, resolve_mesh
 from jaxcrl.train.optim import build_optimizer
@@ -87,7 +87,15 @@ def _check_inputs(cfg: CRLConfig, x, env, targets, z_true):
                          f"[{env.min()}, {env.max()}]")
     if cfg.method == "latent_scm" and x.shape[-1] < cfg.latent_dim:
         raise ValueError(f"obs dim D={x.shape[-1]} < latent_dim={cfg.latent_dim}")
-    if cfg.targets == "known" and cfg.method in ("latent_scm", "latent_scm_vae"):
+    if cfg.method == "contrastive":
+        for run_env in env.reshape(-1, env.shape[-1]):
+            counts = np.bincount(run_env, minlength=cfg.n_envs)
+            if counts.min() == 0 or counts.max() > 1.1 * counts.min():
+                raise ValueError(
+                    "method='contrastive' classifies environments with logits log p_e(z) "
+                    "and no class prior, so it needs (nearly, within 10%) equal samples "
+                    f"per environment; got counts {counts.tolist()}")
+    if cfg.targets == "known" and cfg.learns_graph:
         if targets is None:
             raise ValueError("targets='known' needs the [n_envs, d] target mask `targets`")
         t = np.asarray(targets)
@@ -144,6 +152,9 @@ def _encode_fn(cfg: CRLConfig):
     if cfg.method == "latent_scm":
         net = FlowEncoder(cfg.flow_layers, cfg.flow_terms)
         return lambda params, x: net.apply({"params": params["encoder$params"]}, x)[0]
+    if cfg.method == "contrastive":
+        mlp = MLP(cfg.hidden, cfg.latent_dim)
+        return lambda params, x: mlp.apply({"params": params["encoder$params"]}, x)
     net = GaussianEncoder(cfg.latent_dim, cfg.hidden)
     return lambda params, x: net.apply({"params": params["encoder$params"]}, x)[0]
 
@@ -195,20 +206,42 @@ class FitResult:
             return jnp.broadcast_to(jnp.asarray(known, bool), (self.n_runs, *known.shape[-2:]))
         return jax.vmap(prior_lib.estimated_targets)(self.params["prior"])
 
+    def assign_targets(self, x: jax.Array, env: jax.Array, *,
+                       distinct: bool = True) -> np.ndarray | None:
+        """[S, E, d] maximum-likelihood single-node targets of every run: the fitted model's
+        per-(environment, node) log-likelihoods of the encoded ``x`` (``[N, D]`` or
+        ``[S, N, D]``; ``env`` [N] or [S, N]), then the exact best assignment
+        (:func:`jaxcrl.crl.targets.assign_targets`; ``distinct``: one environment per node)."""
+        if not self.cfg.learns_graph:
+            return None
+        from jaxcrl.crl.targets import assign_targets
+
+        z = self.encode(x)
+        env = jnp.asarray(env)
+        soft = self.cfg.intervention == "soft"
+        scores = jax.vmap(lambda p, zz, e: prior_lib.target_scores(p, zz, e, soft=soft),
+                          in_axes=(0, 0, 0 if env.ndim == 2 else None))(
+            self.params["prior"], z, env)
+        return np.stack([assign_targets(s, distinct=distinct) for s in np.asarray(scores)])
+
     def discover_graph(self, x: jax.Array, env: jax.Array,
                        targets: jax.Array | None = None) -> np.ndarray | None:
         """[S, d, d] DAG weights from an exact interventional-BIC search over the encoded
         latents (:func:`jaxcrl.crl.discovery.exact_dag_search`), edges with standardized
         weight below ``cfg.edge_threshold`` pruned: the discrete refinement of
         :meth:`graph`. Uses the known ``targets`` ([E, d] or [S, E, d]) or, for unknown
-        targets, the learned ones."""
+        targets, the maximum-likelihood assignment of :meth:`assign_targets`."""
         if not self.cfg.learns_graph:
             return None
         from jaxcrl.crl.discovery import exact_dag_search
 
         z = np.asarray(self.encode(x))
+        if self.cfg.targets == "unknown" or targets is None:
+            t = (self.assign_targets(x, env) if self.cfg.targets == "unknown"
+                 else np.asarray(self.targets(None)))
+        else:
+            t = np.asarray(self.targets(jnp.asarray(targets)))
         env = np.asarray(env)
-        t = np.asarray(self.targets(None if targets is None else jnp.asarray(targets)))
         out = []
         for r in range(self.n_runs):
             e = env[r] if env.ndim == 2 else env
@@ -355,13 +388,22 @@ def fit(
     state = FitState(svi_state, xp, env, tgt, jnp.zeros((n_runs,), jnp.int32),
                      jnp.zeros((n_runs,), jnp.float32))
     tail = max(cfg.steps // 20, 1)
+    # Held-out split (the same for every run): restarts are compared on unseen samples.
+    split = np.asarray(jax.random.permutation(jax.random.key(0), n_total))
+    n_heldout = int(round(cfg.holdout * n_total))
+    train_idx = jnp.asarray(np.sort(split[n_heldout:]), jnp.int32)
+    heldout_idx = np.sort(split[:n_heldout])
+    n_train = n_total - n_heldout
+    if n_train < b:
+        raise ValueError(f"batch_size={b} exceeds the {n_train} training samples left after "
+                         f"holdout={cfg.holdout}")
 
     # One run: its minibatch data-parallel over the mesh; several: the runs over the mesh
     # (placed by the driver).
     dp_mesh = resolve_mesh(mesh, b, "batch_size") if n_runs == 1 else None
 
     def step(s: FitState, k: jax.Array):
-        idx = jax.random.randint(k, (b,), 0, n_total)
+        idx = train_idx[jax.random.randint(k, (b,), 0, n_train)]
         xb, eb = constrain_batch((s.x[idx], s.env[idx]), dp_mesh)
         new, loss = svi.update(s.svi_state, xb, eb, s.targets,
                                penalty_schedule(cfg, s.step))
@@ -419,10 +461,19 @@ def fit(
     state, history = out.state, out.history
     wall = time.perf_counter() - t0
     params = jax.vmap(svi.get_params)(state.svi_state)
+    if n_heldout > 0:
+        penalty = penalty_schedule(cfg, jnp.asarray(cfg.steps))
+
+        def heldout_loss(svi_state, xx, ee, tt):
+            return svi.evaluate(svi_state, xx[heldout_idx], ee[heldout_idx], tt, penalty)
+
+        history["heldout_loss"] = np.asarray(jax.jit(jax.vmap(heldout_loss))(
+            state.svi_state, state.x, state.env, state.targets)) / n_total
     if n_rep > 1:
-        # Keep, per seed, the restart with the best (lowest) training loss at the end (the
-        # mean over the last ``tail`` steps, accumulated in the state).
-        final = (np.asarray(state.tail_loss) / tail).reshape(n_seeds, n_rep)
+        # Keep, per seed, the restart with the best (lowest) held-out loss or, without a
+        # held-out set, training loss at the end (mean over the last ``tail`` steps).
+        final = (history["heldout_loss"] if n_heldout > 0
+                 else np.asarray(state.tail_loss) / tail).reshape(n_seeds, n_rep)
         best = np.nanargmin(np.where(np.isfinite(final), final, np.inf), axis=1)
         idx = np.arange(n_seeds) * n_rep + best
         params, pre = jax.tree.map(lambda a: a[idx], (params, pre))
