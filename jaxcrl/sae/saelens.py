@@ -118,6 +118,8 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
     if saved is not None:
         fields = {f.name for f in dataclasses.fields(SAEConfig)}
         base = {k: v for k, v in saved.items() if k in fields}
+        if not arch.nested:  # e.g. a Matryoshka SAE comes back as a plain JumpReLU
+            base.pop("matryoshka_widths", None)
     metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     hook = doc.get("hook_name") or metadata.get("hook_name") or ""
     if not isinstance(hook, str):

@@ -45,6 +45,7 @@ import optax
 
 from jaxcrl.sae import architectures as arch_lib
 from jaxcrl.sae import model as sae_model
+from jaxcrl.sae import penalties
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
 from jaxcrl.train import driver
@@ -213,9 +214,30 @@ def loss_fn(params: dict, x: jax.Array, *, cfg: SAEConfig, k: jax.Array,
         residual = jax.lax.stop_gradient(x - x_hat)
         aux_loss = auxk_loss(params, pre, residual, dead, cfg.effective_aux_k)
         loss = loss + cfg.aux_coefficient * aux_loss
+    loss, extra = dictionary_terms(loss, params, z, x, cfg)
     centered = jnp.sum((x - x.mean(0)) ** 2)
     return loss, {"z": z, "mse": mse / cfg.d_in, "fvu": err.sum() / centered,
-                  "sparsity": sparsity, "aux_loss": aux_loss}
+                  "sparsity": sparsity, "aux_loss": aux_loss, **extra}
+
+
+def dictionary_terms(loss: jax.Array, params: dict, z: jax.Array, target: jax.Array,
+                     cfg: Any) -> tuple[jax.Array, dict]:
+    """``loss`` plus the Matryoshka prefix losses and the orthogonality penalty of ``cfg``.
+
+    Both only exist when configured (``cfg.prefix_widths``, ``cfg.ortho_coefficient``), so
+    the metrics of plain SAEs are unchanged; the extra metrics are ``nested_mse`` and
+    ``ortho`` (the unweighted penalty). ``target`` ``[batch, d]`` is what ``z`` decodes to.
+    """
+    extra = {}
+    widths = cfg.prefix_widths
+    if widths:
+        extra["nested_mse"] = penalties.nested_mse(z, params["W_dec"], params["b_dec"],
+                                                   target, widths)
+        loss = loss + extra["nested_mse"]
+    if cfg.ortho_coefficient > 0:
+        extra["ortho"] = penalties.ortho_penalty(params["W_dec"])
+        loss = loss + cfg.ortho_coefficient * extra["ortho"]
+    return loss, extra
 
 
 def _unit_rows(w: jax.Array) -> jax.Array:
@@ -269,7 +291,8 @@ def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
     new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1,
                                since_fired=since.astype(jnp.int32))
     metrics = {"mse": parts["mse"], "fvu": parts["fvu"], "l0": (z > 0).sum(-1).mean(),
-               "dead_frac": dead.mean(), "loss": loss, "aux_loss": parts["aux_loss"]}
+               "dead_frac": dead.mean(), "loss": loss, "aux_loss": parts["aux_loss"],
+               **{n: parts[n] for n in ("nested_mse", "ortho") if n in parts}}
     return new_state, metrics
 
 
