@@ -474,10 +474,11 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
            init_rows: int = 16384) -> SAETrainResult:
     cfg = _check_cfgs(cfgs)
     width = getattr(cfg, "source_width", cfg.d_in)
+    if width == cfg.d_in and cfg.d_in != source.d_in:
+        raise ValueError(f"source gives d_in={source.d_in} but the config says {cfg.d_in}")
     if width != source.d_in:
         raise ValueError(f"source gives rows of width {source.d_in} but the config needs "
-                         f"{width}" + ("" if width == cfg.d_in else
-                                       " (L (d_in + d_out): inputs then outputs per layer)"))
+                         f"{width} (L (d_in + d_out): inputs then outputs per layer)")
     if cfg.batch_size != source.batch_size:
         raise ValueError(f"source batch_size={source.batch_size} != cfg.batch_size="
                          f"{cfg.batch_size}")
