@@ -49,7 +49,12 @@ from jaxcrl.sae.probe import (
     rank_by_mean_difference,
     sparse_probe,
 )
-from jaxcrl.sae.saelens import export_saelens, import_saelens
+from jaxcrl.sae.saelens import (
+    export_saelens,
+    export_saelens_transcoder,
+    import_saelens,
+    import_saelens_transcoder,
+)
 from jaxcrl.sae.source import (
     Source,
     array_source,
@@ -81,9 +86,11 @@ __all__ = [
     "ARCHITECTURES", "Architecture", "CLTConfig", "HParams", "Reconstruct", "SAEConfig", "SAEState",
     "SAETrainResult", "Source", "ToyConfig",
     "array_source", "auxk_loss", "ce_loss_recovered", "decode", "direction_mcc", "encode",
-    "evaluate", "export_saelens", "fit_logistic", "fit_ridge", "fold_normalization",
+    "evaluate", "export_saelens", "export_saelens_transcoder", "fit_logistic", "fit_ridge",
+    "fold_normalization",
     "forward", "generator_source", "geometric_median", "heaviside_step", "hparams",
-    "identifiability", "import_saelens", "inference_params", "init_params", "init_state",
+    "identifiability", "import_saelens", "import_saelens_transcoder", "inference_params",
+    "init_params", "init_state",
     "jumprelu", "logistic_probe", "make_step", "make_toy", "max_cos", "mmcs",
     "next_token_ce", "npy_source", "plot_density", "pre_activations", "predict_linear",
     "predict_logistic", "rank_by_mean_difference", "register", "select_run", "sparse_probe",
