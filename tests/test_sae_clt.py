@@ -119,3 +119,28 @@ def test_bad_splices_and_configs_are_clear_errors():
         sae.train(cfg, src, jax.random.key(0), progress=False)
     with pytest.raises(ValueError, match="not reached yet"):
         model.run_with_hooks(params, toks, {outs[0]: lm.splice(lambda y, xs: y, [ins[1]])})
+
+
+def test_clt_trains_as_a_vmapped_sweep_from_a_multi_hook_activation_cache(tmp_path):
+    model, params = _tiny_model()
+    ins, outs = replacement.mlp_hooks(2)
+    toks = np.asarray(jax.random.randint(jax.random.key(5), (8, 8), 0, 11))
+    cache = sae.cache_activations(model, params, toks, [*ins, *outs], tmp_path / "acts",
+                                  seqs_per_shard=4, progress=False)
+    src = sae.cache_source(cache, [*ins, *outs], 32)
+    _, c = model.run_with_cache(params, jnp.asarray(toks), names=[*ins, *outs])
+    want = np.concatenate([np.asarray(c[h]).reshape(-1, 32) for h in [*ins, *outs]], 1)
+    got = np.asarray(src.init(jax.random.key(0))["data"])
+    np.testing.assert_allclose(got, want, atol=1e-5)  # a row: every hook, one position
+    cfg = sae.CLTConfig.tiny(architecture="batchtopk", d_in=32, d_out=32, d_sae=16, k=4,
+                             n_layers=2, steps=8, batch_size=32, in_hooks=ins, out_hooks=outs)
+    sweep = sae.train_sweep(cfg, src, jax.random.key(1), values={"k": [1, 4]}, progress=False)
+    assert sweep.history["traces"] <= 1 and sweep.state.params["threshold"].shape == (2, 2)
+    l0 = sweep.history["l0"][-1]
+    assert l0[0] == pytest.approx(1.0) and l0[1] == pytest.approx(4.0)  # per layer and token
+    assert (np.asarray(sweep.state.params["threshold"]) > 0).all()  # running estimates moved
+    p1 = sweep.params(1)
+    assert p1["W_dec"].shape == (3, 16, 32)
+    rows = cache.read(ins[0])  # evaluation runs on raw rows through the folded params
+    ev = clt.evaluate(p1, np.asarray(got), dataclasses.replace(cfg, k=4))
+    assert np.isfinite(ev["fvu"]) and len(ev["l0_per_layer"]) == 2 and rows.shape[1] == 32

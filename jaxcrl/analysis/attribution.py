@@ -154,7 +154,7 @@ def attribution_graph(model: Any, params: Any, tokens: Any, cfg: CLTConfig, dict
     jac = np.asarray(jax.jacfwd(f)(v0), np.float64)  # [N + K, T + N + L T]
     adj = jac * np.asarray(v0, np.float64)[None]  # edge weights: target x source
 
-    names = token_names or [str(t) for t in range(int(tokens.max()) + 1)]
+    names = token_names or [str(t) for t in range(int(info["logits"].shape[-1]))]
     nodes = ([{"kind": "embedding", "layer": -1, "pos": p, "feature": None,
                "activation": 1.0, "label": f"emb {names[tokens[p]]}@{p}"} for p in range(T)]
              + [{"kind": "feature", "layer": int(s), "pos": int(p), "feature": int(fi),
@@ -282,10 +282,10 @@ def ablate_feature(model: Any, params: Any, tokens: Any, cfg: CLTConfig, dict_pa
     toks = jnp.asarray(tokens, jnp.int32).reshape(1, -1)
     errs = clean_errors(model, params, toks, cfg, dict_params)
     hooks = {}
-    for t in range(cfg.n_layers):
-        hooks[cfg.out_hooks[t]] = splice(_ClampedOutput(cfg, t, layer, pos, feature),
-                                         cfg.in_hooks[:t + 1], dict_params, errs[t],
-                                         jnp.float32(value))
+    for t in range(cfg.n_layers):  # position, feature and value are traced: one program
+        hooks[cfg.out_hooks[t]] = splice(_ClampedOutput(cfg, t, layer), cfg.in_hooks[:t + 1],
+                                         dict_params, errs[t], jnp.int32(pos),
+                                         jnp.int32(feature), jnp.float32(value))
     return model.run_with_hooks(params, toks, hooks)[0]
 
 
@@ -294,10 +294,8 @@ class _ClampedOutput:
     cfg: CLTConfig
     target: int
     layer: int
-    pos: int
-    feature: int
 
-    def __call__(self, y, xs, params, err, value):
+    def __call__(self, y, xs, params, err, pos, feature, value):
         cfg, t = self.cfg, self.target
         flat = [a[0].astype(jnp.float32) for a in xs]
         out = clt.layer_output(params, flat, cfg, t)
@@ -307,9 +305,9 @@ class _ClampedOutput:
             z = cfg.arch.activate({n: params[n][s] for n in cfg.arch.init_extra(cfg)}, pre,
                                   cfg, k=cfg.k, inference=True)
             lo, _ = cfg.block_range(s)
-            w = params["W_dec"][lo + (t - s if cfg.cross_layer else 0), self.feature]
-            delta = (value - z[self.pos, self.feature]) * w
-            out = out.at[self.pos].add(delta)
+            w = params["W_dec"][lo + (t - s if cfg.cross_layer else 0)][feature]
+            delta = (value - z[pos, feature]) * w
+            out = out.at[pos].add(delta)
         return (out + err[0])[None].astype(y.dtype)
 
 
