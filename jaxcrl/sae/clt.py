@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxcrl.checkpoint import register_config
 from jaxcrl.sae import penalties
@@ -394,8 +395,6 @@ def update(state: sae_training.SAEState, rows: jax.Array, cfg: CLTConfig, with_a
            ) -> tuple[sae_training.SAEState, dict]:
     """One step on raw source rows ``[B, L (d_in + d_out)]`` (see
     :func:`jaxcrl.sae.training.update`; metrics are the same, ``l0`` per layer)."""
-    import optax
-
     x, y = split_rows(rows, cfg)
     s_in, s_out = state.act_scale[0], state.act_scale[1]
     xn, yn = x * s_in[:, None], y * s_out[:, None]
@@ -463,6 +462,9 @@ FAMILY = sae_training.Family(init_state=init_state, update=update,
 # --------------------------------------------------------------------------- evaluation
 
 
+_forward_jit = jax.jit(forward, static_argnames=("cfg", "k", "inference"))
+
+
 def evaluate(params: Params, rows: Any, cfg: CLTConfig, *, batch_size: int = 4096,
              inference: bool = True) -> dict[str, Any]:
     """Metrics of raw-space params on source rows ``[n, L (d_in + d_out)]``.
@@ -474,9 +476,8 @@ def evaluate(params: Params, rows: Any, cfg: CLTConfig, *, batch_size: int = 409
     x, y = split_rows(rows, cfg)
     check_params(params, cfg)
     y_hat, z = [], []
-    fwd = jax.jit(lambda p, xb: forward(p, xb, cfg, inference=inference))
     for i in range(0, len(rows), batch_size):
-        yh, aux = fwd(params, x[i:i + batch_size])
+        yh, aux = _forward_jit(params, x[i:i + batch_size], cfg, inference=inference)
         y_hat.append(np.asarray(yh))
         z.append(np.asarray(aux["z"]) > 0)
     y_hat, fired = np.concatenate(y_hat), np.concatenate(z)
