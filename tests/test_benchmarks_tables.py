@@ -102,3 +102,20 @@ def test_sae_toy_held_out_table_matches_its_results_files():
         m = res[names[row[0]]]
         for cell, (key, tol) in zip(row[1:6], cols, strict=True):
             assert _num(cell) == pytest.approx(m[key], abs=tol), (row[0], key)
+
+
+def test_transcoders_table_matches_its_results_file():
+    res = _load("transcoders.json")["methods"]
+    rows = _table_after("python experiments/transcoders.py --out out/transcoders")
+    assert len(rows) == len(res) == 24
+    for row in rows:
+        name = f"{row[0]}/ortho{row[1]}/L{row[2]}"
+        m = res[name]
+        assert _num(row[3]) == pytest.approx(m["l0"], abs=0.05), name
+        if "ce_loss_recovered" in m:
+            ce, ce_all = _two_numbers(row[4].replace("/", "("))
+            assert ce == pytest.approx(m["ce_loss_recovered"], abs=5e-4), name
+            assert _num(row[5]) == pytest.approx(m["mlp_explained"], abs=5e-4), name
+        assert _num(row[6]) == pytest.approx(m["mcc_oos"], abs=5e-4), name
+        assert _num(row[7]) == pytest.approx(m["auroc_descendants"], abs=5e-3), name
+        assert _num(row[9]) == pytest.approx(m["ortho"]["mean_abs_cos"], abs=5e-4), name
