@@ -134,3 +134,20 @@ def test_crl_contrastive_table_matches_its_results_files():
             assert std == pytest.approx(m[key]["std"], abs=tol), (name, key)
         if "target_accuracy" in m:
             assert _num(row[7]) == pytest.approx(m["target_accuracy"]["mean"], abs=5e-3)
+
+
+def test_transcoders_table_matches_its_results_file():
+    res = _load("transcoders.json")["methods"]
+    rows = _table_after("python experiments/transcoders.py --out out/transcoders")
+    assert len(rows) == len(res) == 24
+    for row in rows:
+        name = f"{row[0]}/ortho{row[1]}/L{row[2]}"
+        m = res[name]
+        assert _num(row[3]) == pytest.approx(m["l0"], abs=0.05), name
+        if "ce_loss_recovered" in m:
+            ce, ce_all = _two_numbers(row[4].replace("/", "("))
+            assert ce == pytest.approx(m["ce_loss_recovered"], abs=5e-4), name
+            assert _num(row[5]) == pytest.approx(m["mlp_explained"], abs=5e-4), name
+        assert _num(row[6]) == pytest.approx(m["mcc_oos"], abs=5e-4), name
+        assert _num(row[7]) == pytest.approx(m["auroc_descendants"], abs=5e-3), name
+        assert _num(row[9]) == pytest.approx(m["ortho"]["mean_abs_cos"], abs=5e-4), name

@@ -88,6 +88,29 @@ CHECKS = {
         assert Z in model.hook_names  # per-head hooks exist, so head ablation ran
         assert f_after.mean() > f_before.mean()  # steering along the feature raises it
     """,
+    "06_attribution_graph.ipynb": """
+        import json as _json
+        from jaxcrl.analysis import score_effects as _score
+        # the local replacement (patterns and norm scales frozen, clean errors) is exact
+        _ones = jnp.ones(len(prompt))
+        _, _lg = fn(_ones, info["z"], jnp.ones((L, len(prompt))))
+        assert np.abs(np.asarray(_lg) - np.asarray(info["logits"])).max() < 1e-3
+        # the replacement keeps most of the model
+        assert all(np.isfinite(r["ce_loss_recovered"]) for r in ce["layers"])
+        assert ce["all"]["ce_loss_recovered"] > 0.5, ce["all"]
+        # the JSON holds the pruned graph; edges join kept nodes
+        _doc = _json.load(open(path))
+        _ids = {n["id"] for n in _doc["nodes"]}
+        assert _doc["edges"] and all(e["source"] in _ids and e["target"] in _ids
+                                     for e in _doc["edges"])
+        assert 0 < sum(n["kind"] == "feature" for n in _doc["nodes"]) <= len(feats)
+        # ablating the strongest node moves the full model's logit the predicted way
+        assert np.sign(actual[0]) == np.sign(pred[top[0]]), (actual[0], pred[top[0]])
+        assert agree >= 0.5, agree
+        # the latent-level scores are what score_effects gives on the plotted matrix
+        assert abs(_score(m_many, adj)["auroc_descendants"] - s_many["auroc_descendants"]) < 1e-12
+        assert 0.0 <= s_one["auroc_descendants"] <= 1.0
+    """,
 }
 
 

@@ -150,3 +150,40 @@ def test_import_rejects_missing_corrupt_and_symlinked_files(tmp_path):
     w.symlink_to(os_target)
     with pytest.raises(ValueError, match="symlink"):
         sae.import_saelens(tmp_path / "s")
+
+
+@pytest.mark.parametrize("arch,skip", [("jumprelu", True), ("relu", False)])
+def test_transcoder_exports_to_saelens_and_matches_its_forward(arch, skip, tmp_path):
+    torch = pytest.importorskip("torch")
+    sae_lens = pytest.importorskip("sae_lens")
+    from jaxcrl.sae import clt
+
+    cfg = sae.CLTConfig.tiny(architecture=arch, d_in=6, d_out=5, d_sae=12, skip=skip,
+                             in_hooks=("blocks.0.ln2.hook_normalized",),
+                             out_hooks=("blocks.0.hook_mlp_out",))
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    p = clt.init_params(k1, cfg, b_dec=jax.random.normal(k2, (1, 5)))
+    p["b_enc"] = p["b_enc"] + 0.2
+    if skip:
+        p["W_skip"] = 0.3 * jax.random.normal(k3, p["W_skip"].shape)
+    if arch == "jumprelu":
+        p["threshold"] = jnp.full((1, 12), 0.25)
+    x = np.asarray(jax.random.normal(jax.random.key(4), (9, 6)), np.float32)
+    ours = np.asarray(clt.forward(p, jnp.asarray(x)[:, None], cfg, inference=True)[0][:, 0])
+    d = sae.export_saelens_transcoder(tmp_path / "tc", p, cfg)
+    theirs = sae_lens.SAE.load_from_disk(str(d), device="cpu")
+    assert type(theirs).__name__ == {("jumprelu", True): "JumpReLUSkipTranscoder",
+                                     ("relu", False): "Transcoder"}[(arch, skip)]
+    with torch.no_grad():
+        out = theirs(torch.from_numpy(x.copy())).numpy()
+    np.testing.assert_allclose(out, ours, rtol=1e-5, atol=1e-5)
+    back, bcfg = sae.import_saelens_transcoder(d)
+    assert bcfg.skip == skip and bcfg.out_hooks == cfg.out_hooks
+    again = np.asarray(clt.forward(back, jnp.asarray(x)[:, None], bcfg, inference=True)[0])
+    np.testing.assert_allclose(again[:, 0], ours, rtol=1e-6, atol=1e-6)
+    topk = sae.CLTConfig.tiny(d_in=6, d_out=5, d_sae=12)
+    with pytest.raises(ValueError, match="no transcoder format for 'topk'"):
+        sae.export_saelens_transcoder(tmp_path / "t2", clt.init_params(k1, topk), topk)
+    cross = sae.CLTConfig.tiny(d_in=6, d_out=5, d_sae=12, n_layers=2, architecture=arch)
+    with pytest.raises(ValueError, match="no cross-layer transcoder format"):
+        sae.export_saelens_transcoder(tmp_path / "t3", clt.init_params(k1, cross), cross)

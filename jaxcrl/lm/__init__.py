@@ -12,6 +12,7 @@ from jaxcrl.lm.model import (
     MeanAblate,
     PatchFrom,
     ReplaceWith,
+    Splice,
     Transformer,
     ZeroAblate,
     add_vector,
@@ -20,6 +21,7 @@ from jaxcrl.lm.model import (
     patch_from,
     pos_axis_of,
     replace_with,
+    splice,
     zero_ablate,
 )
 from jaxcrl.lm.patching import activation_patching, logit_diff
@@ -27,8 +29,9 @@ from jaxcrl.lm.training import LMTrainConfig, LMTrainResult, train
 
 __all__ = [
     "AddVector", "Hook", "HookedTransformer", "LMTrainConfig", "LMTrainResult", "MeanAblate",
-    "PatchFrom", "ReplaceWith", "RopeScaling", "Transformer", "TransformerConfig", "ZeroAblate",
+    "PatchFrom", "ReplaceWith", "RopeScaling", "Splice", "Transformer", "TransformerConfig",
+    "ZeroAblate",
     "activation_patching", "add_vector", "check_hook_names", "count_params", "from_pretrained",
     "generate", "hook_names", "load_hf_gpt2", "logit_diff", "mean_ablate", "patch_from",
-    "pos_axis_of", "replace_with", "save_hf_gpt2", "train", "zero_ablate",
+    "pos_axis_of", "replace_with", "save_hf_gpt2", "splice", "train", "zero_ablate",
 ]

@@ -93,18 +93,32 @@ class _HookPoints(Points):
         self.hooks = dict(hooks)
         self.cache_set = frozenset(cache_names)
         self.cache: dict[str, jax.Array] = {}
+        # activations that hooks read from earlier points (:class:`Splice`)
+        self.read_set = frozenset(r for fn in self.hooks.values()
+                                  for r in getattr(fn, "reads", ()))
+        self.seen: dict[str, jax.Array] = {}
 
     def wants(self, name: str) -> bool:
-        return name in self.hooks or name in self.cache_set
+        return name in self.hooks or name in self.cache_set or name in self.read_set
 
     def __call__(self, name: str, x: jax.Array) -> jax.Array:
         fn = self.hooks.get(name)
         if fn is not None:
-            y = fn(x)
+            reads = getattr(fn, "reads", ())
+            if reads:
+                late = [r for r in reads if r not in self.seen]
+                if late:
+                    raise ValueError(f"hook at {name} reads {late}, which the forward has not "
+                                     "reached yet (a hook can only read earlier points)")
+                y = fn(x, *[self.seen[r] for r in reads])
+            else:
+                y = fn(x)
             if getattr(y, "shape", None) != x.shape:
                 raise ValueError(f"hook at {name} changed the shape {x.shape} -> "
                                  f"{getattr(y, 'shape', None)}")
             x = y.astype(x.dtype)
+        if name in self.read_set:
+            self.seen[name] = x
         if name in self.cache_set:
             self.cache[name] = x
         return x
@@ -518,6 +532,27 @@ class ReplaceWith(Hook):
         return self.fn(x, *self.args)
 
 
+@_pytree_hook(data=("args",), meta=("fn", "reads"))
+class Splice(Hook):
+    """``x -> fn(x, [a_r for r in reads], *args)``: a hook that also reads the activations
+    at earlier hook points ``reads`` of the same forward (after their own hooks), e.g. a
+    transcoder that replaces ``blocks.l.hook_mlp_out`` from ``blocks.l.ln2.hook_normalized``.
+    ``fn`` static and hashable, ``args`` traced (dictionary params)."""
+
+    fn: Callable
+    reads: tuple = ()
+    args: tuple = ()
+
+    def __call__(self, x: jax.Array, *read: jax.Array) -> jax.Array:
+        return self.fn(x, list(read), *self.args)
+
+
+def splice(fn: Callable, reads: Sequence[str], *args: Any) -> Splice:
+    """Hook ``x -> fn(x, [activations at reads], *args)`` (see :class:`Splice`); ``reads``
+    must come before the hooked point in the forward."""
+    return Splice(fn, tuple(reads), tuple(args))
+
+
 def zero_ablate(x: jax.Array | None = None):
     """Zero-ablation hook. Use as ``hooks={name: zero_ablate()}`` (or ``zero_ablate`` itself;
     called on an array it returns zeros of its shape)."""
@@ -704,8 +739,10 @@ class HookedTransformer:
         names = tuple(dict.fromkeys(names))
         hooks = dict(hooks or {})
         valid = _valid_names(cfg)
-        if not (valid.issuperset(names) and valid.issuperset(hooks)):
-            check_hook_names(cfg, [*names, *hooks])  # raises KeyError listing valid names
+        reads = [r for fn in hooks.values() for r in getattr(fn, "reads", ())]
+        if not (valid.issuperset(names) and valid.issuperset(hooks)
+                and valid.issuperset(reads)):
+            check_hook_names(cfg, [*names, *hooks, *reads])  # KeyError listing valid names
         if stop_at_layer is not None:
             stop_at_layer = int(stop_at_layer)
             if not 0 <= stop_at_layer <= cfg.n_layers:

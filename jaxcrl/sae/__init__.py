@@ -1,4 +1,5 @@
-"""Sparse autoencoders: architectures, activation sources, training (vmap over sweeps),
+"""Sparse dictionaries: SAEs, transcoders and cross-layer transcoders (:mod:`jaxcrl.sae.clt`);
+architectures, activation sources, training (vmap over sweeps),
 evaluation, probing, toy superposition data, SAELens interop, and on-disk activation caches
 (one forward pass, many hooks: :mod:`jaxcrl.sae.cache`).
 
@@ -13,6 +14,7 @@ Quick start::
     sae.mmcs(params["W_dec"], toy.directions)
 """
 
+from jaxcrl.sae import clt  # noqa: F401  (the module: sae.clt.encode, ...)
 from jaxcrl.sae.architectures import ARCHITECTURES, Architecture, register
 from jaxcrl.sae.cache import (
     ActivationCache,
@@ -21,6 +23,7 @@ from jaxcrl.sae.cache import (
     cache_source,
     open_cache,
 )
+from jaxcrl.sae.clt import CLTConfig, transcoder_config
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.metrics import ce_loss_recovered, evaluate, next_token_ce, plot_density
 from jaxcrl.sae.model import (
@@ -46,7 +49,12 @@ from jaxcrl.sae.probe import (
     rank_by_mean_difference,
     sparse_probe,
 )
-from jaxcrl.sae.saelens import export_saelens, import_saelens
+from jaxcrl.sae.saelens import (
+    export_saelens,
+    export_saelens_transcoder,
+    import_saelens,
+    import_saelens_transcoder,
+)
 from jaxcrl.sae.source import (
     Source,
     array_source,
@@ -77,15 +85,16 @@ from jaxcrl.sae.training import (
 
 __all__ = [
     "ActivationCache", "CacheError", "cache_activations", "cache_source", "open_cache",
-    "ARCHITECTURES", "Architecture", "HParams", "Reconstruct", "SAEConfig", "SAEState",
-    "SAETrainResult", "Source", "ToyConfig",
+    "ARCHITECTURES", "Architecture", "CLTConfig", "HParams", "Reconstruct", "SAEConfig",
+    "SAEState", "SAETrainResult", "Source", "ToyConfig",
     "array_source", "auxk_loss", "ce_loss_recovered", "decode", "direction_mcc", "encode",
-    "evaluate", "export_saelens", "fit_logistic", "fit_ridge", "fold_normalization",
-    "forward", "generator_source", "geometric_median", "heaviside_step", "host_rows", "hparams",
-    "identifiability", "import_saelens", "inference_params", "init_params", "init_state",
-    "jumprelu", "logistic_probe", "make_step", "make_toy", "max_cos", "mmcs",
-    "next_token_ce", "npy_source", "plot_density", "pre_activations", "predict_linear",
-    "predict_logistic", "rank_by_mean_difference", "register", "select_run", "sparse_probe",
-    "sharded_array_source", "sparsity_penalty", "sweep_configs", "toy_generator",
-    "toy_sample", "train", "train_sweep", "transformer_generator", "update",
+    "evaluate", "export_saelens", "export_saelens_transcoder", "fit_logistic", "fit_ridge",
+    "fold_normalization", "forward", "generator_source", "geometric_median", "heaviside_step",
+    "host_rows", "hparams", "identifiability", "import_saelens", "import_saelens_transcoder",
+    "inference_params", "init_params", "init_state", "jumprelu", "logistic_probe", "make_step",
+    "make_toy", "max_cos", "mmcs", "next_token_ce", "npy_source", "plot_density",
+    "pre_activations", "predict_linear", "predict_logistic", "rank_by_mean_difference",
+    "register", "select_run", "sharded_array_source", "sparse_probe", "sparsity_penalty",
+    "sweep_configs", "toy_generator", "toy_sample", "train", "train_sweep", "transcoder_config",
+    "transformer_generator", "update",
 ]

@@ -28,6 +28,11 @@ The built-ins (registration order, which fixes per-architecture seeds in the pip
 - ``jumprelu``:  ``z = pre · H(pre − θ)`` with a straight-through estimator for θ
   (rectangle kernel of bandwidth ε), penalty ``L0 = Σ_i H(pre_i − θ_i)`` (Rajamanoharan
   et al. 2024, Gemma Scope). SAELens ``jumprelu``.
+- ``matryoshka_batchtopk``: BatchTopK whose nested prefixes ``z[:, :w]`` each reconstruct
+  (Bussmann et al. 2025); exported as SAELens ``jumprelu`` like BatchTopK.
+
+Any architecture can add the decoder-orthogonality penalty (``SAEConfig.ortho_coefficient``,
+:mod:`jaxcrl.sae.penalties`).
 
 TopK selection is dense: the exact k-th largest value of each row
 (:func:`kth_largest_nonneg`, a bitwise binary search) is a per-row threshold, so there is no
@@ -47,8 +52,8 @@ if TYPE_CHECKING:
 
 Params = dict[str, jax.Array]
 
-__all__ = ["ARCHITECTURES", "Architecture", "BatchTopK", "JumpReLU", "ReLU", "TopK",
-           "batch_topk_mask", "from_saelens", "get", "heaviside_step", "jumprelu",
+__all__ = ["ARCHITECTURES", "Architecture", "BatchTopK", "JumpReLU", "MatryoshkaBatchTopK",
+           "ReLU", "TopK", "batch_topk_mask", "from_saelens", "get", "heaviside_step", "jumprelu",
            "kth_largest_nonneg", "register", "topk_mask"]
 
 
@@ -164,6 +169,8 @@ class Architecture:
         renormalisation after each update); else they start at ``dec_init_norm``.
       frozen_params: extra params that the optimizer must not move (their gradients are
         zeroed; e.g. a running-estimate threshold set in :meth:`post_update`).
+      nested: a Matryoshka architecture: the loss adds the reconstruction error of every
+        prefix of the latents listed by :meth:`prefix_widths`.
     """
 
     name: ClassVar[str]
@@ -173,6 +180,12 @@ class Architecture:
     coefficient_field: ClassVar[str | None] = None
     unit_norm_decoder: ClassVar[bool] = True
     frozen_params: ClassVar[tuple[str, ...]] = ()
+    nested: ClassVar[bool] = False
+
+    def prefix_widths(self, cfg: SAEConfig) -> tuple[int, ...]:
+        """Inner widths whose prefixes ``z[:, :w]`` must reconstruct alone (none by default)."""
+        del cfg
+        return ()
 
     def init_extra(self, cfg: SAEConfig) -> Params:
         """Parameters besides ``W_enc, b_enc, W_dec, b_dec`` (float32)."""
@@ -276,6 +289,26 @@ class BatchTopK(Architecture):
         return {"threshold": np.full((cfg.d_sae,), np.asarray(params["threshold"]), np.float32)}
 
 
+class MatryoshkaBatchTopK(BatchTopK):
+    """BatchTopK whose nested prefixes each reconstruct (Bussmann et al. 2025).
+
+    The latents are selected once, by batch-level TopK over the whole dictionary; the loss
+    adds ``Σ_w mean_b ‖x − (z[:, :w] W_dec[:w] + b_dec)‖²`` over the inner widths ``w``
+    (``cfg.matryoshka_widths``, default ``d_sae/8, d_sae/4, d_sae/2``), so early latents
+    learn general features and later ones refine them instead of absorbing them. Exported
+    as SAELens ``jumprelu`` (what SAELens saves for its ``matryoshka_batchtopk``).
+    """
+
+    name = "matryoshka_batchtopk"
+    nested = True
+
+    def prefix_widths(self, cfg):
+        if cfg.matryoshka_widths:
+            return tuple(cfg.matryoshka_widths)
+        return tuple(sorted({w for w in (cfg.d_sae // 8, cfg.d_sae // 4, cfg.d_sae // 2)
+                             if 1 <= w < cfg.d_sae}))
+
+
 class JumpReLU(Architecture):
     """JumpReLU with a rectangle-kernel STE and an L0 penalty (Gemma Scope)."""
 
@@ -351,5 +384,5 @@ def from_saelens(saelens_name: str) -> Architecture:
                      f"(supported: {supported})")
 
 
-for _arch in (ReLU(), TopK(), BatchTopK(), JumpReLU()):
+for _arch in (ReLU(), TopK(), BatchTopK(), JumpReLU(), MatryoshkaBatchTopK()):
     register(_arch)

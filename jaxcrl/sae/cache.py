@@ -508,8 +508,8 @@ def open_cache(directory: str | os.PathLike) -> ActivationCache:
     return ActivationCache(root, m, tuple(hooks), dtype, positions, files, offsets)
 
 
-def cache_source(cache: ActivationCache | str | os.PathLike, hook: str, batch_size: int, *,
-                 max_rows: int = 1_000_000) -> Source:
+def cache_source(cache: ActivationCache | str | os.PathLike, hook: str | Sequence[str],
+                 batch_size: int, *, max_rows: int = 1_000_000) -> Source:
     """A shuffled :class:`Source` over one hook of an activation cache.
 
     At most ``max_rows`` rows live on the device: all of them (in cache order) when the
@@ -522,7 +522,8 @@ def cache_source(cache: ActivationCache | str | os.PathLike, hook: str, batch_si
 
     Args:
       cache: an :class:`ActivationCache` or its directory.
-      hook: which hook.
+      hook: which hook, or several hooks whose rows (the same positions) are concatenated
+        along the width, e.g. a transcoder's inputs then outputs (:mod:`jaxcrl.sae.clt`).
       batch_size: rows per sample.
       max_rows: device-resident rows.
 
@@ -534,15 +535,17 @@ def cache_source(cache: ActivationCache | str | os.PathLike, hook: str, batch_si
         cache = open_cache(cache)
     if batch_size < 1 or max_rows < 1:
         raise ValueError(f"batch_size ({batch_size}) and max_rows ({max_rows}) must be >= 1")
-    n, d = cache.n_rows(hook), cache.d(hook)
+    hooks = [hook] if isinstance(hook, str) else list(hook)
+    n, d = cache.n_rows(hooks[0]), sum(cache.d(h) for h in hooks)
     m = min(n, max_rows)
 
     def load_seed(seed: int) -> dict:
         if m == n:
-            rows = cache.read(hook)
+            parts = [cache.read(h) for h in hooks]
         else:
             idx = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
-            rows = cache.rows(hook, idx)
+            parts = [cache.rows(h, idx) for h in hooks]
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts, 1)
         if not np.isfinite(rows).all():
             raise ValueError(f"{cache.root}: activations at {hook!r} contain NaN or inf")
         return {"data": jnp.asarray(rows), "seed": jnp.int32(seed)}

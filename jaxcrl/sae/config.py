@@ -10,6 +10,14 @@ from jaxcrl.sae import architectures as arch_lib
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
 
 
+def check_prefix_widths(widths: tuple[int, ...], n: int, name: str) -> None:
+    """ValueError unless ``widths`` are strictly increasing integers in ``[1, n)``."""
+    if any(not 1 <= w < n for w in widths) or any(
+            b <= a for a, b in zip(widths, widths[1:], strict=False)):
+        raise ValueError(f"{name} must be strictly increasing widths in [1, {n}) (the full "
+                         f"width is the last level), got {widths}")
+
+
 @register_config
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
@@ -48,6 +56,14 @@ class SAEConfig:
         threshold (the smallest kept activation of each batch).
       dense_threshold: firing rate above which a latent counts as dense in evaluation.
       hook_name: where the activations come from (written to the SAELens ``cfg.json``).
+      matryoshka_widths: nested prefix widths of a Matryoshka dictionary (strictly
+        increasing, in ``[1, d_sae)``; the full width is the last level): each prefix of the
+        latents is trained to reconstruct on its own. Empty: the architecture's default
+        (``matryoshka_batchtopk``: ``d_sae/8, d_sae/4, d_sae/2``); other architectures take
+        none.
+      ortho_coefficient: weight of the decoder-orthogonality penalty
+        ``mean_{i≠j} cos²(W_dec[i], W_dec[j])`` (:func:`jaxcrl.sae.penalties.ortho_penalty`),
+        for any architecture; 0 turns it off.
     """
 
     architecture: str = "topk"
@@ -78,6 +94,8 @@ class SAEConfig:
     batchtopk_threshold_lr: float = 0.01
     dense_threshold: float = 0.1
     hook_name: str = ""
+    matryoshka_widths: tuple[int, ...] = ()
+    ortho_coefficient: float = 0.0
 
     def __post_init__(self) -> None:
         if self.architecture not in arch_lib.ARCHITECTURES:
@@ -102,6 +120,15 @@ class SAEConfig:
                 raise ValueError(f"SAEConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"SAEConfig.lr_decay must be in [0, 1], got {self.lr_decay}")
+        if self.ortho_coefficient < 0:
+            raise ValueError(f"SAEConfig.ortho_coefficient must be >= 0, got "
+                             f"{self.ortho_coefficient}")
+        object.__setattr__(self, "matryoshka_widths",
+                           tuple(int(w) for w in self.matryoshka_widths))
+        check_prefix_widths(self.matryoshka_widths, self.d_sae, "SAEConfig.matryoshka_widths")
+        if self.matryoshka_widths and not self.arch.nested:
+            raise ValueError(f"SAEConfig.matryoshka_widths only act on Matryoshka "
+                             f"architectures, not {self.architecture!r}")
 
     @property
     def effective_aux_k(self) -> int:
@@ -117,6 +144,11 @@ class SAEConfig:
     def unit_norm_decoder(self) -> bool:
         """Decoder rows are kept at unit norm (all built-ins but ``relu``)."""
         return self.arch.unit_norm_decoder
+
+    @property
+    def prefix_widths(self) -> tuple[int, ...]:
+        """The inner Matryoshka widths the loss trains (empty for plain architectures)."""
+        return self.arch.prefix_widths(self)
 
     @property
     def coefficient(self) -> float:

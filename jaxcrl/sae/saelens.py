@@ -118,6 +118,8 @@ def import_saelens(path: str | os.PathLike) -> tuple[dict, SAEConfig]:
     if saved is not None:
         fields = {f.name for f in dataclasses.fields(SAEConfig)}
         base = {k: v for k, v in saved.items() if k in fields}
+        if not arch.nested:  # e.g. a Matryoshka SAE comes back as a plain JumpReLU
+            base.pop("matryoshka_widths", None)
     metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     hook = doc.get("hook_name") or metadata.get("hook_name") or ""
     if not isinstance(hook, str):
@@ -169,3 +171,121 @@ def _saelens_architecture(doc: dict, path: Path) -> str:
     if not isinstance(arch, str):
         raise ValueError(f"{path}: architecture must be a string, got {arch!r}")
     return arch
+
+
+# --------------------------------------------------------------------------- transcoders
+
+_TRANSCODER_NAMES = {  # (our activation kind, skip) -> SAELens 6.x architecture
+    ("relu", False): "transcoder", ("relu", True): "skip_transcoder",
+    ("jumprelu", False): "jumprelu_transcoder", ("jumprelu", True): "jumprelu_skip_transcoder",
+}
+
+
+def _transcoder_kind(cfg: Any) -> str:
+    """``relu`` or ``jumprelu``: how SAELens can run this architecture as a transcoder."""
+    if cfg.arch.saelens_name == "standard" and cfg.arch.coefficient_field == "l1_coefficient":
+        return "relu"
+    if cfg.arch.saelens_name == "jumprelu":  # jumprelu, batchtopk, matryoshka_batchtopk
+        return "jumprelu"
+    raise ValueError(f"SAELens (6.x) has no transcoder format for {cfg.architecture!r}: it "
+                     "saves ReLU and JumpReLU transcoders (and BatchTopK as JumpReLU); "
+                     "train a batchtopk or jumprelu transcoder to export it")
+
+
+def export_saelens_transcoder(path: str | os.PathLike, params: dict, cfg: Any, *,
+                              layer: int = 0, extra: dict | None = None) -> Path:
+    """Writes layer ``layer`` of a transcoder (raw-space params of a
+    :class:`~jaxcrl.sae.clt.CLTConfig`; one layer, or per-layer transcoders) in the
+    SAELens 6.x transcoder layout: ``cfg.json`` (``architecture`` ``transcoder``,
+    ``skip_transcoder``, ``jumprelu_transcoder`` or ``jumprelu_skip_transcoder``, ``d_in``,
+    ``d_sae``, ``d_out``, ``hook_name`` and ``metadata.hook_name_out``) and
+    ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_out]``,
+    ``b_enc``, ``b_dec [d_out]``, ``threshold [d_sae]`` (JumpReLU kinds), ``W_skip
+    [d_out, d_in]`` (skip kinds: SAELens computes ``x W_skipᵀ``)).
+
+    Raises:
+      ValueError: a cross-layer transcoder (SAELens has no CLT format), a layer out of
+        range, or an architecture SAELens cannot run as a transcoder (TopK).
+    """
+    from safetensors.numpy import save_file
+
+    if cfg.cross_layer and cfg.n_layers > 1:
+        raise ValueError("SAELens has no cross-layer transcoder format; export per-layer "
+                         "transcoders (cross_layer=False) or a one-layer transcoder")
+    if not 0 <= layer < cfg.n_layers:
+        raise ValueError(f"layer {layer} is not one of the {cfg.n_layers} layer(s)")
+    kind = _transcoder_kind(cfg)
+    name = _TRANSCODER_NAMES[(kind, cfg.skip)]
+    weights = {"W_enc": params["W_enc"][layer], "b_enc": params["b_enc"][layer],
+               "W_dec": params["W_dec"][layer], "b_dec": params["b_dec"][layer]}
+    if kind == "jumprelu":
+        thr = np.asarray(params["threshold"][layer], np.float32)
+        weights["threshold"] = np.broadcast_to(thr, (cfg.d_sae,))
+    if cfg.skip:
+        weights["W_skip"] = np.asarray(params["W_skip"][layer]).T
+    weights = {n: np.ascontiguousarray(np.asarray(w, np.float32)) for n, w in weights.items()}
+    hook_in = cfg.in_hooks[layer] if cfg.in_hooks else cfg.hook_name
+    hook_out = cfg.out_hooks[layer] if cfg.out_hooks else ""
+    doc = {"architecture": name, "d_in": cfg.d_in, "d_sae": cfg.d_sae, "d_out": cfg.d_out,
+           "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": False,
+           "normalize_activations": "none", "hook_name": hook_in,
+           "metadata": {"hook_name": hook_in, "hook_name_out": hook_out},
+           "jaxcrl": {"jaxcrl_architecture": cfg.architecture, "layer": layer,
+                      "jaxcrl_config": dataclasses.asdict(cfg)}}
+    if extra:
+        doc.update(extra)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(path / WEIGHTS))
+    (path / CFG).write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def import_saelens_transcoder(path: str | os.PathLike) -> tuple[dict, Any]:
+    """Reads a SAELens transcoder directory: ``(params, cfg)`` of a one-layer
+    :class:`~jaxcrl.sae.clt.CLTConfig` on raw activations (``transcoder`` /
+    ``skip_transcoder`` import as ReLU, the ``jumprelu_*`` kinds as JumpReLU).
+
+    Raises:
+      ValueError: not a transcoder directory, or shapes that contradict ``cfg.json``.
+    """
+    from safetensors.numpy import load_file
+
+    from jaxcrl.sae.clt import CLTConfig
+
+    path = Path(path)
+    doc = _read_cfg(path)
+    names = {v: k for k, v in _TRANSCODER_NAMES.items()}
+    if doc.get("architecture") not in names:
+        raise ValueError(f"{path}: architecture {doc.get('architecture')!r} is not a SAELens "
+                         f"transcoder (supported: {sorted(names)})")
+    kind, skip = names[doc["architecture"]]
+    d_in, d_sae, d_out = doc["d_in"], doc["d_sae"], doc.get("d_out")
+    if not isinstance(d_out, int) or d_out < 1:
+        raise ValueError(f"{path}: {CFG} d_out must be a positive integer, got {d_out!r}")
+    weights = load_file(str(path / WEIGHTS))
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out),
+              "b_dec": (d_out,)}
+    if kind == "jumprelu":
+        shapes["threshold"] = (d_sae,)
+    if skip:
+        shapes["W_skip"] = (d_out, d_in)
+    for n, s in shapes.items():
+        if n not in weights:
+            raise ValueError(f"{path}: {WEIGHTS} has no {n}")
+        if tuple(weights[n].shape) != s:
+            raise ValueError(f"{path}: {n} has shape {weights[n].shape}, expected {s}")
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    hook_in, hook_out = doc.get("hook_name") or meta.get("hook_name"), meta.get("hook_name_out")
+    cfg = CLTConfig(architecture=kind, d_in=d_in, d_sae=d_sae, d_out=d_out, n_layers=1,
+                    k=min(32, d_sae),
+                    skip=skip, normalize_activations=False,
+                    in_hooks=(hook_in,) if hook_in and hook_out else (),
+                    out_hooks=(hook_out,) if hook_in and hook_out else ())
+    params = {n: jnp.asarray(weights[n], jnp.float32)[None] for n in
+              ("W_enc", "b_enc", "W_dec", "b_dec")}
+    if kind == "jumprelu":
+        params["threshold"] = jnp.asarray(weights["threshold"], jnp.float32)[None]
+    if skip:
+        params["W_skip"] = jnp.asarray(weights["W_skip"], jnp.float32).T[None]
+    return params, cfg

@@ -29,7 +29,7 @@ exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +259,7 @@ def _check_gen(x: jax.Array, shape: tuple[int, int]) -> None:
 
 
 def transformer_generator(model: Any, params: Any, sample_tokens: Callable[[jax.Array], Any],
-                          hook_name: str, *, stop_at_layer: int | None = None
+                          hook_name: str | Sequence[str], *, stop_at_layer: int | None = None
                           ) -> Callable[[jax.Array], jax.Array]:
     """``gen(key) -> [batch·seq, d]``: activations of a hooked transformer at ``hook_name``.
 
@@ -272,15 +272,18 @@ def transformer_generator(model: Any, params: Any, sample_tokens: Callable[[jax.
       model: object with ``run_with_cache``.
       params: the model's params.
       sample_tokens: ``key -> tokens [batch, seq]`` (int), e.g. a synthetic language.
-      hook_name: e.g. ``"blocks.1.hook_resid_post"``.
+      hook_name: e.g. ``"blocks.1.hook_resid_post"``, or several hooks whose activations
+        are concatenated along the width (the rows of a transcoder's source: its inputs,
+        then its outputs, see :mod:`jaxcrl.sae.clt`).
       stop_at_layer: skip the layers after the hook (``layer + 1`` for a block hook).
     """
+    names = [hook_name] if isinstance(hook_name, str) else list(hook_name)
 
     def gen(key):
         tokens = sample_tokens(key)
-        _, cache = model.run_with_cache(params, tokens, names=[hook_name],
+        _, cache = model.run_with_cache(params, tokens, names=names,
                                         stop_at_layer=stop_at_layer)
-        acts = jax.lax.stop_gradient(cache[hook_name])
-        return acts.reshape(-1, acts.shape[-1])
+        acts = [jax.lax.stop_gradient(cache[n]) for n in names]
+        return jnp.concatenate([a.reshape(-1, a.shape[-1]) for a in acts], -1)
 
     return gen

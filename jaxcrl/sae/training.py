@@ -45,6 +45,7 @@ import optax
 
 from jaxcrl.sae import architectures as arch_lib
 from jaxcrl.sae import model as sae_model
+from jaxcrl.sae import penalties
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
 from jaxcrl.train import driver
@@ -112,12 +113,34 @@ class SAETrainResult(NamedTuple):
                              f"{len(self.cfgs) - 1}")
         state = self.state
         if run is not None:
-            if jnp.ndim(self.state.act_scale) == 0:
+            if jnp.ndim(self.state.step) == 0:
                 raise ValueError("run= only applies to the result of train_sweep")
             state = select_run(self.state, run)
-        elif jnp.ndim(state.act_scale) == 1:
+        elif jnp.ndim(state.step) == 1:
             state = select_run(state, 0)
-        return inference_params(state, self.cfg)
+        return _family(self.cfg).inference_params(state, self.cfg)
+
+
+class Family(NamedTuple):
+    """The training functions of one dictionary kind, so :func:`train` and
+    :func:`train_sweep` (driver, sweeps, checkpoints) serve SAEs, transcoders and CLTs.
+
+    Attributes:
+      init_state: ``(key, cfg, rows [n, width], hp) -> SAEState``.
+      update: ``(state, rows [batch, width], cfg, with_aux) -> (state, metrics)``.
+      inference_params: ``(state, cfg) -> params`` on raw activations.
+
+    A config names its family by a ``family`` attribute (SAEs: none, these functions);
+    its ``source_width`` (default ``d_in``) is the width of the source's rows.
+    """
+
+    init_state: Callable
+    update: Callable
+    inference_params: Callable
+
+
+def _family(cfg: SAEConfig) -> Family:
+    return getattr(cfg, "family", None) or SAE_FAMILY
 
 
 def hparams(cfg: SAEConfig) -> HParams:
@@ -214,9 +237,30 @@ def loss_fn(params: dict, x: jax.Array, *, cfg: SAEConfig, k: jax.Array,
         residual = jax.lax.stop_gradient(x - x_hat)
         aux_loss = auxk_loss(params, pre, residual, dead, cfg.effective_aux_k)
         loss = loss + cfg.aux_coefficient * aux_loss
+    loss, extra = dictionary_terms(loss, params, z, x, cfg)
     centered = jnp.sum((x - x.mean(0)) ** 2)
     return loss, {"z": z, "mse": mse / cfg.d_in, "fvu": err.sum() / centered,
-                  "sparsity": sparsity, "aux_loss": aux_loss}
+                  "sparsity": sparsity, "aux_loss": aux_loss, **extra}
+
+
+def dictionary_terms(loss: jax.Array, params: dict, z: jax.Array, target: jax.Array,
+                     cfg: Any) -> tuple[jax.Array, dict]:
+    """``loss`` plus the Matryoshka prefix losses and the orthogonality penalty of ``cfg``.
+
+    Both only exist when configured (``cfg.prefix_widths``, ``cfg.ortho_coefficient``), so
+    the metrics of plain SAEs are unchanged; the extra metrics are ``nested_mse`` and
+    ``ortho`` (the unweighted penalty). ``target`` ``[batch, d]`` is what ``z`` decodes to.
+    """
+    extra = {}
+    widths = cfg.prefix_widths
+    if widths:
+        extra["nested_mse"] = penalties.nested_mse(z, params["W_dec"], params["b_dec"],
+                                                   target, widths)
+        loss = loss + extra["nested_mse"]
+    if cfg.ortho_coefficient > 0:
+        extra["ortho"] = penalties.ortho_penalty(params["W_dec"])
+        loss = loss + cfg.ortho_coefficient * extra["ortho"]
+    return loss, extra
 
 
 def _unit_rows(w: jax.Array) -> jax.Array:
@@ -239,10 +283,11 @@ def update(state: SAEState, x: jax.Array, cfg: SAEConfig) -> tuple[SAEState, dic
     Returns the new state and scalar metrics: ``mse`` (per element, normalised space),
     ``fvu``, ``l0``, ``dead_frac``, ``loss``, ``aux_loss``.
     """
+    upd = _family(cfg).update
     if not _uses_aux(cfg):
-        return _update(state, x, cfg, False)
-    return jax.lax.cond(_any_dead(state, cfg), lambda s: _update(s, x, cfg, True),
-                        lambda s: _update(s, x, cfg, False), state)
+        return upd(state, x, cfg, False)
+    return jax.lax.cond(_any_dead(state, cfg), lambda s: upd(s, x, cfg, True),
+                        lambda s: upd(s, x, cfg, False), state)
 
 
 def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
@@ -270,7 +315,8 @@ def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
     new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1,
                                since_fired=since.astype(jnp.int32))
     metrics = {"mse": parts["mse"], "fvu": parts["fvu"], "l0": (z > 0).sum(-1).mean(),
-               "dead_frac": dead.mean(), "loss": loss, "aux_loss": parts["aux_loss"]}
+               "dead_frac": dead.mean(), "loss": loss, "aux_loss": parts["aux_loss"],
+               **{n: parts[n] for n in ("nested_mse", "ortho") if n in parts}}
     return new_state, metrics
 
 
@@ -286,11 +332,12 @@ def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False, mesh: Any 
     With a ``mesh`` (one SAE, not a sweep) the activation batch is split over ``"data"``;
     the SAE state keeps the placement it was given (:func:`place_sae_state`).
     """
+    upd1 = _family(cfg).update
     if not sweep:
         upd = lambda s, x: update(s, x, cfg)
     else:
-        plain = jax.vmap(lambda s, x: _update(s, x, cfg, False), in_axes=(0, None))
-        with_aux = jax.vmap(lambda s, x: _update(s, x, cfg, True), in_axes=(0, None))
+        plain = jax.vmap(lambda s, x: upd1(s, x, cfg, False), in_axes=(0, None))
+        with_aux = jax.vmap(lambda s, x: upd1(s, x, cfg, True), in_axes=(0, None))
         upd = plain if not _uses_aux(cfg) else (
             lambda s, x: jax.lax.cond(_any_dead(s, cfg), with_aux, plain, s, x))
 
@@ -453,6 +500,8 @@ def train_sweep(cfgs: SAEConfig | Sequence[SAEConfig], source: Source, key: jax.
     return _train(list(cfgs), source, key, sweep=True, **kwargs)
 
 
+SAE_FAMILY = Family(init_state=init_state, update=_update, inference_params=inference_params)
+
 _IGNORED = ("dense_threshold",)  # evaluation only: may change on resume
 
 
@@ -462,8 +511,12 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
            resume: bool = True, stop_at: int | None = None, refresh_every: int | None = None,
            init_rows: int = 16384, mesh: Any = None) -> SAETrainResult:
     cfg = _check_cfgs(cfgs)
-    if cfg.d_in != source.d_in:
+    width = getattr(cfg, "source_width", cfg.d_in)
+    if width == cfg.d_in and cfg.d_in != source.d_in:
         raise ValueError(f"source gives d_in={source.d_in} but the config says {cfg.d_in}")
+    if width != source.d_in:
+        raise ValueError(f"source gives rows of width {source.d_in} but the config needs "
+                         f"{width} (L (d_in + d_out): inputs then outputs per layer)")
     if cfg.batch_size != source.batch_size:
         raise ValueError(f"source batch_size={source.batch_size} != cfg.batch_size="
                          f"{cfg.batch_size}")
@@ -473,10 +526,11 @@ def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool
     sae_model.check_finite(x0, "activations from the source")
     hp = (jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[hparams(c) for c in cfgs])
           if sweep else hparams(cfgs[0]))
+    init = _family(cfg).init_state
     if sweep:
-        sae = jax.vmap(lambda h: init_state(k_params, cfg, x0, h))(hp)
+        sae = jax.vmap(lambda h: init(k_params, cfg, x0, h))(hp)
     else:
-        sae = init_state(k_params, cfg, x0, hp)
+        sae = init(k_params, cfg, x0, hp)
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
 
     def to_save(carry):
