@@ -148,7 +148,8 @@ def worker_jaxcrl(args) -> dict:
     d, s, b = args.d_in, args.d_sae, args.batch
     source = sae.array_source(_data(args.rows, d), b)
     cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=s, k=args.k, batch_size=b,
-                        steps=10_000, decoder=args.decoder, compute_dtype=args.compute_dtype)
+                        steps=10_000, decoder=args.decoder, compute_dtype=args.compute_dtype,
+                        grad_clip=1.0)  # SAELens' trainer clips at 1.0: same work
     hold = _dead_mask(s) if args.auxk == "active" else None
     rss0 = _rss_mb()
     per_step, first, temp = time_training([cfg], source, jax.random.key(3), args.steps,
