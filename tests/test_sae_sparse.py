@@ -72,9 +72,11 @@ def test_sorted_scatter_matches_the_per_example_scatter(monkeypatch):
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-@pytest.mark.parametrize("apply_b_dec", [True, False])
-def test_forward_and_gradients_equal_the_dense_path(arch, apply_b_dec, kernels):
+@pytest.mark.parametrize("arch,apply_b_dec,loops", [("topk", True, True),
+                                                     ("batchtopk", False, True),
+                                                     ("topk", False, False)])
+def test_forward_and_gradients_equal_the_dense_path(arch, apply_b_dec, loops, monkeypatch):
+    monkeypatch.setattr(sparse, "_loops", lambda: loops)  # CPU loops or accelerator gathers
     cfg = dataclasses.replace(BASE, architecture=arch, apply_b_dec_to_input=apply_b_dec)
     dense, sp = (dataclasses.replace(cfg, decoder=m) for m in ("dense", "sparse"))
     params = sae.init_params(jax.random.key(1), cfg, b_dec=jnp.linspace(-0.3, 0.3, 16))
@@ -103,9 +105,10 @@ def test_forward_and_gradients_equal_the_dense_path(arch, apply_b_dec, kernels):
         np.testing.assert_allclose(p_s[n], p_d[n], rtol=1e-6, err_msg=n)
 
 
-@pytest.mark.parametrize("sparse_aux", [True, False])
-def test_auxk_sparse_and_dense_kernels_give_the_dense_loss_and_gradients(sparse_aux, kernels,
+@pytest.mark.parametrize("sparse_aux,loops", [(True, True), (False, True), (True, False)])
+def test_auxk_sparse_and_dense_kernels_give_the_dense_loss_and_gradients(sparse_aux, loops,
                                                                          monkeypatch):
+    monkeypatch.setattr(sparse, "_loops", lambda: loops)
     monkeypatch.setattr(sparse, "AUX_SPARSE_MIN_RATIO", 1 if sparse_aux else 10**9)
     cfg = dataclasses.replace(BASE, decoder="sparse")
     params = sae.init_params(jax.random.key(6), cfg, b_dec=jnp.linspace(-0.2, 0.2, 16))
@@ -139,7 +142,23 @@ def test_sparse_decoder_gradient_is_zero_on_inactive_rows():
     assert np.abs(np.asarray(g["W_dec"])[active]).sum(1).min() > 0
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+SPARSE_ARCHS = [a.name for a in sae.architectures.ARCHITECTURES.values() if a.has_sparse_path]
+
+
+def test_the_sparse_path_serves_exactly_the_topk_kinds_and_not_a_changed_activation():
+    assert {"topk", "batchtopk"} <= set(SPARSE_ARCHS)
+    assert "relu" not in SPARSE_ARCHS and "jumprelu" not in SPARSE_ARCHS
+
+    class Clipped(sae.architectures.TopK):  # changes what is kept, inherits the selection
+        name = "topk_clipped_test"
+
+        def activate(self, params, pre, cfg, *, k, inference):
+            return jnp.minimum(super().activate(params, pre, cfg, k=k, inference=inference), 1)
+
+    assert not Clipped().has_sparse_path
+
+
+@pytest.mark.parametrize("arch", SPARSE_ARCHS)
 def test_training_gives_the_same_parameters_after_n_steps(arch):
     cfg = dataclasses.replace(BASE, architecture=arch, d_sae=384)  # some die within 2 steps
     src = sae.array_source(_data(), cfg.batch_size)
@@ -184,11 +203,11 @@ def test_batchtopk_row_over_the_cap_falls_back_to_the_exact_dense_answer():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_trains():
-    cfg = dataclasses.replace(BASE, compute_dtype="bfloat16", steps=30, dead_tokens=10**6)
+    cfg = dataclasses.replace(BASE, compute_dtype="bfloat16", steps=16, dead_tokens=10**6)
     src = sae.array_source(_data(), cfg.batch_size)
-    r16 = sae.train(cfg, src, jax.random.key(5), progress=False, chunk_size=30)
+    r16 = sae.train(cfg, src, jax.random.key(5), progress=False, chunk_size=16)
     r32 = sae.train(dataclasses.replace(cfg, compute_dtype="float32"), src, jax.random.key(5),
-                    progress=False, chunk_size=30)
+                    progress=False, chunk_size=16)
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(r16.state.params))
     assert r16.history["fvu"][-1] < r16.history["fvu"][0]
     np.testing.assert_allclose(r16.history["fvu"][-1], r32.history["fvu"][-1], rtol=0.1)

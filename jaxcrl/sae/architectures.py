@@ -214,8 +214,12 @@ class Architecture:
 
     @property
     def has_sparse_path(self) -> bool:
-        """:meth:`sparse_select` is overridden (the sparse training path applies)."""
-        return type(self).sparse_select is not Architecture.sparse_select
+        """:meth:`sparse_select` is overridden, by the class that defines :meth:`activate` or
+        a subclass of it (a subclass that changes the activation but inherits the selection
+        stays dense rather than select something else than it keeps)."""
+        owner = lambda name: next(c for c in type(self).__mro__ if name in vars(c))
+        sel = owner("sparse_select")
+        return sel is not Architecture and issubclass(sel, owner("activate"))
 
     def penalty(self, params: Params, pre: jax.Array, z: jax.Array, cfg: SAEConfig
                 ) -> jax.Array:

@@ -33,7 +33,14 @@ is used instead: a per-example loop would launch thousands of tiny kernels there
 Selection (measured on the same CPU, [4096, 4096], k 32): ``lax.top_k`` ~150 ms, the
 31-pass bitwise search of :func:`jaxcrl.sae.model.kth_largest_nonneg` ~300-500 ms,
 ``lax.approx_max_k`` ~190 ms (no gain on CPU; on TPU it is the fast one, see
-:func:`select_topk`).
+:func:`select_topk`). XLA:CPU runs ``lax.top_k`` single-threaded, one partial sort per
+row; a two-stage exact top-k (top-k' of groups of 768, then top-k of the candidates, with a
+``lax.cond`` fallback) was slower on this CPU (0.94 vs 0.68 s at [4096, 24,576], k 32;
+2.7 vs 1.5 s at k 384), so it is not used.
+
+Sweeps: the loop kernels are :func:`jax.custom_batching.sequential_vmap` functions, so a
+vmapped sweep runs them once per run (batched, their row gathers and scatter-adds were
+several times slower); the rest of the step stays batched.
 
 Which architectures: those whose registry object overrides
 :meth:`~jaxcrl.sae.architectures.Architecture.sparse_select` (``topk``: :func:`select_topk`;
@@ -57,7 +64,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
+from jax import custom_batching, lax
 
 from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import SAEConfig
@@ -112,6 +119,10 @@ def _combine(v: jax.Array, w: jax.Array, idx: jax.Array) -> jax.Array:
     """``out[b] = Σ_j v[b, j] w[idx[b, j]]``: ``[B, K], [n, d], [B, K] -> [B, d]``."""
     if not _loops():
         return jnp.einsum("bk,bkd->bd", v, w[idx])
+    return _per_run(_combine_loop)(v, w, idx)
+
+
+def _combine_loop(v, w, idx):
     body = lambda b, out: out.at[b].set(v[b] @ w[idx[b]])
     return lax.fori_loop(0, v.shape[0], body, jnp.zeros((v.shape[0], w.shape[1]), w.dtype),
                          unroll=_UNROLL)
@@ -121,6 +132,10 @@ def _rowdot(y: jax.Array, w: jax.Array, idx: jax.Array) -> jax.Array:
     """``out[b, j] = ⟨y[b], w[idx[b, j]]⟩``: ``[B, d], [n, d], [B, K] -> [B, K]``."""
     if not _loops():
         return jnp.einsum("bd,bkd->bk", y, w[idx])
+    return _per_run(_rowdot_loop)(y, w, idx)
+
+
+def _rowdot_loop(y, w, idx):
     body = lambda b, out: out.at[b].set(w[idx[b]] @ y[b])
     return lax.fori_loop(0, y.shape[0], body, jnp.zeros(idx.shape, w.dtype), unroll=_UNROLL)
 
@@ -134,10 +149,14 @@ def _scatter(v: jax.Array, y: jax.Array, idx: jax.Array, n: int) -> jax.Array:
     (measured: 308 -> 156 ms at d_sae 24,576, d_in 768, k 32; but 29 -> 120+ ms at
     d_sae 4096, d_in 512, where ``out`` stays in cache and the sort is the cost).
     """
-    out = jnp.zeros((n, y.shape[1]), y.dtype)
     if not _loops():
         upd = (v[..., None] * y[:, None, :]).reshape(-1, y.shape[1])
-        return out.at[idx.reshape(-1)].add(upd)
+        return jnp.zeros((n, y.shape[1]), y.dtype).at[idx.reshape(-1)].add(upd)
+    return _per_run(lambda v, y, idx: _scatter_loop(v, y, idx, n))(v, y, idx)
+
+
+def _scatter_loop(v, y, idx, n):
+    out = jnp.zeros((n, y.shape[1]), y.dtype)
     if n * y.shape[1] < _SORTED_SCATTER_MIN or idx.size % _SCATTER_BLOCK:
         body = lambda b, acc: acc.at[idx[b]].add(v[b][:, None] * y[b][None, :])
         return lax.fori_loop(0, y.shape[0], body, out, unroll=_UNROLL)
@@ -148,6 +167,17 @@ def _scatter(v: jax.Array, y: jax.Array, idx: jax.Array, n: int) -> jax.Array:
     w = v.reshape(-1)[order].reshape(-1, _SCATTER_BLOCK)
     body = lambda t, acc: acc.at[lat[t]].add(w[t][:, None] * y[rows[t]])
     return lax.fori_loop(0, lat.shape[0], body, out, unroll=4)
+
+
+def _per_run(kernel):
+    """``kernel`` that, under ``vmap`` (the runs of a sweep), runs once per run in a loop.
+
+    Batching the per-example loop kernels turns their row gathers and scatter-adds into
+    batched ones, which XLA:CPU runs several times slower than the runs one after another
+    (a vmapped 4-SAE sweep was 0.63x of sequential before this); everything else in the
+    step (the encoder matmul, selection, Adam) stays batched.
+    """
+    return custom_batching.sequential_vmap(kernel)
 
 
 # --------------------------------------------------------------------------- differentiable pieces
@@ -353,11 +383,12 @@ def auxk_loss(params: Params, x: jax.Array, pre: jax.Array, residual: jax.Array,
     Returns ``min(n_dead / aux_k, 1) · mean_b ‖ê − e‖²`` where ``ê`` decodes (no bias) the
     ``aux_k`` largest positive pre-activations among dead latents.
 
-    ``aux_k`` is large (``d_in / 2``), so the sparse kernels read ``B · aux_k · d_in``
-    scattered values four times; they win only for very wide SAEs
-    (``d_sae >= AUX_SPARSE_MIN_RATIO · aux_k``). Below that the loss is computed densely,
-    with the gradient through ``pre`` (one dense matmul for ``dW_enc``, three for the
-    decoder, as in the dense path).
+    ``aux_k`` is large (``d_in / 2``), so the sparse kernels move ``B · aux_k · d_in``
+    scattered values four times (gather-decode, row dots, two scatter-adds); that beats
+    the four dense matmuls of the dense form only for wide SAEs
+    (``d_sae >= AUX_SPARSE_MIN_RATIO · aux_k``, measured). Below that the loss is computed
+    densely, with the gradient through ``pre`` (one dense matmul for ``dW_enc``, three for
+    the decoder, as in the dense path).
     """
     if cfg.d_sae < AUX_SPARSE_MIN_RATIO * aux_k:
         acts = jnp.where(dead, jax.nn.relu(pre), 0.0)
