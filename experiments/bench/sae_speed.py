@@ -2,7 +2,8 @@
 
 Command (the BENCHMARKS.md figures)::
 
-    python experiments/bench/sae_speed.py --out out/bench_sae_speed.json
+    python experiments/bench/sae_speed.py --steps 2 --repeats 2 --sweep-steps 2 \
+        --out experiments/results/bench_sae_speed.json
 
 Measures, in one run on the same machine, each timing in a fresh subprocess (so peak
 memory is per library and shape):
@@ -13,8 +14,8 @@ memory is per library and shape):
 
    - jaxcrl: the jit-ed ``lax.scan`` chunk of :func:`jaxcrl.sae.make_step` (the step
      ``sae.train`` runs: batch drawn from an in-memory array, forward, AuxK, backward,
-     decoder projection, Adam), with ``decoder="auto"`` (sparse at these shapes) and
-     ``decoder="dense"``;
+     decoder projection, gradient clipping at 1.0 as SAELens' trainer does, Adam), with
+     ``decoder="auto"`` (sparse at these shapes) and ``decoder="dense"``;
    - SAELens (``sae_lens`` ``TopKTrainingSAE``, its defaults): what its trainer's
      ``_train_step`` does per step: ``training_forward_pass`` (AuxK included), firing
      statistics, ``backward``, ``clip_grad_norm_(1.0)``, ``torch.optim.Adam.step``,

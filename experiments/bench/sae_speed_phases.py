@@ -67,7 +67,7 @@ def main(argv=None):
       lambda x, w: jnp.matmul(x.astype(bf), w.astype(bf), preferred_element_type=jnp.float32),
       x, params["W_enc"])
     t(f"TopK selection lax.top_k(pre, {k})", lambda a: lax.top_k(a, k), pre)
-    t(f"TopK threshold, 31-pass bitwise search (traced k)",
+    t("TopK threshold, 31-pass bitwise search (traced k)",
       lambda a: sae.model.kth_largest_nonneg(jax.nn.relu(a), jnp.int32(k)), pre)
     t(f"AuxK selection: dead mask + lax.top_k(., {aux_k})",
       lambda a: lax.top_k(jnp.where(dead, jax.nn.relu(a), 0.0), aux_k), pre)

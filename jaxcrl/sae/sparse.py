@@ -78,9 +78,10 @@ SPARSE_MIN_RATIO = 16
 
 #: AuxK (``aux_k`` = d_in / 2 by default) takes the sparse kernels only when
 #: ``d_sae >= AUX_SPARSE_MIN_RATIO * aux_k``. Measured on the loaded 2-core CPU (B 4096, half
-#: the latents dead, whole step with AuxK, same process; /tmp-free command in BENCHMARKS.md
-#: "Training speed"): d_sae/aux_k = 16 (512 x 4096): sparse 4.0 s vs dense 3.8 s; 64
-#: (768 x 24,576): sparse 20.7 s vs dense 29.1 s. The threshold sits between the two.
+#: the latents dead, whole steps with AuxK in one process, as
+#: ``experiments/bench/sae_speed_phases.py`` times them): d_sae/aux_k = 16 (512 x 4096):
+#: sparse 4.0 s vs dense 3.8 s; 64 (768 x 24,576): sparse 20.7 s vs dense 29.1 s. The
+#: threshold sits between the two.
 AUX_SPARSE_MIN_RATIO = 32
 
 #: BatchTopK: each row keeps at most ``BATCHTOPK_ROW_CAP · k`` candidates; a batch where a

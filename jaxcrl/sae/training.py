@@ -419,7 +419,7 @@ def train_sweep(cfgs: SAEConfig | Sequence[SAEConfig], source: Source, key: jax.
     return _train(list(cfgs), source, key, sweep=True, **kwargs)
 
 
-_IGNORED = ("dense_threshold",)  # evaluation only: may change on resume
+_IGNORED = ("dense_threshold", "decoder")  # evaluation only / same math: may change on resume
 
 
 def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool,
