@@ -1,29 +1,37 @@
-"""Benchmark: TopK SAE training throughput vs the float32 matmul peak, and a vmapped sweep.
+"""Benchmark: TopK SAE training speed, jaxcrl vs SAELens in the same run, and a vmapped sweep.
 
-Command::
+Command (the BENCHMARKS.md figures)::
 
-    python experiments/bench/sae_speed.py --out out/bench_sae_speed.json
+    python experiments/bench/sae_speed.py --steps 2 --repeats 2 --sweep-steps 2 \
+        --out experiments/results/bench_sae_speed.json
 
-Measures, in one run on the same machine:
+Measures, in one run on the same machine, each timing in a fresh subprocess (so peak
+memory is per library and shape):
 
-1. the float32 matmul peak: best time of a jit-ed 2048x2048 @ 2048x2048 (2·2048³ FLOPs);
-2. TopK SAE training at d_in 512, d_sae 4096, batch 4096 (k 32): the jit-ed ``lax.scan``
-   chunk of :func:`jaxcrl.sae.make_step` (the exact step ``sae.train`` runs: batch drawn
-   from an in-memory array source, forward, AuxK check, backward, decoder projection, Adam),
-   timed after compilation. FLOPs counted per step: the five dense matmuls,
-   ``10·B·d_in·d_sae`` (encoder forward, decoder forward, decoder-weight and latent
-   gradients, encoder-weight gradient; no input gradient). The issue's rougher
-   ``6·B·d_in·d_sae`` convention is reported too (``fraction_of_peak_6bds``);
-3. S=4 SAEs (k = 16, 24, 32, 48) as one vmapped program sharing each batch vs 4 sequential
-   single-SAE programs, same steps, both timed after compilation and including it. With an
-   in-memory source there is little to share (drawing a batch is cheap), so on a CPU the
-   vmapped program mainly saves compilations; with a transformer source it also runs the
-   model once per step instead of S times.
+1. the float32 matmul peak (jit-ed 2048x2048 @ 2048x2048), before and after;
+2. for each shape in ``--shapes`` (default d_in 512 / d_sae 4096 and the GPT-2-small
+   shape d_in 768 / d_sae 24,576; batch 4096, k 32):
 
-On a shared machine every timing is a best-of-N; the peak is measured before and after the
-SAE timing and the larger value is used.
+   - jaxcrl: the jit-ed ``lax.scan`` chunk of :func:`jaxcrl.sae.make_step` (the step
+     ``sae.train`` runs: batch drawn from an in-memory array, forward, AuxK, backward,
+     decoder projection, gradient clipping at 1.0 as SAELens' trainer does, Adam), with
+     ``decoder="auto"`` (sparse at these shapes) and ``decoder="dense"``;
+   - SAELens (``sae_lens`` ``TopKTrainingSAE``, its defaults): what its trainer's
+     ``_train_step`` does per step: ``training_forward_pass`` (AuxK included), firing
+     statistics, ``backward``, ``clip_grad_norm_(1.0)``, ``torch.optim.Adam.step``,
+     ``zero_grad``; on a batch indexed from an in-memory tensor of the same data;
 
-Expected on the 2-CPU reference machine (peak about 68 GFLOP/s): see BENCHMARKS.md.
+   each in two AuxK regimes: ``idle`` (no dead latent: both libraries skip the AuxK
+   computation, the usual state after warm-up) and ``active`` (half of the latents held
+   dead at every step, so both compute AuxK with ``aux_k = d_in / 2``). Reported:
+   seconds per step (best of ``--repeats`` chunks of ``--steps`` steps, after
+   compilation / warm-up), tokens/s (= batch / s per step), peak resident memory of the
+   subprocess (and its resident memory before the first step), and for jaxcrl XLA's
+   temporary-buffer size of the compiled chunk;
+3. S=4 SAEs (k = 16, 24, 32, 48) as one vmapped program vs 4 sequential programs at the
+   first shape (``--sweep-ks ''`` skips it).
+
+Expected on the shared 2-CPU machine: see BENCHMARKS.md "Training speed".
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ import dataclasses
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +52,8 @@ import jax.numpy as jnp
 
 from jaxcrl import sae
 from jaxcrl.sae import training
-from jaxcrl.train.loop import compiled_chunk
+
+SHAPES = "512x4096,768x24576"
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -58,10 +70,38 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _chunk(step, carry, key, n_steps):
-    """The compiled chunk ``sae.train`` runs (jaxcrl.train.loop), ``n_steps`` steps long."""
-    chunk = compiled_chunk(step, carry, key, size=n_steps, batched=False)
-    return lambda c, k: chunk(c, k, 0, n_steps)
+def _rss_mb() -> float:
+    """Current resident memory of this process in MB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _data(rows: int, d: int):
+    return jax.random.normal(jax.random.key(2), (rows, d))
+
+
+def _dead_mask(d_sae: int):
+    """Latents held dead in the ``active`` AuxK regime: every other one."""
+    return jnp.arange(d_sae) % 2 == 0
+
+
+def _chunk(step, n_steps, hold_dead=None, dead_tokens=0):
+    """Jit-ed scan of ``n_steps`` steps; ``hold_dead`` ``[d_sae]`` keeps those latents dead."""
+    def run(carry, key):
+        def body(c, t):
+            if hold_dead is not None:
+                src, st = c
+                since = jnp.where(hold_dead, dead_tokens, 0).astype(jnp.int32)
+                c = (src, st._replace(since_fired=since))
+            return step(c, jax.random.fold_in(key, t))
+
+        return jax.lax.scan(body, carry, jnp.arange(n_steps))
+
+    return jax.jit(run, donate_argnums=0)
 
 
 def _init(cfgs, source, key, sweep):
@@ -78,96 +118,213 @@ def _init(cfgs, source, key, sweep):
     return cfg, (src, state)
 
 
-def time_training(cfgs, source, key, steps, sweep, repeats=2):
-    """(seconds per step after compilation, seconds including compilation)."""
+def time_training(cfgs, source, key, steps, sweep, repeats=2, hold_dead=None):
+    """(s/step after compilation, s including compilation, XLA temp bytes of the chunk)."""
     t0 = time.perf_counter()
     cfg, carry = _init(cfgs, source, key, sweep)
     carry = jax.tree_util.tree_map(jnp.copy, carry)  # the chunk donates its input
-    chunk = _chunk(training.make_step(cfg, source, sweep=sweep), carry, key, steps)
-    carry, m = chunk(carry, key)  # compiles
+    chunk = _chunk(training.make_step(cfg, source, sweep=sweep), steps, hold_dead,
+                   cfg.dead_tokens)
+    compiled = chunk.lower(carry, key).compile()
+    mem = compiled.memory_analysis()
+    temp = None if mem is None else int(mem.temp_size_in_bytes)
+    carry, m = compiled(carry, key)
     jax.block_until_ready(m)
     first = time.perf_counter() - t0
     best = float("inf")
     for r in range(repeats):
         t = time.perf_counter()
-        carry, m = chunk(carry, jax.random.fold_in(key, r + 1))
+        carry, m = compiled(carry, jax.random.fold_in(key, r + 1))
         jax.block_until_ready(m)
         best = min(best, time.perf_counter() - t)
-    return best / steps, first
+    if hold_dead is not None:
+        assert float(m["aux_loss"].min()) > 0, "AuxK was not computed"
+    return best / steps, first, temp
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def worker_jaxcrl(args) -> dict:
+    d, s, b = args.d_in, args.d_sae, args.batch
+    source = sae.array_source(_data(args.rows, d), b)
+    cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=s, k=args.k, batch_size=b,
+                        steps=10_000, decoder=args.decoder, compute_dtype=args.compute_dtype,
+                        grad_clip=1.0)  # SAELens' trainer clips at 1.0: same work
+    hold = _dead_mask(s) if args.auxk == "active" else None
+    rss0 = _rss_mb()
+    per_step, first, temp = time_training([cfg], source, jax.random.key(3), args.steps,
+                                          sweep=False, repeats=args.repeats, hold_dead=hold)
+    return {"s_per_step": per_step, "compile_and_first_chunk_s": first,
+            "xla_temp_mb": None if temp is None else temp / 2**20,
+            "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb(),
+            "sparse": sae.sparse.use_sparse(cfg)}
+
+
+def worker_saelens(args) -> dict:
+    import numpy as np
+    import torch
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    d, s, b = args.d_in, args.d_sae, args.batch
+    torch.manual_seed(0)
+    data = torch.from_numpy(np.asarray(_data(args.rows, d)))
+    model = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=s, k=args.k,
+                                                  dtype="float32", device="cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4, betas=(0.9, 0.999))
+    hold = _dead_mask(s) if args.auxk == "active" else None
+    dead = (torch.zeros(s, dtype=torch.bool) if hold is None
+            else torch.from_numpy(np.asarray(hold)))
+    since_fired = torch.zeros(s)
+    gen = torch.Generator().manual_seed(1)
+    n_step = [0]
+
+    def step():
+        x = data[torch.randint(0, data.shape[0], (b,), generator=gen)]
+        out = model.training_forward_pass(TrainStepInput(
+            sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=n_step[0],
+            is_logging_step=False))
+        with torch.no_grad():  # the trainer's firing statistics
+            did_fire = out.feature_acts.bool().float().sum(-2).bool()
+            since_fired.add_(1)
+            since_fired[did_fire] = 0
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        n_step[0] += 1
+        return out
+
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    out = step()  # warm-up (allocations, Adam state)
+    first = time.perf_counter() - t0
+    if hold is not None:
+        assert float(out.losses["auxiliary_reconstruction_loss"]) > 0, "AuxK was not computed"
+    best = float("inf")
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        best = min(best, time.perf_counter() - t)
+    return {"s_per_step": best / args.steps, "first_step_s": first, "rss_before_mb": rss0,
+            "peak_rss_mb": _peak_rss_mb(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def _run_worker(args, lib: str, d: int, s: int, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--worker", lib, "--d-in", str(d), "--d-sae", str(s),
+           "--batch", str(args.batch), "--k", str(args.k), "--steps", str(args.steps),
+           "--repeats", str(args.repeats), "--rows", str(args.rows)]
+    for name, value in kw.items():
+        cmd += [f"--{name.replace('_', '-')}", str(value)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {lib} {d}x{s} {kw} failed:\n{out.stderr[-3000:]}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["tokens_per_s"] = args.batch / res["s_per_step"]
+    return res
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--d-in", type=int, default=512)
-    p.add_argument("--d-sae", type=int, default=4096)
+    p.add_argument("--shapes", default=SHAPES, help="comma-separated d_in x d_sae")
+    p.add_argument("--d-in", type=int, default=512, help="(worker)")
+    p.add_argument("--d-sae", type=int, default=4096, help="(worker)")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="steps per timed chunk")
     p.add_argument("--repeats", type=int, default=3, help="timed chunks (best is kept)")
+    p.add_argument("--auxk-regimes", default="idle,active")
+    p.add_argument("--jax-decoders", default="auto,dense")
+    p.add_argument("--compute-dtype", default="float32")
+    p.add_argument("--no-saelens", action="store_true")
     p.add_argument("--sweep-ks", default="16,24,32,48")
     p.add_argument("--sweep-steps", type=int, default=3)
     p.add_argument("--rows", type=int, default=32768, help="rows of the in-memory data")
     p.add_argument("--out", default="out/bench_sae_speed.json")
+    p.add_argument("--worker", choices=["jaxcrl", "saelens"], help=argparse.SUPPRESS)
+    p.add_argument("--decoder", default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--auxk", default="idle", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        fn = worker_jaxcrl if args.worker == "jaxcrl" else worker_saelens
+        print(json.dumps(fn(args)))
+        return
 
     peak = matmul_peak()
-    print(f"float32 matmul peak: {peak:.1f} GFLOP/s")
-    # On a shared machine both numbers are best-of-N; measure the peak again at the end and
-    # keep the larger, so contention cannot inflate the fraction.
-    d, s, b = args.d_in, args.d_sae, args.batch
-    data = jax.random.normal(jax.random.key(2), (args.rows, d))
-    source = sae.array_source(data, b)
-    cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=s, k=args.k, batch_size=b,
-                        steps=10_000)
-    key = jax.random.key(3)
-    per_step, first = time_training([cfg], source, key, args.steps, sweep=False,
-                                    repeats=args.repeats)
-    flops = 10 * b * d * s
-    achieved = flops / per_step / 1e9
-    print(f"TopK SAE d_in={d} d_sae={s} batch={b}: {per_step:.3f} s/step, "
-          f"{achieved:.1f} GFLOP/s = {achieved / peak:.1%} of peak (10·B·d·s FLOPs/step)")
+    print(f"float32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
+    shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",")]
+    regimes = args.auxk_regimes.split(",")
+    results = []
+    for d, s in shapes:
+        for auxk in regimes:
+            row = {"d_in": d, "d_sae": s, "batch": args.batch, "k": args.k, "auxk": auxk}
+            for dec in args.jax_decoders.split(","):
+                row[f"jaxcrl_{dec}"] = _run_worker(args, "jaxcrl", d, s, decoder=dec, auxk=auxk,
+                                                   compute_dtype=args.compute_dtype)
+            if not args.no_saelens:
+                row["saelens"] = _run_worker(args, "saelens", d, s, auxk=auxk)
+            line = f"d_in {d} d_sae {s} AuxK {auxk}:"
+            for name, r in row.items():
+                if isinstance(r, dict):
+                    line += (f" {name} {r['s_per_step']:.3f} s/step {r['tokens_per_s']:,.0f} tok/s"
+                             f" peak {r['peak_rss_mb']:,.0f} MB;")
+            if "saelens" in row:
+                for name in list(row):
+                    if name.startswith("jaxcrl_"):
+                        row[f"speedup_{name}_vs_saelens"] = (row[name]["tokens_per_s"]
+                                                             / row["saelens"]["tokens_per_s"])
+                        line += f" {name}/saelens {row[f'speedup_{name}_vs_saelens']:.2f}x"
+            print(line, flush=True)
+            results.append(row)
 
-    peak = max(peak, matmul_peak())
-    achieved_fraction = achieved / peak
-    print(f"peak re-measured: {peak:.1f} GFLOP/s -> fraction {achieved_fraction:.1%}")
-
-    ks = [int(v) for v in args.sweep_ks.split(",")]
-    cfgs = [dataclasses.replace(cfg, k=k) for k in ks]
-    t = time.perf_counter()
-    vm_step, vm_first = time_training(cfgs, source, key, args.sweep_steps, sweep=True,
-                                      repeats=args.repeats)
-    vm_total = time.perf_counter() - t
-    seq_step, seq_total = 0.0, 0.0
-    for c in cfgs:
+    sweep = None
+    if args.sweep_ks:
+        d, s = shapes[0]
+        ks = [int(v) for v in args.sweep_ks.split(",")]
+        source = sae.array_source(_data(args.rows, d), args.batch)
+        cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=s, k=args.k,
+                            batch_size=args.batch, steps=10_000)
+        cfgs = [dataclasses.replace(cfg, k=k) for k in ks]
+        key = jax.random.key(3)
         t = time.perf_counter()
-        st, _ = time_training([c], source, key, args.sweep_steps, sweep=False,
-                              repeats=args.repeats)
-        seq_total += time.perf_counter() - t
-        seq_step += st
-    print(f"sweep of {len(ks)} (k={ks}): vmapped {vm_step:.3f} s/step vs sequential "
-          f"{seq_step:.3f} s/step -> {seq_step / vm_step:.2f}x (after compilation); "
-          f"with compilation {vm_total:.1f} s vs {seq_total:.1f} s")
+        vm_step, _, _ = time_training(cfgs, source, key, args.sweep_steps, sweep=True,
+                                      repeats=args.repeats)
+        vm_total = time.perf_counter() - t
+        seq_step, seq_total = 0.0, 0.0
+        for c in cfgs:
+            t = time.perf_counter()
+            st, _, _ = time_training([c], source, key, args.sweep_steps, sweep=False,
+                                     repeats=args.repeats)
+            seq_total += time.perf_counter() - t
+            seq_step += st
+        print(f"sweep of {len(ks)} (k={ks}) at {d}x{s}: vmapped {vm_step:.3f} s/step vs "
+              f"sequential {seq_step:.3f} s/step -> {seq_step / vm_step:.2f}x; with "
+              f"compilation {vm_total:.1f} s vs {seq_total:.1f} s", flush=True)
+        sweep = {"S": len(ks), "ks": ks, "d_in": d, "d_sae": s,
+                 "vmapped_s_per_step": vm_step, "sequential_s_per_step": seq_step,
+                 "speedup": seq_step / vm_step, "vmapped_total_s_with_compile": vm_total,
+                 "sequential_total_s_with_compile": seq_total}
+
+    peak_after = matmul_peak()
+    print(f"matmul peak after: {peak_after:.1f} GFLOP/s", flush=True)
     out = {
         "benchmark": "sae_speed",
-        "setup": {"architecture": "topk", "d_in": d, "d_sae": s, "batch": b, "k": args.k,
-                  "steps_per_chunk": args.steps, "sweep_ks": ks,
-                  "sweep_steps_per_chunk": args.sweep_steps},
-        "matmul_peak_gflops": peak,
-        "flops_per_step_counted": flops,
-        "flops_convention": "10*B*d_in*d_sae: enc fwd, dec fwd, dW_dec, dz, dW_enc",
-        "sae_s_per_step": per_step,
-        "sae_compile_and_first_chunk_s": first,
-        "sae_gflops": achieved,
-        "fraction_of_peak": achieved / peak,
-        "fraction_of_peak_6bds": 0.6 * achieved / peak,
-        "sweep": {"S": len(ks), "vmapped_s_per_step": vm_step,
-                  "sequential_s_per_step": seq_step, "speedup": seq_step / vm_step,
-                  "vmapped_total_s_with_compile": vm_total,
-                  "sequential_total_s_with_compile": seq_total,
-                  "vmapped_fraction_of_peak": len(ks) * flops / vm_step / 1e9 / peak},
+        "setup": {"architecture": "topk", "batch": args.batch, "k": args.k,
+                  "steps_per_chunk": args.steps, "repeats": args.repeats,
+                  "compute_dtype": args.compute_dtype, "rows": args.rows,
+                  "auxk_active": "half of the latents held dead at every step",
+                  "saelens_step": "training_forward_pass, firing stats, backward, "
+                                  "clip_grad_norm_(1.0), Adam.step, zero_grad"},
+        "matmul_peak_gflops_before_after": [peak, peak_after],
+        "results": results,
+        "sweep": sweep,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "jax": jax.__version__, "backend": jax.default_backend(),
-                    "device": str(jax.devices()[0])},
+                    "device": str(jax.devices()[0]),
+                    "loadavg_at_end": os.getloadavg()},
     }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

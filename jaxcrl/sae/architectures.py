@@ -34,9 +34,12 @@ The built-ins (registration order, which fixes per-architecture seeds in the pip
 Any architecture can add the decoder-orthogonality penalty (``SAEConfig.ortho_coefficient``,
 :mod:`jaxcrl.sae.penalties`).
 
-TopK selection is dense: the exact k-th largest value of each row
-(:func:`kth_largest_nonneg`, a bitwise binary search) is a per-row threshold, so there is no
-sort, gather or scatter, and ``k`` can be traced (different across vmapped runs of a sweep).
+TopK selection (dense path): the exact k-th largest value of each row
+(:func:`kth_largest_nonneg`: ``lax.top_k`` under a static bound ``k_max``, a bitwise search
+otherwise) is a per-row threshold; ``k`` can be traced (different across vmapped runs of a
+sweep). Architectures whose active set is bounded also offer :meth:`Architecture.sparse_select`
+(the active indices and values): training then decodes and differentiates only those
+latents (:mod:`jaxcrl.sae.sparse`, chosen by ``SAEConfig.decoder``).
 """
 
 from __future__ import annotations
@@ -112,16 +115,32 @@ def _sum_to(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return g.sum(axes, keepdims=True) if axes else g
 
 
-def kth_largest_nonneg(a: jax.Array, k: jax.Array | int) -> jax.Array:
+def kth_largest_nonneg(a: jax.Array, k: jax.Array | int, k_max: int | None = None
+                       ) -> jax.Array:
     """Exact k-th largest value of each row of a non-negative ``a`` ``[rows, n]`` -> ``[rows]``.
 
-    A bitwise binary search: non-negative float32 values order like their int32 bit
-    patterns, so 31 passes of ``count(bits >= candidate) >= k`` fix the answer's bits from
-    the highest down. Dense compare-and-count only (no sort, no gather, no scatter); ``k``
-    may be traced. On CPU this is several times faster than ``lax.top_k`` or a sort for
-    wide rows (4096 x 4096, k 32: about 0.5 s against 2.5 s). Returns 0 when fewer than
+    With a static bound ``k_max >= k`` (or a static int ``k``): ``lax.top_k(a, k_max)`` and
+    the ``k``-th of its sorted values (``k`` may be traced, e.g. in a vmapped sweep; a traced
+    ``k`` above ``k_max`` is clipped to it). Without one: a bitwise binary search
+    (non-negative float32 values order like their int32 bit patterns, so 31 passes of
+    ``count(bits >= candidate) >= k`` fix the bits from the highest down; dense
+    compare-and-count only). Measured on the 2-core CPU, [4096, 4096], k 32: ``lax.top_k``
+    50-185 ms, the bitwise search 300-1100 ms (the earlier claim that ``top_k`` took 2.5 s
+    there did not reproduce; BENCHMARKS.md "Training speed"). Returns 0 when fewer than
     ``k`` entries are positive.
+
+    Raises:
+      ValueError: a concrete ``k`` exceeds ``k_max``.
     """
+    if k_max is None and isinstance(k, int):
+        k_max = k
+    if k_max is not None and not isinstance(k, jax.core.Tracer) and int(k) > k_max:
+        raise ValueError(f"k={int(k)} exceeds its static bound k_max={k_max}")
+    if k_max is not None and k_max <= a.shape[-1]:
+        vals = jax.lax.top_k(jax.lax.stop_gradient(a), k_max)[0]
+        kk = jnp.clip(jnp.asarray(k, jnp.int32) - 1, 0, k_max - 1)
+        return jnp.maximum(jnp.take_along_axis(vals, jnp.broadcast_to(kk, (a.shape[0], 1)),
+                                               1)[:, 0], 0.0)
     bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(a), jnp.int32)
     k = jnp.asarray(k, jnp.int32)
 
@@ -134,13 +153,13 @@ def kth_largest_nonneg(a: jax.Array, k: jax.Array | int) -> jax.Array:
     return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
-def topk_mask(acts: jax.Array, k: jax.Array | int) -> jax.Array:
+def topk_mask(acts: jax.Array, k: jax.Array | int, k_max: int | None = None) -> jax.Array:
     """Boolean ``[batch, d_sae]``: each row's ``k`` largest entries of ``acts >= 0``.
 
     Entries equal to 0 are never selected (so a row has fewer than ``k`` when fewer are
-    positive); ``k`` may be traced.
+    positive); ``k`` may be traced (``k_max``: a static bound, see :func:`kth_largest_nonneg`).
     """
-    thr = kth_largest_nonneg(acts, k)
+    thr = kth_largest_nonneg(acts, k, k_max)
     return (acts >= thr[:, None]) & (acts > 0)
 
 
@@ -196,6 +215,24 @@ class Architecture:
                  inference: bool) -> jax.Array:
         """Latents ``z [batch, d_sae]`` from pre-activations ``pre [batch, d_sae]``."""
         raise NotImplementedError
+
+    def sparse_select(self, params: Params, pre: jax.Array, cfg: SAEConfig, *, k: Any,
+                      inference: bool) -> Any:
+        """The active set as a :class:`jaxcrl.sae.sparse.Selection`, or None (the default:
+        no sparse path; an architecture that overrides this gets one when
+        ``SAEConfig.decoder`` asks for it). Must select exactly what :meth:`activate` keeps
+        (``Selection.exact`` may say, per batch, that it could not)."""
+        del params, pre, cfg, k, inference
+        return None
+
+    @property
+    def has_sparse_path(self) -> bool:
+        """:meth:`sparse_select` is overridden, by the class that defines :meth:`activate` or
+        a subclass of it (a subclass that changes the activation but inherits the selection
+        stays dense rather than select something else than it keeps)."""
+        owner = lambda name: next(c for c in type(self).__mro__ if name in vars(c))
+        sel = owner("sparse_select")
+        return sel is not Architecture and issubclass(sel, owner("activate"))
 
     def penalty(self, params: Params, pre: jax.Array, z: jax.Array, cfg: SAEConfig
                 ) -> jax.Array:
@@ -256,7 +293,13 @@ class TopK(Architecture):
 
     def activate(self, params, pre, cfg, *, k, inference):
         acts = jax.nn.relu(pre)
-        return jnp.where(topk_mask(acts, k), acts, 0.0)
+        k_max = cfg.k if isinstance(k, jax.core.Tracer) else max(cfg.k, int(k))
+        return jnp.where(topk_mask(acts, k, k_max), acts, 0.0)
+
+    def sparse_select(self, params, pre, cfg, *, k, inference):
+        from jaxcrl.sae import sparse  # sparse builds on this module
+
+        return sparse.select_topk(pre, k, max(cfg.k, k) if isinstance(k, int) else cfg.k)
 
     def saelens_cfg(self, cfg):
         return {"k": cfg.k}
@@ -278,6 +321,13 @@ class BatchTopK(Architecture):
         if inference:
             return jnp.where(acts > params["threshold"], acts, 0.0)
         return jnp.where(batch_topk_mask(acts, k), acts, 0.0)
+
+    def sparse_select(self, params, pre, cfg, *, k, inference):
+        if inference:  # the fixed threshold: no bound on the active set
+            return None
+        from jaxcrl.sae import sparse  # sparse builds on this module
+
+        return sparse.select_batch_topk(pre, k, cfg.k)
 
     def post_update(self, params, prev, z, cfg):
         smallest = jnp.min(jnp.where(z > 0, z, jnp.inf))

@@ -8,6 +8,8 @@ from jaxcrl.checkpoint import register_config
 from jaxcrl.sae import architectures as arch_lib
 
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
+DECODERS = ("auto", "dense", "sparse")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def check_prefix_widths(widths: tuple[int, ...], n: int, name: str) -> None:
@@ -64,6 +66,12 @@ class SAEConfig:
       ortho_coefficient: weight of the decoder-orthogonality penalty
         ``mean_{i≠j} cos²(W_dec[i], W_dec[j])`` (:func:`jaxcrl.sae.penalties.ortho_penalty`),
         for any architecture; 0 turns it off.
+      decoder: ``dense``, ``sparse`` (architectures with a sparse selection, the TopK kinds:
+        decode and differentiate only the active latents, :mod:`jaxcrl.sae.sparse`) or
+        ``auto`` (sparse when ``d_sae`` is at least ``sparse.SPARSE_MIN_RATIO`` times ``k``).
+        Same numbers up to float reassociation.
+      compute_dtype: dtype of the dense matmuls (``float32`` or ``bfloat16``, accumulated
+        in float32); params and optimizer state stay float32.
     """
 
     architecture: str = "topk"
@@ -96,6 +104,8 @@ class SAEConfig:
     hook_name: str = ""
     matryoshka_widths: tuple[int, ...] = ()
     ortho_coefficient: float = 0.0
+    decoder: str = "auto"
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.architecture not in arch_lib.ARCHITECTURES:
@@ -104,6 +114,14 @@ class SAEConfig:
         if self.b_dec_init not in B_DEC_INITS:
             raise ValueError(f"SAEConfig.b_dec_init must be one of {B_DEC_INITS}, "
                              f"got {self.b_dec_init!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"SAEConfig.decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.decoder == "sparse" and not self.arch.has_sparse_path:
+            raise ValueError(f"SAEConfig.decoder='sparse' needs an architecture with a sparse "
+                             f"selection (topk, batchtopk), not {self.architecture!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"SAEConfig.compute_dtype must be one of {COMPUTE_DTYPES}, "
+                             f"got {self.compute_dtype!r}")
         for name in ("d_in", "d_sae", "k", "steps", "batch_size", "dead_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SAEConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -10,6 +10,11 @@ the SAELens layout, so export is a rename-free copy. The encoder computes
 ``pre = (x - b_dec) @ W_enc + b_enc`` (``apply_b_dec_to_input``) and then the architecture's
 activation (:mod:`jaxcrl.sae.architectures`: ReLU, TopK, BatchTopK, JumpReLU and any
 registered one).
+
+Training of the TopK kinds takes the sparse path (:mod:`jaxcrl.sae.sparse`, chosen by
+``SAEConfig.decoder``) when the architecture offers a sparse selection
+(:meth:`~jaxcrl.sae.architectures.Architecture.sparse_select`): only the active latents are
+decoded and differentiated.
 """
 
 from __future__ import annotations
@@ -120,7 +125,15 @@ def pre_activations(params: Params, x: jax.Array, cfg: SAEConfig) -> jax.Array:
     chex.assert_shape(x, (None, cfg.d_in), custom_message=f"x must be [batch, d_in={cfg.d_in}]")
     if cfg.apply_b_dec_to_input:
         x = x - params["b_dec"]
-    return x @ params["W_enc"] + params["b_enc"]
+    return matmul(x, params["W_enc"], cfg) + params["b_enc"]
+
+
+def matmul(a: jax.Array, b: jax.Array, cfg: SAEConfig | None) -> jax.Array:
+    """``a @ b`` in ``cfg.compute_dtype`` with float32 accumulation and result."""
+    if cfg is None or cfg.compute_dtype == "float32":
+        return a @ b
+    dt = jnp.dtype(cfg.compute_dtype)
+    return jnp.matmul(a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
 
 
 def activate(params: Params, pre: jax.Array, cfg: SAEConfig, *, k: Any = None,
@@ -144,8 +157,7 @@ def encode(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
 
 def decode(params: Params, z: jax.Array, cfg: SAEConfig | None = None) -> jax.Array:
     """Reconstruction ``z W_dec + b_dec``: ``[batch, d_sae] -> [batch, d_in]``."""
-    del cfg
-    return z @ params["W_dec"] + params["b_dec"]
+    return matmul(z, params["W_dec"], cfg) + params["b_dec"]
 
 
 def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
@@ -153,10 +165,17 @@ def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
     """``x`` ``[batch, d_in]`` -> ``(x_hat [batch, d_in], aux)``.
 
     ``aux`` holds ``pre`` (pre-activations) and ``z`` (latents), both ``[batch, d_sae]``.
+    Architectures with a sparse selection take the sparse path when
+    :func:`jaxcrl.sae.sparse.use_sparse` says so (same values; ``pre`` and ``z`` then carry
+    no gradient, ``aux`` may add ``idx``/``v``).
     """
+    from jaxcrl.sae import sparse  # sparse builds on this module
+
+    if sparse.use_sparse(cfg):
+        return sparse.forward(params, x, cfg, k=k, inference=inference)
     pre = pre_activations(params, x, cfg)
     z = activate(params, pre, cfg, k=k, inference=inference)
-    return decode(params, z), {"pre": pre, "z": z}
+    return decode(params, z, cfg), {"pre": pre, "z": z}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,7 @@ import optax
 from jaxcrl.sae import architectures as arch_lib
 from jaxcrl.sae import model as sae_model
 from jaxcrl.sae import penalties
+from jaxcrl.sae import sparse
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
 from jaxcrl.train import driver
@@ -235,12 +236,15 @@ def loss_fn(params: dict, x: jax.Array, *, cfg: SAEConfig, k: jax.Array,
     aux_loss = jnp.float32(0.0)
     if with_aux and _uses_aux(cfg):
         residual = jax.lax.stop_gradient(x - x_hat)
-        aux_loss = auxk_loss(params, pre, residual, dead, cfg.effective_aux_k)
+        aux_loss = (sparse.auxk_loss(params, x, pre, residual, dead, cfg.effective_aux_k, cfg)
+                    if sparse.use_sparse(cfg) else
+                    auxk_loss(params, pre, residual, dead, cfg.effective_aux_k))
         loss = loss + cfg.aux_coefficient * aux_loss
     loss, extra = dictionary_terms(loss, params, z, x, cfg)
     centered = jnp.sum((x - x.mean(0)) ** 2)
-    return loss, {"z": z, "mse": mse / cfg.d_in, "fvu": err.sum() / centered,
-                  "sparsity": sparsity, "aux_loss": aux_loss, **extra}
+    return loss, {"z": z, **sparse.latent_stats(aux), "mse": mse / cfg.d_in,
+                  "fvu": err.sum() / centered, "sparsity": sparsity, "aux_loss": aux_loss,
+                  **extra}
 
 
 def dictionary_terms(loss: jax.Array, params: dict, z: jax.Array, target: jax.Array,
@@ -310,11 +314,11 @@ def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
     if cfg.unit_norm_decoder:
         params["W_dec"] = _unit_rows(params["W_dec"])
     params = cfg.arch.post_update(params, state.params, z, cfg)
-    fired = (z > 0).any(0)
+    fired = parts["fired"]
     since = jnp.where(fired, 0, jnp.minimum(state.since_fired + x.shape[0], cfg.dead_tokens))
     new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1,
                                since_fired=since.astype(jnp.int32))
-    metrics = {"mse": parts["mse"], "fvu": parts["fvu"], "l0": (z > 0).sum(-1).mean(),
+    metrics = {"mse": parts["mse"], "fvu": parts["fvu"], "l0": parts["l0"],
                "dead_frac": dead.mean(), "loss": loss, "aux_loss": parts["aux_loss"],
                **{n: parts[n] for n in ("nested_mse", "ortho") if n in parts}}
     return new_state, metrics
@@ -502,7 +506,7 @@ def train_sweep(cfgs: SAEConfig | Sequence[SAEConfig], source: Source, key: jax.
 
 SAE_FAMILY = Family(init_state=init_state, update=_update, inference_params=inference_params)
 
-_IGNORED = ("dense_threshold",)  # evaluation only: may change on resume
+_IGNORED = ("dense_threshold", "decoder")  # evaluation only / same math: may change on resume
 
 
 def _train(cfgs: list[SAEConfig], source: Source, key: jax.Array, *, sweep: bool,
