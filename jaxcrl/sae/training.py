@@ -45,8 +45,7 @@ import optax
 
 from jaxcrl.sae import architectures as arch_lib
 from jaxcrl.sae import model as sae_model
-from jaxcrl.sae import penalties
-from jaxcrl.sae import sparse
+from jaxcrl.sae import penalties, sparse
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
 from jaxcrl.train import driver
