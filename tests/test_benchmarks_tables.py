@@ -151,3 +151,17 @@ def test_transcoders_table_matches_its_results_file():
         assert _num(row[6]) == pytest.approx(m["mcc_oos"], abs=5e-4), name
         assert _num(row[7]) == pytest.approx(m["auroc_descendants"], abs=5e-3), name
         assert _num(row[9]) == pytest.approx(m["ortho"]["mean_abs_cos"], abs=5e-4), name
+
+
+def test_transcoders_toy_table_matches_its_results_file():
+    res = _load("transcoders_toy.json")["methods"]
+    rows = _table_after("python experiments/transcoders_toy.py")
+    assert len(rows) == 4
+    for row in rows:
+        name = "clt" if "cross-layer" in row[0] else "transcoder"
+        r = res[f"{name}/{_num(row[1])}"]
+        means = [float(v) for v in re.findall(r"\d\.\d+", row[2])]
+        worst = [float(v) for v in re.findall(r"\d\.\d+", row[3])]
+        assert means == pytest.approx(r["mmcs_mean"], abs=6e-4)
+        assert worst == pytest.approx(r["mmcs_min"], abs=6e-4)
+        assert _num(row[5]) == pytest.approx(r["fvu_mean"], abs=6e-4)
