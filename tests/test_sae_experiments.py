@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import load_experiment as _load
 
 
@@ -20,10 +22,19 @@ def test_sae_toy_tiny(tmp_path):
 
 
 def test_sae_speed_tiny(tmp_path):
+    """The SAELens comparison end to end at a tiny shape: one jaxcrl worker (auto: the
+    sparse path here) and one SAELens worker, AuxK active, and the vmapped sweep."""
     out = tmp_path / "b.json"
     _load("experiments/bench/sae_speed.py").main([
-        "--d-in", "16", "--d-sae", "64", "--batch", "32", "--k", "4", "--steps", "2",
-        "--sweep-ks", "2,4", "--sweep-steps", "2", "--rows", "128", "--out", str(out)])
+        "--shapes", "16x64", "--batch", "32", "--k", "4", "--steps", "2", "--repeats", "1",
+        "--auxk-regimes", "active", "--jax-decoders", "auto", "--sweep-ks", "2,4",
+        "--sweep-steps", "2", "--rows", "128", "--out", str(out)])
     res = json.loads(out.read_text())
-    assert res["matmul_peak_gflops"] > 0 and res["fraction_of_peak"] > 0
+    assert min(res["matmul_peak_gflops_before_after"]) > 0
+    (row,) = res["results"]
+    assert (row["d_in"], row["d_sae"], row["auxk"]) == (16, 64, "active")
+    for name in ("jaxcrl_auto", "saelens"):
+        assert row[name]["tokens_per_s"] > 0 and row[name]["peak_rss_mb"] > 0
+    assert row["speedup_jaxcrl_auto_vs_saelens"] == pytest.approx(
+        row["jaxcrl_auto"]["tokens_per_s"] / row["saelens"]["tokens_per_s"])
     assert res["sweep"]["S"] == 2 and res["sweep"]["speedup"] > 0
