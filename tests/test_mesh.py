@@ -335,16 +335,17 @@ print(json.dumps({"devices": len(jax.devices()), "w": w.ravel().tolist(),
 
 def test_sweeps_and_seeds_spread_over_devices_without_code_changes():
     """The same sweep (4 SAEs) and the same 4-seed CRL fit on 1 and on 8 devices: the run
-    axis is placed on 4 devices automatically, and the numbers agree after 3 steps (per-device
-    matmuls round differently from the batched one; over 30 steps Adam amplifies that
-    round-off on near-zero gradients to ~1e-3 on 2% of the weights, so the check is short)."""
+    axis is placed over a 4 x 2 mesh of all 8 devices automatically, and the numbers agree
+    after 3 steps (per-device matmuls round differently from the batched one; over 30 steps
+    Adam amplifies that round-off on near-zero gradients to ~1e-3 on 2% of the weights, so
+    the check is short)."""
     one = subprocess.run([sys.executable, "-c", _SWEEP], capture_output=True, text=True,
                          timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert one.returncode == 0, one.stderr[-3000:]
     one = json.loads(one.stdout.strip().splitlines()[-1])
     eight = _run8(_SWEEP)
     assert (one["devices"], eight["devices"]) == (1, 8)
-    assert (one["sae_devices"], eight["sae_devices"]) == (1, 4)
+    assert (one["sae_devices"], eight["sae_devices"]) == (1, 8)  # 4 runs x 2 replicas
     np.testing.assert_allclose(eight["w"], one["w"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(eight["wb"], one["wb"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(eight["crl"], one["crl"], rtol=1e-4, atol=1e-5)
@@ -356,8 +357,9 @@ def test_runs_mesh_uses_the_devices_that_divide_the_runs():
         import jax, jax.numpy as jnp
         from jaxcrl.train import driver
         from jaxcrl.train.mesh import runs_mesh
-        res = {n: (None if runs_mesh(n) is None else runs_mesh(n).shape["data"])
+        res = {n: [runs_mesh(n).shape["data"], runs_mesh(n).shape["model"]]
                for n in (1, 2, 3, 4, 6, 8, 16, 12)}
+        res["one device"] = runs_mesh(8, jax.devices()[:1])
         def step(s, k):
             s = s + jax.random.normal(k, s.shape)
             return s, {"m": s.mean()}
@@ -367,8 +369,9 @@ def test_runs_mesh_uses_the_devices_that_divide_the_runs():
         res["drive"] = [len(out.state.sharding.device_set), list(out.state.sharding.spec)]
         print(json.dumps(res))
     """)
-    assert out == {"1": None, "2": 2, "3": 3, "4": 4, "6": 6, "8": 8, "16": 8, "12": 6,
-                   "drive": [4, ["data", None]]}
+    assert out == {"1": [1, 8], "2": [2, 4], "3": [1, 8], "4": [4, 2], "6": [2, 4],
+                   "8": [8, 1], "16": [8, 1], "12": [4, 2], "one device": None,
+                   "drive": [8, ["data", None]]}
 
 
 def test_from_pretrained_places_each_tensor_on_its_shards(tmp_path):

@@ -330,9 +330,9 @@ def fit(
         restart criterion) written every ``save_every`` steps and at the end, keeping the
         last ``keep_last``; ``fit`` resumes from its latest checkpoint (``resume=False``:
         start afresh) when config, keys and data match (else ``ConfigMismatchError``).
-      mesh: where the runs live. None (default): the runs over the most local devices that
-        divide their number, or, for a single run, its minibatch over the most that divide
-        ``cfg.batch_size`` (data parallelism for one large fit); a ``("data", "model")``
+      mesh: where the runs live. None (default): all local devices
+        (:func:`jaxcrl.train.mesh.runs_mesh`): the runs over ``"data"``, or, for a single
+        run, its minibatch (data parallelism for one large fit); a ``("data", "model")``
         mesh: the same on its ``"data"`` axis; False: one device. Nothing changes on one
         device.
       save_every, keep_last, resume: see ``workdir``.

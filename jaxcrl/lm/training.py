@@ -372,8 +372,9 @@ def train(cfg: LMTrainConfig, workdir: str | os.PathLike | None = None, *, resum
       stop_at: stop at this global step (as if preempted; the schedule still spans
         ``cfg.steps``), saving a checkpoint there.
       progress: progress bar: True (loss, held-out loss), False, or the metric names.
-      mesh: None (default): data-parallel over the most local devices that divide
-        ``cfg.batch_size`` (all 8 cores of a Colab TPU; nothing changes on one device); a
+      mesh: None (default): all local devices
+        (:func:`jaxcrl.train.mesh.runs_mesh` of ``cfg.batch_size``; all 8 cores of a
+        Colab TPU; nothing changes on one device); a
         ``("data", "model")`` mesh (:func:`jaxcrl.train.mesh.make_mesh`): batch over
         ``"data"``, parameters and Adam moments FSDP-style over ``"model"``; False: one
         device. The run is the same run on any mesh (same keys and batches; float

@@ -480,10 +480,10 @@ def train_sweep(cfgs: SAEConfig | Sequence[SAEConfig], source: Source, key: jax.
         ``cfg.steps``), checkpointing there.
       refresh_every: for sources with ``refresh`` (large ``.npy`` files), steps between
         loading a new random subset (at global steps ``refresh_every, 2 refresh_every, ...``).
-      mesh: None (default): a sweep's runs over the most local devices that divide their
-        number, and one SAE's batch over the most that divide ``batch_size`` (nothing
-        changes on one device); a ``("data", "model")`` mesh: runs (sweep) or the batch (one
-        SAE) over ``"data"``, and one SAE's latent axis over ``"model"``
+      mesh: None (default): all local devices
+        (:func:`jaxcrl.train.mesh.runs_mesh`): a sweep's runs, or one SAE's batch, over
+        ``"data"`` (nothing changes on one device); a ``("data", "model")`` mesh: runs
+        (sweep) or the batch (one SAE) over ``"data"``, and one SAE's latent axis over ``"model"``
         (:func:`place_sae_state`); False: one device.
 
     Returns:

@@ -323,7 +323,7 @@ def drive(step_fn: StepFn, state: Any, key: jax.Array, *, start_step: int, end_s
       batched: ``step_fn`` is vmapped over a leading run axis.
       callbacks: run after chunks, sorted by ``order`` (stable).
       mesh: where the runs of a batched step live. None (default): spread the run axis over
-        as many local devices as divide the number of runs (all 8 cores of a Colab TPU for
+        all local devices (:func:`jaxcrl.train.mesh.runs_mesh`; all 8 cores of a Colab TPU for
         8 seeds; nothing changes on one device); a ``jax.sharding.Mesh``: its ``"data"``
         axis; False: leave the placement as given.
 

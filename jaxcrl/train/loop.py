@@ -93,12 +93,39 @@ class Chunk:
 
             return jax.lax.scan(body, state, jnp.arange(size, dtype=jnp.int32))
 
-        self._fn = jax.jit(chunk, donate_argnums=0)
+        self._fn = jax.jit(chunk, donate_argnums=0,
+                           out_shardings=_mesh_out_shardings(state, out_shape[1], size))
 
     def __call__(self, state, key, start: int, n_valid: int):
         if not 0 < n_valid <= self.size:
             raise ValueError(f"n_valid must be in [1, {self.size}], got {n_valid}")
         return self._fn(state, key, jnp.int32(start), jnp.int32(n_valid))
+
+
+def _mesh_out_shardings(state: Any, metric_shapes: Any, size: int) -> Any:
+    """Output placement of a chunk whose state lives on a mesh: the state keeps its input
+    shardings, the stacked metrics are replicated on that mesh. Pinning them matters when
+    the step also reads arrays placed on another mesh over the same devices (a transformer
+    trained data-parallel, read by a sweep of SAEs spread over its runs): XLA's free choice
+    of output sharding is then not expressible on either mesh. None (XLA decides) when the
+    state is not on a mesh."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    leaves = jax.tree_util.tree_leaves(state)
+    mesh = next((x.sharding.mesh for x in leaves if isinstance(x, jax.Array)
+                 and isinstance(x.sharding, NamedSharding) and x.sharding.mesh.size > 1), None)
+    if mesh is None:
+        return None
+    rep = NamedSharding(mesh, PartitionSpec())
+
+    def own(x):
+        if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and (
+                x.sharding.mesh == mesh):
+            return x.sharding
+        return rep
+
+    return (jax.tree_util.tree_map(own, state),
+            jax.tree_util.tree_map(lambda _: rep, metric_shapes))
 
 
 def _fold(key, t, batched):

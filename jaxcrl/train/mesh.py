@@ -110,15 +110,22 @@ def shard_runs(mesh: Mesh, tree: Any) -> Any:
 
 
 def runs_mesh(n_runs: int, devices: Sequence[Any] | None = None) -> Mesh | None:
-    """A ``("data", "model")`` mesh over the most local devices that divide ``n_runs`` (the
-    vmapped run axis of a sweep, seeds or restarts), or None when that is one device.
+    """A ``("data", "model")`` mesh over all local devices for an axis of ``n_runs`` (the
+    vmapped runs of a sweep, seeds × restarts, or a batch): ``"data"`` is the largest size
+    dividing both ``n_runs`` and the device count, ``"model"`` the rest (where the runs
+    are replicated, or a single run's parameters split). None on one device.
 
-    With 8 devices: 8 or 16 runs use all 8, 4 runs use 4, 6 runs use 2, 1 run none.
+    Every trainer's default placement spans the same devices, so what one returns (a
+    transformer's parameters) combines with what another returns (a sweep of SAEs on
+    them) in one jitted call. With 8 devices: 8 or 16 runs -> 8 x 1, 4 or 12 -> 4 x 2,
+    2 or 6 -> 2 x 4, 1 or 3 -> 1 x 8.
     """
     devices = list(jax.local_devices() if devices is None else devices)
-    d = max((k for k in range(1, len(devices) + 1) if n_runs % k == 0 and
-             len(devices) >= k), default=1)
-    return make_mesh(MeshConfig(data=d, model=1), devices[:d]) if d > 1 else None
+    n = len(devices)
+    if n == 1:
+        return None
+    d = max(k for k in range(1, n + 1) if n_runs % k == 0 and n % k == 0)
+    return make_mesh(MeshConfig(data=d, model=n // d), devices)
 
 
 def place_runs(tree: Any, mesh: Mesh) -> Any:
@@ -138,9 +145,9 @@ def resolve_mesh(mesh: Mesh | None | bool, size: int, what: str = "batch") -> Me
     """The mesh of a trainer's ``mesh=`` argument.
 
     Args:
-      mesh: None: automatic, the most local devices that divide ``size`` along ``"data"``
-        (:func:`runs_mesh`; None on one device, so single-device code paths stay as they
-        are); False: no mesh; a ``Mesh``: used as given.
+      mesh: None: automatic, all local devices with ``"data"`` the largest size that
+        divides ``size`` (:func:`runs_mesh`; None on one device, so single-device code
+        paths stay as they are); False: no mesh; a ``Mesh``: used as given.
       size: the length of the axis split over ``"data"`` (batch size, or number of runs).
       what: its name, for the error.
 
