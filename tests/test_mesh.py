@@ -270,9 +270,9 @@ print(json.dumps({"pid": pid, "primary": is_primary(), "procs": jax.process_coun
 """
 
 
-def test_two_processes_write_one_checkpoint_and_read_it_back(tmp_path):
-    """jax.distributed across 2 processes (2 CPU devices each, gloo collectives): a manager
-    on every process, one checkpoint written (by process 0), loadable by both and here."""
+def _two_processes(script: str, *args: str) -> list[dict]:
+    """Runs ``script`` as 2 jax.distributed processes (argv: process id, coordinator port,
+    ``args``; 2 CPU devices each) and returns the JSON each printed last."""
     import socket
 
     with socket.socket() as s:
@@ -280,13 +280,19 @@ def test_two_processes_write_one_checkpoint_and_read_it_back(tmp_path):
         port = str(s.getsockname()[1])
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, "-c", _MULTIHOST, str(i), port,
-                               str(tmp_path / "run")], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for i in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i), port, *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for i in (0, 1)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    res = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    return [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+
+
+def test_two_processes_write_one_checkpoint_and_read_it_back(tmp_path):
+    """jax.distributed across 2 processes (2 CPU devices each, gloo collectives): a manager
+    on every process, one checkpoint written (by process 0), loadable by both and here."""
+    res = _two_processes(_MULTIHOST, str(tmp_path / "run"))
     assert [r["primary"] for r in res] == [True, False]
     for r in res:
         assert (r["procs"], r["devices"], r["step"], r["local_ok"], r["n_local"]) == (
@@ -546,26 +552,12 @@ def test_two_hosts_each_load_their_rows_and_train_one_sae(tmp_path):
     each process memory-maps only its half of the .npy, the batch is split over the 4
     devices, the checkpoint is written once; the result equals the one-device run of the same
     stratified source."""
-    import socket
-
     from jaxcrl import sae
 
     x = np.asarray(jax.random.normal(jax.random.key(0), (2048, 16)) @ jax.random.normal(
         jax.random.key(1), (16, 16)), np.float32)
     np.save(tmp_path / "acts.npy", x)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, "-c", _MULTIHOST_SAE, str(i), port,
-                               str(tmp_path / "acts.npy"), str(tmp_path / "run")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for i in (0, 1)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    res = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    res = _two_processes(_MULTIHOST_SAE, str(tmp_path / "acts.npy"), str(tmp_path / "run"))
     assert [r["rows"] for r in res] == [[0, 1024], [1024, 2048]]
     assert [r["data_local_rows"] for r in res] == [1024, 1024]  # 2 devices x 512 rows each
     cfg = sae.SAEConfig.tiny(architecture="topk", steps=40, batch_size=256)
