@@ -592,3 +592,33 @@ def test_sharded_source_draws_the_same_batches_on_any_device_count():
         sae.sharded_array_source(x, 8, blocks=3)
     with pytest.raises(ValueError, match="NaN"):
         sae.sharded_array_source(np.full((8, 2), np.nan), 8, blocks=1)
+
+
+def test_trainer_steps_split_the_batch_over_the_data_axis():
+    """The 8-vs-1 equality above would also hold if nothing were split; here the compiled
+    steps must all-reduce gradients (lm) and hold a batch of B/8 rows per device (sae)."""
+    out = _run8("""
+        import json, jax, jax.numpy as jnp
+        from jaxcrl import sae
+        from jaxcrl.lm.training import LMTrainConfig, init_state, make_source, make_train_step
+        from jaxcrl.sae import training as tr
+        from jaxcrl.train.mesh import constrain_batch, make_mesh, place_state
+        mesh = make_mesh()
+        cfg = LMTrainConfig.tiny()
+        state = place_state(mesh, init_state(cfg, jax.random.key(0)))
+        step = make_train_step(cfg, make_source(cfg)[0], mesh)
+        hlo = jax.jit(step).lower(state, jax.random.key(1)).compile().as_text()
+        scfg = sae.SAEConfig.tiny(batch_size=256)
+        x = jax.random.normal(jax.random.key(0), (1024, 16))
+        src = sae.array_source(x, 256)
+        sst = tr.place_sae_state(mesh, tr.init_state(jax.random.key(1), scfg, x,
+                                                     tr.hparams(scfg)), 64)
+        shlo = jax.jit(tr.make_step(scfg, src, mesh=mesh)).lower(
+            (src.init(None), sst), jax.random.key(2)).compile().as_text()
+        rows = jax.jit(lambda a: constrain_batch(a, mesh))(x[:256])
+        print(json.dumps({"lm_all_reduce": hlo.count("all-reduce"),
+                          "sae_all_reduce": shlo.count("all-reduce"),
+                          "rows_per_device": rows.addressable_shards[0].data.shape[0]}))
+    """)
+    assert out["lm_all_reduce"] > 0 and out["sae_all_reduce"] > 0, out
+    assert out["rows_per_device"] == 32
