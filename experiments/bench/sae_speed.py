@@ -21,9 +21,10 @@ memory is per library and shape):
      statistics, ``backward``, ``clip_grad_norm_(1.0)``, ``torch.optim.Adam.step``,
      ``zero_grad``; on a batch indexed from an in-memory tensor of the same data;
 
-   each in two AuxK regimes: ``idle`` (no dead latent: both libraries skip the AuxK
-   computation, the usual state after warm-up) and ``active`` (half of the latents held
-   dead at every step, so both compute AuxK with ``aux_k = d_in / 2``). Reported:
+   each in three AuxK regimes: ``idle`` (no dead latent: both libraries skip the AuxK
+   computation, the usual state after warm-up), ``few`` (every 20th latent held dead at
+   every step) and ``active`` (every other latent held dead), so both compute AuxK with
+   ``aux_k = d_in / 2``. Reported:
    seconds per step (best of ``--repeats`` chunks of ``--steps`` steps, after
    compilation / warm-up), tokens/s (= batch / s per step), peak resident memory of the
    subprocess (and its resident memory before the first step), and for jaxcrl XLA's
@@ -84,9 +85,15 @@ def _data(rows: int, d: int):
     return jax.random.normal(jax.random.key(2), (rows, d))
 
 
-def _dead_mask(d_sae: int):
-    """Latents held dead in the ``active`` AuxK regime: every other one."""
-    return jnp.arange(d_sae) % 2 == 0
+#: Latents held dead at every step in each AuxK regime: every n-th one (``idle``: none).
+DEAD_EVERY = {"active": 2, "few": 20}
+
+
+def _dead_mask(d_sae: int, regime: str):
+    """Latents held dead in an AuxK regime (None for ``idle``)."""
+    if regime not in DEAD_EVERY:
+        return None
+    return jnp.arange(d_sae) % DEAD_EVERY[regime] == 0
 
 
 def _chunk(step, n_steps, hold_dead=None, dead_tokens=0):
@@ -151,7 +158,7 @@ def worker_jaxcrl(args) -> dict:
     cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=s, k=args.k, batch_size=b,
                         steps=10_000, decoder=args.decoder, compute_dtype=args.compute_dtype,
                         grad_clip=1.0)  # SAELens' trainer clips at 1.0: same work
-    hold = _dead_mask(s) if args.auxk == "active" else None
+    hold = _dead_mask(s, args.auxk)
     rss0 = _rss_mb()
     per_step, first, temp = time_training([cfg], source, jax.random.key(3), args.steps,
                                           sweep=False, repeats=args.repeats, hold_dead=hold)
@@ -173,7 +180,7 @@ def worker_saelens(args) -> dict:
     model = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=s, k=args.k,
                                                   dtype="float32", device="cpu"))
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, betas=(0.9, 0.999))
-    hold = _dead_mask(s) if args.auxk == "active" else None
+    hold = _dead_mask(s, args.auxk)
     dead = (torch.zeros(s, dtype=torch.bool) if hold is None
             else torch.from_numpy(np.asarray(hold)))
     since_fired = torch.zeros(s)
@@ -236,7 +243,8 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="steps per timed chunk")
     p.add_argument("--repeats", type=int, default=3, help="timed chunks (best is kept)")
-    p.add_argument("--auxk-regimes", default="idle,active")
+    p.add_argument("--auxk-regimes", default="idle,few,active",
+                   help="idle: no dead latent; few: 5%% held dead; active: 50%% held dead")
     p.add_argument("--jax-decoders", default="auto,dense")
     p.add_argument("--compute-dtype", default="float32")
     p.add_argument("--no-saelens", action="store_true")
@@ -315,7 +323,8 @@ def main(argv=None):
         "setup": {"architecture": "topk", "batch": args.batch, "k": args.k,
                   "steps_per_chunk": args.steps, "repeats": args.repeats,
                   "compute_dtype": args.compute_dtype, "rows": args.rows,
-                  "auxk_active": "half of the latents held dead at every step",
+                  "auxk_regimes": {"idle": "no dead latent", "few": "every 20th latent held dead",
+                                   "active": "every other latent held dead"},
                   "saelens_step": "training_forward_pass, firing stats, backward, "
                                   "clip_grad_norm_(1.0), Adam.step, zero_grad"},
         "matmul_peak_gflops_before_after": [peak, peak_after],

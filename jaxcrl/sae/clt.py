@@ -391,10 +391,12 @@ def init_state(key: jax.Array, cfg: CLTConfig, rows: jax.Array,
         since_fired=jnp.zeros((cfg.n_layers, cfg.d_sae), jnp.int32))
 
 
-def update(state: sae_training.SAEState, rows: jax.Array, cfg: CLTConfig, with_aux: bool
-           ) -> tuple[sae_training.SAEState, dict]:
+def update(state: sae_training.SAEState, rows: jax.Array, cfg: CLTConfig, with_aux: bool,
+           aux_bucket: jax.Array | None = None) -> tuple[sae_training.SAEState, dict]:
     """One step on raw source rows ``[B, L (d_in + d_out)]`` (see
-    :func:`jaxcrl.sae.training.update`; metrics are the same, ``l0`` per layer)."""
+    :func:`jaxcrl.sae.training.update`; metrics are the same, ``l0`` per layer).
+    ``aux_bucket`` is accepted for the family protocol and unused: the CLT's per-layer
+    AuxK runs over all columns."""
     x, y = split_rows(rows, cfg)
     s_in, s_out = state.act_scale[0], state.act_scale[1]
     xn, yn = x * s_in[:, None], y * s_out[:, None]

@@ -45,7 +45,7 @@ import optax
 
 from jaxcrl.sae import architectures as arch_lib
 from jaxcrl.sae import model as sae_model
-from jaxcrl.sae import penalties, sparse
+from jaxcrl.sae import auxk, penalties, sparse
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
 from jaxcrl.train import driver
@@ -205,26 +205,24 @@ def init_state(key: jax.Array, cfg: SAEConfig, x_init: jax.Array,
 
 def auxk_loss(params: dict, pre: jax.Array, residual: jax.Array, dead: jax.Array,
               aux_k: int) -> jax.Array:
-    """AuxK (Gao et al. 2024): reconstruct ``residual`` ``[batch, d_in]`` from dead latents.
+    """AuxK (Gao et al. 2024) computed literally over all ``d_sae`` columns.
 
     Uses the ``aux_k`` largest pre-activations ``pre`` ``[batch, d_sae]`` among latents with
     ``dead`` ``[d_sae]`` set (fewer when fewer are dead), decoded without bias; returns
-    ``min(n_dead/aux_k, 1) · mean_b ‖ê − e‖²``.
+    ``min(n_dead/aux_k, 1) · mean_b ‖ê − e‖²``. Training uses :func:`jaxcrl.sae.auxk.loss`
+    (same value, over the dead columns only).
     """
-    n_dead = dead.sum()
-    acts = jnp.where(dead, jax.nn.relu(pre), 0.0)
-    z_aux = jnp.where(sae_model.topk_mask(acts, aux_k), acts, 0.0)
-    e_hat = z_aux @ params["W_dec"]
-    scale = jnp.minimum(n_dead / aux_k, 1.0)
-    return scale * jnp.mean(jnp.sum((e_hat - residual) ** 2, -1))
+    return auxk.dense_loss(params, pre, residual, dead, aux_k)
 
 
 def loss_fn(params: dict, x: jax.Array, *, cfg: SAEConfig, k: jax.Array,
-            coefficient: jax.Array, dead: jax.Array, with_aux: bool = True
-            ) -> tuple[jax.Array, dict]:
+            coefficient: jax.Array, dead: jax.Array, with_aux: bool = True,
+            aux_bucket: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Training loss of one SAE on normalised ``x`` ``[batch, d_in]`` and its parts.
 
-    ``with_aux=False`` leaves the AuxK term out (it is exactly 0 when no latent is dead).
+    ``with_aux=False`` leaves the AuxK term out (it is exactly 0 when no latent is dead);
+    ``aux_bucket``: the dead-column budget of :func:`jaxcrl.sae.auxk.loss` (default: from
+    ``dead``).
     """
     x_hat, aux = sae_model.forward(params, x, cfg, k=k)
     pre, z = aux["pre"], aux["z"]
@@ -235,9 +233,8 @@ def loss_fn(params: dict, x: jax.Array, *, cfg: SAEConfig, k: jax.Array,
     aux_loss = jnp.float32(0.0)
     if with_aux and _uses_aux(cfg):
         residual = jax.lax.stop_gradient(x - x_hat)
-        aux_loss = (sparse.auxk_loss(params, x, pre, residual, dead, cfg.effective_aux_k, cfg)
-                    if sparse.use_sparse(cfg) else
-                    auxk_loss(params, pre, residual, dead, cfg.effective_aux_k))
+        aux_loss = auxk.loss(params, x, pre, residual, dead, cfg,
+                             sparse_path=sparse.use_sparse(cfg), bucket_index=aux_bucket)
         loss = loss + cfg.aux_coefficient * aux_loss
     loss, extra = dictionary_terms(loss, params, z, x, cfg)
     centered = jnp.sum((x - x.mean(0)) ** 2)
@@ -293,14 +290,14 @@ def update(state: SAEState, x: jax.Array, cfg: SAEConfig) -> tuple[SAEState, dic
                         lambda s: upd(s, x, cfg, False), state)
 
 
-def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool
-            ) -> tuple[SAEState, dict]:
+def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool,
+            aux_bucket: jax.Array | None = None) -> tuple[SAEState, dict]:
     xn = x * state.act_scale
     dead = state.since_fired >= cfg.dead_tokens
     coef = coefficient_at(cfg, state.hp.coefficient, state.step)
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, xn, cfg=cfg, k=state.hp.k, coefficient=coef, dead=dead,
-        with_aux=with_aux)
+        with_aux=with_aux, aux_bucket=aux_bucket)
     params = state.params
     if cfg.unit_norm_decoder:
         w, g = params["W_dec"], grads["W_dec"]
@@ -340,7 +337,11 @@ def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False, mesh: Any 
         upd = lambda s, x: update(s, x, cfg)
     else:
         plain = jax.vmap(lambda s, x: upd1(s, x, cfg, False), in_axes=(0, None))
-        with_aux = jax.vmap(lambda s, x: upd1(s, x, cfg, True), in_axes=(0, None))
+        aux = jax.vmap(lambda s, x, b: upd1(s, x, cfg, True, aux_bucket=b),
+                       in_axes=(0, None, None))
+        # One dead-column budget for all runs (the largest n_dead), outside the vmap.
+        with_aux = lambda s, x: aux(s, x, auxk.bucket(
+            (s.since_fired >= cfg.dead_tokens).sum(-1).max(), cfg))
         upd = plain if not _uses_aux(cfg) else (
             lambda s, x: jax.lax.cond(_any_dead(s, cfg), with_aux, plain, s, x))
 
