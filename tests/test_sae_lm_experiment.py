@@ -73,6 +73,8 @@ def test_sae_lm_tiny(tmp_path, family):
     resid = res["hooks"][HOOKS[0]]
     assert resid["ce_zero"] > res["ce_clean"] + 1.0  # ablating the residual stream hurts
     assert max(r["ce_loss_recovered"] for r in resid["runs"]) > 0.5
+    if family != "gpt2":
+        return  # resuming is the same code for every family: checked once
     # rerunning resumes: no shard rewritten, no training step run, the same SAEs
     shards = {p: p.stat().st_mtime_ns for p in (out / "acts").rglob("shard_*.npy")}
     exp.main(argv)

@@ -6,11 +6,12 @@ Command (the BENCHMARKS.md "Training speed" phase table)::
         --out experiments/results/bench_sae_speed_phases.json
 
 Times, each as its own jit-ed function (best of ``--repeats`` after compilation), at batch
-4096, k 32, aux_k = d_in / 2, half of the latents dead: the encoder matmul (float32 and
+4096, k 32, aux_k = d_in / 2, every ``--dead-every``-th latent dead (default half): the encoder matmul (float32 and
 bfloat16), the TopK selection (``lax.top_k``, the bitwise search), the AuxK selection, the
 sparse kernels (gather-decode, row dots, scatter-adds) at k and at aux_k, the AuxK loss and
-its gradient (sparse and dense kernels), Adam over the params, and whole steps (AuxK idle,
-AuxK active with sparse and with dense AuxK). The phases overlap and XLA fuses across them,
+its gradient (over all columns with sparse and dense kernels, and over the dead columns
+only, :mod:`jaxcrl.sae.auxk`), Adam over the params, and whole steps (AuxK idle, AuxK
+active over the dead columns, over all columns with sparse and with dense AuxK). The phases overlap and XLA fuses across them,
 so they do not add up exactly to a step; they say which part dominates.
 """
 
@@ -28,7 +29,7 @@ import optax
 from jax import lax
 
 from jaxcrl import sae
-from jaxcrl.sae import sparse, training
+from jaxcrl.sae import auxk, sparse, training
 
 
 def main(argv=None):
@@ -37,6 +38,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--dead-every", type=int, default=2,
+                   help="every n-th latent is dead (2: half, 20: 5%%)")
     p.add_argument("--out", default="experiments/results/bench_sae_speed_phases.json")
     args = p.parse_args(argv)
     d, s = (int(v) for v in args.shape.split("x"))
@@ -45,7 +48,7 @@ def main(argv=None):
     cfg = sae.SAEConfig(d_in=d, d_sae=s, k=k, batch_size=B, steps=1000, decoder="sparse",
                         grad_clip=1.0)
     params = sae.init_params(jax.random.key(1), cfg)
-    dead = jnp.arange(s) % 2 == 0
+    dead = jnp.arange(s) % args.dead_every == 0
     pre = jax.jit(lambda p, x: sae.pre_activations(p, x, cfg))(params, x)
     acts = jnp.where(dead, jax.nn.relu(pre), 0.0)
     rows = {}
@@ -91,6 +94,9 @@ def main(argv=None):
             finally:
                 sparse.AUX_SPARSE_MIN_RATIO = old
         t(f"AuxK loss + gradient, {name} kernels (pre given)", aux_grad, params, pre)
+    t("AuxK loss + gradient, over the dead columns only (sae.auxk.loss)",
+      lambda p, pre: jax.grad(lambda p: auxk.loss(p, x, pre, resid, dead, cfg,
+                                                  sparse_path=True))(p), params, pre)
     opt = training.make_optimizer(cfg)
     ost = opt.init(params)
 
@@ -102,13 +108,16 @@ def main(argv=None):
     st = training.init_state(jax.random.key(2), cfg, x)
     st_dead = st._replace(since_fired=jnp.where(dead, cfg.dead_tokens, 0).astype(jnp.int32))
     t("whole step, AuxK idle", lambda st, x: training._update(st, x, cfg, False), st, x)
-    for name, ratio in (("sparse", 1), ("dense", 10**9)):
+    for name, ratio, compact in (("over the dead columns", 1, auxk.COMPACT_MIN_D_SAE),
+                                 ("all columns, sparse", 1, 10**9),
+                                 ("all columns, dense", 10**9, 10**9)):
         sparse.AUX_SPARSE_MIN_RATIO, old = ratio, sparse.AUX_SPARSE_MIN_RATIO
+        auxk.COMPACT_MIN_D_SAE, old_c = compact, auxk.COMPACT_MIN_D_SAE
         t(f"whole step, AuxK active, {name} AuxK",
           lambda st, x: training._update(st, x, cfg, True), st_dead, x)
-        sparse.AUX_SPARSE_MIN_RATIO = old
+        sparse.AUX_SPARSE_MIN_RATIO, auxk.COMPACT_MIN_D_SAE = old, old_c
     out = {"benchmark": "sae_speed_phases", "d_in": d, "d_sae": s, "batch": B, "k": k,
-           "aux_k": aux_k, "dead_fraction": 0.5, "repeats": args.repeats,
+           "aux_k": aux_k, "dead_fraction": 1 / args.dead_every, "repeats": args.repeats,
            "seconds": rows, "loadavg_at_end": os.getloadavg(), "cpu_count": os.cpu_count(),
            "backend": jax.default_backend(), "jax": jax.__version__}
     path = Path(args.out)
