@@ -17,10 +17,10 @@ flows into those columns, ``b_enc`` and ``b_dec`` exactly as through the dense `
 the top-``aux_k`` is taken over ``cap`` columns, and the decode uses the gathered decoder
 rows. Every matmul shrinks by ``d_sae / cap``.
 
-``cap`` must be static, ``n_dead`` is not: :func:`caps` gives a few budgets
-(``d_sae / 16``, ``d_sae / 4``, ``d_sae / 2``) and :func:`bucket` the smallest that holds
-``n_dead``; a ``lax.switch`` runs only that branch, and when more than half the latents
-are dead the uncompacted loss runs (the dense one, or the sparse path's
+``cap`` must be static, ``n_dead`` is not: :func:`caps` gives two budgets
+(``d_sae / 16``, ``d_sae / 4``) and :func:`bucket` the smallest that holds ``n_dead``; a
+``lax.switch`` runs only that branch, and when more than a quarter of the latents are dead
+the uncompacted loss runs (the dense one, or the sparse path's
 :func:`jaxcrl.sae.sparse.auxk_loss`). In a vmapped sweep the bucket is chosen once for all
 runs (from the largest ``n_dead``, :func:`jaxcrl.sae.training.make_step`), so the switch
 stays a branch instead of becoming a select over every budget.
@@ -29,8 +29,20 @@ Equality with the literal loss: the same latents are selected (the dead ones hol
 same pre-activations; the recomputed matmul differs only by float reassociation) and the
 same value and gradients result within float32 tolerance (``tests/test_sae_auxk.py``).
 
-When compaction applies (measured, BENCHMARKS.md "Training speed"): from
-``d_sae >= COMPACT_MIN_D_SAE``; below that the few extra branches only add compile time.
+When compaction applies (measured with ``experiments/bench/sae_speed_phases.py
+--dead-every N`` at d_in 768, d_sae 24,576, B 4096, aux_k 384, one run each on the shared
+2-core CPU; whole training steps, AuxK idle 1.6-2.7 s):
+
+============  ======================  ==========================================
+dead          over the dead columns   all columns, sparse / dense AuxK kernels
+============  ======================  ==========================================
+5% (1/20)     2.1 s (budget d/16)     4.8 / 5.8 s
+20% (1/5)     3.5 s (budget d/4)      5.1 / 6.6 s
+50% (1/2)     7.7 s (budget d/2)      6.7 / 6.0 s
+============  ======================  ==========================================
+
+so there is no ``d/2`` budget. Only from ``d_sae >= COMPACT_MIN_D_SAE``: below that the
+extra branches only add compile time.
 """
 
 from __future__ import annotations
@@ -46,7 +58,7 @@ from jaxcrl.sae.config import SAEConfig
 Params = dict[str, jax.Array]
 
 #: Dead-column budgets as fractions of ``d_sae`` (denominators), smallest first.
-COMPACT_FRACTIONS = (16, 4, 2)
+COMPACT_FRACTIONS = (16, 4)
 #: Compaction only for dictionaries at least this wide.
 COMPACT_MIN_D_SAE = 4096
 
