@@ -5,7 +5,6 @@ import dataclasses
 
 import jax
 import numpy as np
-
 import pytest
 
 from jaxcrl.config import add_config_flags, apply_overrides, config_from_args, override
