@@ -13,6 +13,9 @@ Methods (``cfg.method``):
   learnable latent SCM prior of :mod:`jaxcrl.crl.prior`;
   ``log p(x | e) = log p_e(g(x)) + log|det J_g(x)|`` enters as a ``numpyro.factor`` and the
   guide is empty, so SVI's ELBO *is* the log-likelihood (maximum likelihood by SVI).
+  With ``cfg.scm="flow"`` the prior is :mod:`jaxcrl.crl.flow_prior` (nonparametric
+  per-node conditionals in a causal order, :func:`flow_order`), normalized for any ``W``,
+  so no acyclicity penalty is added.
 * ``"latent_scm_vae"`` — the same latent SCM prior on ``z``, a Flax MLP decoder
   ``x ~ N(dec(z), diag(sigma^2))`` and the amortized Gaussian encoder guide.
 * ``"contrastive"`` — contrastive CRL (Buchholz et al. 2023): a Flax MLP encoder
