@@ -145,3 +145,12 @@ def test_flow_prior_fit_recovers_small_latents_and_reloads(tmp_path):
 def test_flow_prior_rejects_incompatible_settings_at_config_time(kw, match):
     with pytest.raises(ValueError, match=match):
         CRLConfig(scm="flow", **kw)
+
+
+def test_benchmark_setting_rejects_a_flow_prior_it_cannot_fit():
+    from jaxcrl.crl.synthetic import SyntheticConfig
+
+    with pytest.raises(ValueError, match="scm_prior"):
+        SyntheticConfig(scm_prior="spline")
+    with pytest.raises(ValueError, match="known"):
+        SyntheticConfig(scm_prior="flow", targets="unknown")

@@ -83,6 +83,12 @@ class SyntheticConfig:
         if self.targets not in ("known", "unknown"):
             raise ValueError(f"SyntheticConfig.targets must be 'known' or 'unknown', got "
                              f"{self.targets!r}")
+        if self.scm_prior not in (None, "linear", "nonlinear", "flow"):
+            raise ValueError(f"SyntheticConfig.scm_prior must be None, 'linear', 'nonlinear' or "
+                             f"'flow', got {self.scm_prior!r}")
+        if self.scm_prior == "flow" and self.targets != "known":
+            raise ValueError("SyntheticConfig.scm_prior='flow' reads its causal order off the "
+                             "known targets: it needs targets='known'")
         if self.baseline_restarts is not None and self.baseline_restarts < 1:
             raise ValueError(f"SyntheticConfig.baseline_restarts must be >= 1 or None, got "
                              f"{self.baseline_restarts}")
