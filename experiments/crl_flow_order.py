@@ -24,12 +24,18 @@ from jaxcrl.crl import flow_prior as F
 from jaxcrl.crl.evaluate import score_fit
 from jaxcrl.metrics import mcc
 from jaxcrl.results import summarize_seeds, write_results
-from jaxcrl.scm import (DatasetConfig, GraphConfig, InterventionConfig, MixingConfig,
-                        SCMConfig, make_dataset)
+from jaxcrl.scm import (
+    DatasetConfig,
+    GraphConfig,
+    InterventionConfig,
+    MixingConfig,
+    SCMConfig,
+    make_dataset,
+)
 
 
 def _topological(adj: np.ndarray) -> np.ndarray:
-    d, order, left = adj.shape[0], [], set(range(adj.shape[0]))
+    order, left = [], set(range(adj.shape[0]))
     while left:
         j = next(j for j in sorted(left) if not any(adj[i, j] for i in left))
         order.append(j)
@@ -76,8 +82,8 @@ def main(argv=None):
             perm = mcc(np.asarray(z[s]), z_hat[s]).perm  # learned perm[i] <-> true i
             a = np.asarray(adj[s])
             consistent.append(float(all(pos[perm[i]] < pos[perm[j]]
-                                        for i, j in zip(*np.nonzero(a)))))
-        for sc, c in zip(scores, consistent):
+                                        for i, j in zip(*np.nonzero(a), strict=True))))
+        for sc, c in zip(scores, consistent, strict=True):
             sc["final_order_consistent"] = c
         methods[name] = {**summarize_seeds(scores), "wall_s": time.perf_counter() - t0}
         m = methods[name]

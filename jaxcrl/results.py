@@ -39,7 +39,7 @@ def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
     for k in keys:
         vals = [m[k] for m in per_seed]
         if isinstance(vals[0], (list, tuple, np.ndarray)):
-            cols = [summarize(c) for c in zip(*vals)]
+            cols = [summarize(c) for c in zip(*vals, strict=True)]
             out[k] = {"mean": [c["mean"] for c in cols], "std": [c["std"] for c in cols],
                       "per_seed": [[float(v) for v in row] for row in vals]}
         else:

@@ -114,9 +114,9 @@ def test_implied_order_of_the_true_latents_is_topological(mechanism="location_sc
     ds = jax.jit(jax.vmap(lambda k: make_dataset(k, cfg)))(jax.random.split(jax.random.key(0), 4))
     order = jax.jit(jax.vmap(F.implied_order))(ds.z, ds.env, ds.targets)
     ok = []
-    for pos, adj in zip(np.asarray(order), np.asarray(ds.adj)):
+    for pos, adj in zip(np.asarray(order), np.asarray(ds.adj), strict=True):
         assert sorted(pos.tolist()) == list(range(5))
-        ok.append(all(pos[i] < pos[j] for i, j in zip(*np.nonzero(adj))))
+        ok.append(all(pos[i] < pos[j] for i, j in zip(*np.nonzero(adj), strict=True)))
     assert sum(ok) >= 3, ok
 
 
