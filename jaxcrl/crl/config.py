@@ -37,9 +37,11 @@ class CRLConfig:
         order is known).
       intervention: ``perfect`` or ``soft``.
       targets: ``known`` (given per environment) or ``unknown`` (learned, single-node).
-      flow_layers, flow_terms: flow encoder depth and tanh terms per elementwise layer.
+      flow_layers, flow_terms: flow encoder depth and tanh terms per elementwise layer
+        (``flow_terms`` is also the number of tanh terms of the ``flow`` prior's 1-D noise
+        flows).
       hidden: hidden widths of the VAE encoder/decoder and contrastive encoder MLPs.
-      scm_hidden: hidden width of the nonlinear prior's per-node MLPs.
+      scm_hidden: hidden width of the ``nonlinear``/``flow`` priors' per-node MLPs.
       beta: KL weight of ``beta_vae``/``ivae``.
       steps, batch_size, lr, warmup: optimization (Adam, linear warmup then cosine decay,
         gradients clipped at norm ``clip``).
