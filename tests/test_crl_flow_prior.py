@@ -122,15 +122,16 @@ def test_implied_order_of_the_true_latents_is_topological(mechanism="location_sc
 
 def test_flow_prior_fit_recovers_small_latents_and_reloads(tmp_path):
     cfg = DatasetConfig(scm=SCMConfig(latent_dim=2, mechanism="nonlinear"),
-                        mixing=MixingConfig(n_layers=2), n_per_env=1500)
+                        mixing=MixingConfig(n_layers=2), n_per_env=1000)
     ds = make_dataset(jax.random.key(0), cfg)
-    c = CRLConfig(latent_dim=2, n_envs=3, scm="flow", steps=600, batch_size=256, warmup=50,
-                  flow_layers=2, restarts=1, scm_hidden=8)
+    c = CRLConfig(latent_dim=2, n_envs=3, scm="flow", steps=400, batch_size=256, warmup=50,
+                  flow_layers=2, flow_terms=2, restarts=1, scm_hidden=4)
     result = fit(c, ds.x, ds.env, targets=ds.targets, key=jax.random.key(0), progress=False)
     z_hat = np.asarray(result.encode(ds.x))[0]
-    assert mcc(np.asarray(ds.z), z_hat).value > 0.8
+    got = mcc(np.asarray(ds.z), z_hat).value
+    assert got > 0.8 and got > mcc(np.asarray(ds.z), np.asarray(ds.x)).value + 0.05
     loss = result.history["loss"]
-    assert loss[-100:].mean() < loss[:10].mean() - 1.0
+    assert loss[-100:].mean() < loss[:10].mean() - 0.5
     result.save(tmp_path / "ck")
     again = load_fit(tmp_path / "ck")
     np.testing.assert_array_equal(np.asarray(again.encode(ds.x)), np.asarray(result.encode(ds.x)))
