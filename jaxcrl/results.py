@@ -28,10 +28,23 @@ def summarize(values: Sequence[float]) -> dict:
     return {"mean": mean, "std": std, "per_seed": vals}
 
 
-def summarize_seeds(per_seed: Sequence[Mapping[str, float]]) -> dict:
-    """Turns a list (one dict of scalar metrics per seed) into ``{metric: summarize(...)}``."""
+def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
+    """Turns a list (one dict of metrics per seed) into ``{metric: summarize(...)}``.
+
+    A metric whose value is a list of length ``d`` (e.g. per-latent MCC) is summarized
+    position by position: ``{"mean": [d], "std": [d], "per_seed": [[d], ...]}``.
+    """
     keys = list(per_seed[0]) if per_seed else []
-    return {k: summarize([m[k] for m in per_seed]) for k in keys}
+    out = {}
+    for k in keys:
+        vals = [m[k] for m in per_seed]
+        if isinstance(vals[0], (list, tuple, np.ndarray)):
+            cols = [summarize(c) for c in zip(*vals, strict=True)]
+            out[k] = {"mean": [c["mean"] for c in cols], "std": [c["std"] for c in cols],
+                      "per_seed": [[float(v) for v in row] for row in vals]}
+        else:
+            out[k] = summarize(vals)
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

@@ -165,3 +165,36 @@ def test_transcoders_toy_table_matches_its_results_file():
         assert means == pytest.approx(r["mmcs_mean"], abs=6e-4)
         assert worst == pytest.approx(r["mmcs_min"], abs=6e-4)
         assert _num(row[5]) == pytest.approx(r["fvu_mean"], abs=6e-4)
+
+
+def test_crl_flow_prior_table_matches_its_results_files():
+    rows = _table_after("--tag _flow --rows")
+    files = {"flow": _load("crl_gen_flow_prior.json")["rows"],
+             "old": _load("crl_gen_old_prior_5k.json")["rows"]}
+    cols = ["mcc_pearson_oos", "mcc_spearman", "r2", "shd", "shd_svi"]
+    assert len(rows) == 8
+    for row in rows:
+        m = files["flow" if row[1] == "flow" else "old"][row[0]]["latent_scm"]
+        for cell, key in zip(row[2:7], cols, strict=True):
+            mean, std = _mean_std(cell)
+            tol = 5e-4 if key.startswith(("mcc", "r2")) else 0.05
+            assert mean == pytest.approx(m[key]["mean"], abs=tol), (row[0], key)
+            assert std == pytest.approx(m[key]["std"], abs=tol), (row[0], key)
+        topo = [float(c) for c in row[7].split()]
+        assert topo == pytest.approx(m["mcc_per_latent_topo"]["mean"], abs=5e-3), row[0]
+
+
+def test_crl_flow_prior_10k_table_matches_its_results_file():
+    rows = _table_after("--tag _flow10k --rows")
+    res = _load("crl_gen_flow_prior_10k.json")["rows"]
+    assert [r[0] for r in rows] == list(res)
+    for row in rows:
+        m = res[row[0]]["latent_scm"]
+        for cell, key in zip(row[2:7], ["mcc_pearson_oos", "mcc_spearman", "r2", "shd",
+                                        "shd_svi"], strict=True):
+            mean, std = _mean_std(cell)
+            tol = 5e-4 if key.startswith(("mcc", "r2")) else 0.05
+            assert mean == pytest.approx(m[key]["mean"], abs=tol), (row[0], key)
+            assert std == pytest.approx(m[key]["std"], abs=tol), (row[0], key)
+        per_seed = [float(c) for c in row[8].split(",")]
+        assert per_seed == pytest.approx(m["mcc_pearson_oos"]["per_seed"], abs=5e-4)

@@ -3,6 +3,8 @@
 import argparse
 import dataclasses
 
+import jax
+import numpy as np
 import pytest
 
 from jaxcrl.config import add_config_flags, apply_overrides, config_from_args, override
@@ -67,6 +69,11 @@ def test_generalization_rows_are_config_variants_changing_one_setting():
             assert {"methods", "crl"} <= set(changed) <= {"methods", "crl", "data",
                                                           "targets"}, (name, changed)
             continue
+        if name.endswith("flow prior"):  # the same data as its row, the prior changed
+            assert "scm_prior" in changed and set(changed) <= {"data", "scm_prior"}, name
+            assert cfg.method_config("latent_scm").scm == "flow"
+            assert cfg.method_config("ivae").scm != "flow"
+            continue
         assert len(changed) == (0 if name == "default" else 1), (name, changed)
     d3 = variant(base, "d=3")
     assert d3.method_config("latent_scm").latent_dim == 3
@@ -79,3 +86,15 @@ def test_generalization_rows_are_config_variants_changing_one_setting():
     assert variant(base, "unknown targets").method_config("latent_scm").targets == "unknown"
     with pytest.raises(ValueError, match="unknown row"):
         variant(base, "d=99")
+
+
+def test_two_interventions_per_node_row_targets_every_latent_twice():
+    from jaxcrl.scm import make_dataset
+
+    cfg = variant(SyntheticConfig(seeds=1), "soft interventions, two per node")
+    assert cfg.method_config("latent_scm").n_envs == 11
+    data = dataclasses.replace(cfg.data, n_per_env=10)
+    ds = make_dataset(jax.random.key(0), data)
+    t = np.asarray(ds.targets)
+    assert t.shape == (11, 5) and not t[0].any()
+    assert (t[1:].sum(1) == 1).all() and (t[1:].sum(0) == 2).all()

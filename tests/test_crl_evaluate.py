@@ -141,3 +141,31 @@ def test_discover_graph_prunes_by_standardized_weight_whatever_the_latent_scales
     scale = np.array([1.0, 10.0, 0.1, 3.0])
     got_scaled = _oracle_fit(z * scale, thr).discover_graph(ds.x, env, t)[s]
     np.testing.assert_array_equal(got_scaled != 0, want != 0)
+
+
+def test_score_run_reports_per_latent_mcc_by_index_and_by_causal_position():
+    """True chain 2 -> 0 -> 1 (order 2, 0, 1); learned latents copy true 0 and 1 exactly
+    and true 2 with noise, so only true latent 2's entry (the root, first in causal order)
+    is below 1."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3000, 3))
+    z_hat = z.copy()
+    z_hat[:, 2] = z[:, 2] + rng.normal(size=3000)  # corr 1/sqrt(2)
+    adj = np.array([[0, 1, 0], [0, 0, 0], [1, 0, 0]])
+    w = np.zeros((3, 3))
+    out = score_run(z, z_hat, np.zeros(3000, int), adj_true=adj, w_hat=w)
+    per = out["mcc_per_latent"]
+    assert len(per) == 3 and per[0] == pytest.approx(1) and per[1] == pytest.approx(1)
+    assert per[2] == pytest.approx(2**-0.5, abs=0.03)
+    np.testing.assert_allclose(out["mcc_per_latent_topo"], [per[2], per[0], per[1]])
+    assert np.mean(per) == pytest.approx(out["mcc_pearson"])
+
+
+def test_summarize_seeds_keeps_per_latent_lists_position_by_position():
+    from jaxcrl.results import summarize_seeds
+
+    s = summarize_seeds([{"m": 0.5, "per": [1.0, 0.2]}, {"m": 0.7, "per": [0.0, 0.4]}])
+    assert s["m"]["mean"] == pytest.approx(0.6)
+    np.testing.assert_allclose(s["per"]["mean"], [0.5, 0.3])
+    np.testing.assert_allclose(s["per"]["std"], [0.5, 0.1])
+    assert s["per"]["per_seed"] == [[1.0, 0.2], [0.0, 0.4]]

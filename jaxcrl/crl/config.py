@@ -26,12 +26,22 @@ class CRLConfig:
         invertibility), ``beta_vae`` or ``ivae`` (see :mod:`jaxcrl.crl.models`).
       latent_dim: number of latents d.
       n_envs: number of environments E (0 observational, 1..E-1 interventional).
-      scm: latent SCM family of the model prior, ``linear`` or ``nonlinear``.
+      scm: latent SCM family of the model prior: ``linear``, ``nonlinear`` (per-node tanh
+        MLP means, Gaussian noise; normalized only for a DAG, so the acyclicity penalty
+        must stop the likelihood from using cycles) or ``flow`` (:mod:`jaxcrl.crl.flow_prior`:
+        location-scale MLPs and a learned monotone noise flow per node, parents restricted
+        by a causal order, a normalized density for any ``W``; ``method="latent_scm"``).
+      scm_order: how the ``flow`` prior's causal order is chosen: ``targets`` (implied by
+        the known interventions on every minibatch, :func:`jaxcrl.crl.flow_prior.implied_order`;
+        needs ``targets="known"``) or ``index`` (latent 0 first, ...: when the latents'
+        order is known).
       intervention: ``perfect`` or ``soft``.
       targets: ``known`` (given per environment) or ``unknown`` (learned, single-node).
-      flow_layers, flow_terms: flow encoder depth and tanh terms per elementwise layer.
+      flow_layers, flow_terms: flow encoder depth and tanh terms per elementwise layer
+        (``flow_terms`` is also the number of tanh terms of the ``flow`` prior's 1-D noise
+        flows).
       hidden: hidden widths of the VAE encoder/decoder and contrastive encoder MLPs.
-      scm_hidden: hidden width of the nonlinear prior's per-node MLPs.
+      scm_hidden: hidden width of the ``nonlinear``/``flow`` priors' per-node MLPs.
       beta: KL weight of ``beta_vae``/``ivae``.
       steps, batch_size, lr, warmup: optimization (Adam, linear warmup then cosine decay,
         gradients clipped at norm ``clip``).
@@ -61,6 +71,7 @@ class CRLConfig:
     latent_dim: int = 5
     n_envs: int = 6
     scm: str = "linear"
+    scm_order: str = "targets"
     intervention: str = "perfect"
     targets: str = "known"
     flow_layers: int = 4
@@ -84,7 +95,15 @@ class CRLConfig:
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
-        _choice("scm", self.scm, ("linear", "nonlinear"))
+        _choice("scm", self.scm, ("linear", "nonlinear", "flow"))
+        _choice("scm_order", self.scm_order, ("targets", "index"))
+        if self.scm == "flow" and self.method != "latent_scm":
+            raise ValueError(f"CRLConfig.scm='flow' is implemented for method='latent_scm' "
+                             f"only, got method={self.method!r}")
+        if self.scm == "flow" and self.scm_order == "targets" and self.targets != "known":
+            raise ValueError("CRLConfig.scm='flow' with scm_order='targets' reads the causal "
+                             "order off the known interventions; with targets='unknown' use "
+                             "scm_order='index' or another scm")
         _choice("intervention", self.intervention, ("perfect", "soft"))
         _choice("targets", self.targets, ("known", "unknown"))
         for name in ("latent_dim", "n_envs", "steps", "batch_size", "flow_layers", "restarts"):

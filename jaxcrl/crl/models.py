@@ -13,6 +13,9 @@ Methods (``cfg.method``):
   learnable latent SCM prior of :mod:`jaxcrl.crl.prior`;
   ``log p(x | e) = log p_e(g(x)) + log|det J_g(x)|`` enters as a ``numpyro.factor`` and the
   guide is empty, so SVI's ELBO *is* the log-likelihood (maximum likelihood by SVI).
+  With ``cfg.scm="flow"`` the prior is :mod:`jaxcrl.crl.flow_prior` (nonparametric
+  per-node conditionals in a causal order, :func:`flow_order`), normalized for any ``W``,
+  so no acyclicity penalty is added.
 * ``"latent_scm_vae"`` — the same latent SCM prior on ``z``, a Flax MLP decoder
   ``x ~ N(dec(z), diag(sigma^2))`` and the amortized Gaussian encoder guide.
 * ``"contrastive"`` — contrastive CRL (Buchholz et al. 2023): a Flax MLP encoder
@@ -39,6 +42,7 @@ import numpyro.distributions as dist
 from numpyro.contrib.module import flax_module
 from numpyro.distributions import constraints
 
+from jaxcrl.crl import flow_prior
 from jaxcrl.crl import prior as prior_lib
 from jaxcrl.crl.config import CRLConfig
 from jaxcrl.crl.nets import MLP, FlowEncoder, GaussianEncoder
@@ -65,6 +69,9 @@ class LatentSCMDistribution(dist.Distribution):
 
 
 def _prior_params(cfg: CRLConfig) -> prior_lib.PriorParams:
+    if cfg.scm == "flow":
+        return numpyro.param("prior", lambda key: flow_prior.init_flow_prior(
+            key, cfg.latent_dim, cfg.n_envs, hidden=cfg.scm_hidden, terms=cfg.flow_terms))
     hidden = cfg.scm_hidden if cfg.scm == "nonlinear" else 0
     return numpyro.param(
         "prior", lambda key: prior_lib.init_prior(key, cfg.latent_dim, cfg.n_envs, hidden=hidden)
@@ -74,8 +81,10 @@ def _prior_params(cfg: CRLConfig) -> prior_lib.PriorParams:
 def _graph_penalty(prior: prior_lib.PriorParams, penalty, cfg: CRLConfig, n_total: int) -> None:
     """Acyclicity (quadratic-penalty schedule) and L1 sparsity, per sample x n_total."""
     w = prior_lib.masked_weights(prior)
-    h = prior_lib.acyclicity(w)
-    reg = penalty * (h + 0.5 * h**2) + cfg.l1 * jnp.sum(jnp.abs(w))
+    reg = cfg.l1 * jnp.sum(jnp.abs(w))
+    if cfg.scm != "flow":  # the flow prior's order cuts cycles: no penalty needed
+        h = prior_lib.acyclicity(w)
+        reg = reg + penalty * (h + 0.5 * h**2)
     numpyro.factor("graph_penalty", -n_total * reg)
 
 
@@ -89,10 +98,22 @@ def latent_scm_model(x, env, targets, penalty, *, cfg: CRLConfig, n_total: int):
                        input_shape=(1, x.shape[-1]))
     prior = _prior_params(cfg)
     z, logdet = flow(x)
-    lp = prior_lib.log_prob(prior, z, env, targets=_targets(cfg, targets),
-                            soft=cfg.intervention == "soft") + logdet
+    soft = cfg.intervention == "soft"
+    if cfg.scm == "flow":
+        lp = flow_prior.log_prob(prior, z, env, flow_order(cfg, z, env, targets),
+                                 targets=targets, soft=soft) + logdet
+    else:
+        lp = prior_lib.log_prob(prior, z, env, targets=_targets(cfg, targets),
+                                soft=soft) + logdet
     numpyro.factor("log_likelihood", lp.sum() * (n_total / x.shape[0]))
     _graph_penalty(prior, penalty, cfg, n_total)
+
+
+def flow_order(cfg: CRLConfig, z, env, targets):
+    """[d] causal-order positions of the ``flow`` prior (see ``CRLConfig.scm_order``)."""
+    if cfg.scm_order == "index":
+        return jnp.arange(cfg.latent_dim)
+    return flow_prior.implied_order(z, env, targets)
 
 
 def contrastive_model(x, env, targets, penalty, *, cfg: CRLConfig, n_total: int):

@@ -214,6 +214,9 @@ class FitResult:
         (:func:`jaxcrl.crl.targets.assign_targets`; ``distinct``: one environment per node)."""
         if not self.cfg.learns_graph:
             return None
+        if self.cfg.scm == "flow":
+            raise ValueError("assign_targets needs a prior that scores unknown targets; "
+                             "scm='flow' fits known targets only")
         from jaxcrl.crl.targets import assign_targets
 
         z = self.encode(x)
@@ -267,7 +270,14 @@ def load_fit(path) -> FitResult:
     c = ckpt.load(path, kind="crl")
     cfg: CRLConfig = c.config
     params = dict(c.state["params"])
-    if "prior" in params:
+    if "prior" in params and cfg.scm == "flow":
+        from jaxcrl.crl.flow_prior import FlowPriorParams, NoiseFlow
+
+        p = dict(params["prior"])
+        for k in ("noise", "int_noise"):
+            p[k] = NoiseFlow(**p[k])
+        params["prior"] = FlowPriorParams(**p)
+    elif "prior" in params:
         params["prior"] = prior_lib.PriorParams(**params["prior"])
     pre = Preprocess(**c.state["preprocess"])
     return FitResult(cfg=cfg, params=params, preprocess=pre, history={})

@@ -55,6 +55,8 @@ class SyntheticConfig:
         ``intervention``, ``targets``) are filled in per method from ``data``.
       baseline_restarts: restarts of the contrast baselines (β-VAE, iVAE); ``None`` uses
         ``crl.restarts`` for them too.
+      scm_prior: the latent-SCM methods' prior family (``CRLConfig.scm``); ``None``: ``linear``
+        for linear data, ``nonlinear`` otherwise.
     """
 
     data: DatasetConfig = DatasetConfig(
@@ -68,6 +70,7 @@ class SyntheticConfig:
     seed: int = 0
     crl: CRLConfig = CRLConfig()
     baseline_restarts: int | None = 1
+    scm_prior: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
@@ -80,6 +83,12 @@ class SyntheticConfig:
         if self.targets not in ("known", "unknown"):
             raise ValueError(f"SyntheticConfig.targets must be 'known' or 'unknown', got "
                              f"{self.targets!r}")
+        if self.scm_prior not in (None, "linear", "nonlinear", "flow"):
+            raise ValueError(f"SyntheticConfig.scm_prior must be None, 'linear', 'nonlinear' or "
+                             f"'flow', got {self.scm_prior!r}")
+        if self.scm_prior == "flow" and self.targets != "known":
+            raise ValueError("SyntheticConfig.scm_prior='flow' reads its causal order off the "
+                             "known targets: it needs targets='known'")
         if self.baseline_restarts is not None and self.baseline_restarts < 1:
             raise ValueError(f"SyntheticConfig.baseline_restarts must be >= 1 or None, got "
                              f"{self.baseline_restarts}")
@@ -93,11 +102,14 @@ class SyntheticConfig:
         d = self.latent_dim
         n_envs = 1 + (d if self.data.n_envs is None else self.data.n_envs)
         restarts = self.crl.restarts
+        scm = "linear" if self.data.scm.mechanism == "linear" else "nonlinear"
+        if self.scm_prior is not None and method == "latent_scm":
+            scm = self.scm_prior
         if method in _BASELINES and self.baseline_restarts is not None:
             restarts = self.baseline_restarts
         return dataclasses.replace(
             self.crl, method=method, latent_dim=d, n_envs=n_envs,
-            scm="linear" if self.data.scm.mechanism == "linear" else "nonlinear",
+            scm=scm,
             intervention=self.data.intervention.kind, targets=self.targets, restarts=restarts)
 
 
@@ -150,6 +162,15 @@ GENERALIZATION_ROWS: dict[str, tuple[str, ...]] = {
     "5 mixing layers": ("data.mixing.n_layers=5",),
     "nonlinear SCM": ("data.scm.mechanism=nonlinear",),
     "soft interventions": ("data.intervention.kind=soft",),
+    # Issue 13, nonparametric mechanisms: the flow prior (jaxcrl.crl.flow_prior), a
+    # location-scale SCM, and every node soft-intervened twice (2d interventional envs).
+    "nonlinear SCM, flow prior": ("data.scm.mechanism=nonlinear", "scm_prior=flow"),
+    "location-scale SCM": ("data.scm.mechanism=location_scale",),
+    "location-scale SCM, flow prior": ("data.scm.mechanism=location_scale", "scm_prior=flow"),
+    "soft interventions, flow prior": ("data.intervention.kind=soft", "scm_prior=flow"),
+    "soft interventions, two per node": ("data.intervention.kind=soft", "data.n_envs=10"),
+    "soft interventions, two per node, flow prior": (
+        "data.intervention.kind=soft", "data.n_envs=10", "scm_prior=flow"),
     "unknown targets": ("targets=unknown",),
     "D=20 injective mixing": ("data.mixing.kind=injective", "data.mixing.obs_dim=20"),
     # The contrastive route (Buchholz et al. 2023) for D >> d: MLP encoder, exact-ratio
