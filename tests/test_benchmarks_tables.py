@@ -198,3 +198,16 @@ def test_crl_flow_prior_10k_table_matches_its_results_file():
             assert std == pytest.approx(m[key]["std"], abs=tol), (row[0], key)
         per_seed = [float(c) for c in row[8].split(",")]
         assert per_seed == pytest.approx(m["mcc_pearson_oos"]["per_seed"], abs=5e-4)
+
+
+def test_sae_speed_table_matches_its_results_file():
+    """Throughputs vary by machine, but the table must be the kept run's figures."""
+    res = _load("bench_sae_speed.json")["results"]
+    rows = _table_after("python experiments/bench/sae_speed.py --steps 2 --repeats 2")
+    assert len(rows) == len(res)
+    for row, r in zip(rows, res, strict=True):
+        assert _num(row[0].replace(" x ", " ")) == r["d_in"] and row[1] == r["auxk"]
+        for cell, name in zip(row[2:5], ("jaxcrl_auto", "jaxcrl_dense", "saelens"),
+                              strict=True):
+            assert _num(cell) == pytest.approx(r[name]["s_per_step"], abs=5e-4), (row, name)
+        assert _num(row[5]) == pytest.approx(r["speedup_jaxcrl_auto_vs_saelens"], abs=5e-3)
