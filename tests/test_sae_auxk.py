@@ -46,10 +46,10 @@ def test_compacted_auxk_equals_the_literal_loss_and_gradients(n_dead, aux_k, app
         return auxk.loss(p, x, sae.pre_activations(p, x, cfg), resid, dead, cfg,
                          sparse_path=False)
 
-    (l_ref, g_ref), (l, g) = jax.value_and_grad(literal)(params), jax.value_and_grad(compact)(
-        params)
-    assert float(l_ref) > 0
-    np.testing.assert_allclose(l, l_ref, rtol=2e-5)
+    loss_ref, g_ref = jax.value_and_grad(literal)(params)
+    loss, g = jax.value_and_grad(compact)(params)
+    assert float(loss_ref) > 0
+    np.testing.assert_allclose(loss, loss_ref, rtol=2e-5)
     for name in g_ref:
         scale = float(jnp.abs(g_ref[name]).max()) + 1e-12
         np.testing.assert_allclose(g[name] / scale, g_ref[name] / scale, atol=1e-5,

@@ -6,13 +6,14 @@ Command (the BENCHMARKS.md "Training speed" phase table)::
         --out experiments/results/bench_sae_speed_phases.json
 
 Times, each as its own jit-ed function (best of ``--repeats`` after compilation), at batch
-4096, k 32, aux_k = d_in / 2, every ``--dead-every``-th latent dead (default half): the encoder matmul (float32 and
-bfloat16), the TopK selection (``lax.top_k``, the bitwise search), the AuxK selection, the
-sparse kernels (gather-decode, row dots, scatter-adds) at k and at aux_k, the AuxK loss and
-its gradient (over all columns with sparse and dense kernels, and over the dead columns
-only, :mod:`jaxcrl.sae.auxk`), Adam over the params, and whole steps (AuxK idle, AuxK
-active over the dead columns, over all columns with sparse and with dense AuxK). The phases overlap and XLA fuses across them,
-so they do not add up exactly to a step; they say which part dominates.
+4096, k 32, aux_k = d_in / 2, every ``--dead-every``-th latent dead (default half): the
+encoder matmul (float32 and bfloat16), the TopK selection (``lax.top_k``, the bitwise
+search), the AuxK selection, the sparse kernels (gather-decode, row dots, scatter-adds) at
+k and at aux_k, the AuxK loss and its gradient (over all columns with sparse and dense
+kernels, and over the dead columns only, :mod:`jaxcrl.sae.auxk`), Adam over the params,
+and whole steps (AuxK idle; AuxK active over the dead columns, and over all columns with
+sparse and with dense AuxK). The phases overlap and XLA fuses across them, so they do not
+add up exactly to a step; they say which part dominates.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ import numpy as np
 import optax
 
 from jaxcrl.sae import architectures as arch_lib
-from jaxcrl.sae import model as sae_model
 from jaxcrl.sae import auxk, penalties, sparse
+from jaxcrl.sae import model as sae_model
 from jaxcrl.sae.config import SAEConfig
 from jaxcrl.sae.source import Source
 from jaxcrl.train import driver
@@ -271,8 +271,13 @@ def _uses_aux(cfg: SAEConfig) -> bool:
     return cfg.effective_aux_k > 0 and cfg.aux_coefficient > 0
 
 
+def _dead(state: SAEState, cfg: SAEConfig) -> jax.Array:
+    """``[..., d_sae]`` bool: latents that have not fired for ``cfg.dead_tokens`` tokens."""
+    return state.since_fired >= cfg.dead_tokens
+
+
 def _any_dead(state: SAEState, cfg: SAEConfig) -> jax.Array:
-    return (state.since_fired >= cfg.dead_tokens).any()
+    return _dead(state, cfg).any()
 
 
 def update(state: SAEState, x: jax.Array, cfg: SAEConfig) -> tuple[SAEState, dict]:
@@ -293,7 +298,7 @@ def update(state: SAEState, x: jax.Array, cfg: SAEConfig) -> tuple[SAEState, dic
 def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool,
             aux_bucket: jax.Array | None = None) -> tuple[SAEState, dict]:
     xn = x * state.act_scale
-    dead = state.since_fired >= cfg.dead_tokens
+    dead = _dead(state, cfg)
     coef = coefficient_at(cfg, state.hp.coefficient, state.step)
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, xn, cfg=cfg, k=state.hp.k, coefficient=coef, dead=dead,
@@ -341,7 +346,7 @@ def make_step(cfg: SAEConfig, source: Source, *, sweep: bool = False, mesh: Any 
                        in_axes=(0, None, None))
         # One dead-column budget for all runs (the largest n_dead), outside the vmap.
         with_aux = lambda s, x: aux(s, x, auxk.bucket(
-            (s.since_fired >= cfg.dead_tokens).sum(-1).max(), cfg))
+            _dead(s, cfg).sum(-1).max(), cfg))
         upd = plain if not _uses_aux(cfg) else (
             lambda s, x: jax.lax.cond(_any_dead(s, cfg), with_aux, plain, s, x))
 
