@@ -1,5 +1,5 @@
-"""Sparse TopK / BatchTopK path: kernels, and equality with the dense path (active sets,
-gradients, parameters after N Adam steps with AuxK on, vmapped sweeps over k)."""
+"""Sparse TopK / BatchTopK / JumpReLU path: kernels, and equality with the dense path (active
+sets, gradients, parameters after N Adam steps with AuxK on, vmapped sweeps over k)."""
 
 import dataclasses
 
@@ -19,6 +19,13 @@ def _data(n=512, d=16, seed=0):
     # heavy-tailed mixture so latents specialise and some die quickly
     k1, k2 = jax.random.split(jax.random.key(seed))
     return jax.random.normal(k1, (n, d)) * jax.random.exponential(k2, (n, 1))
+
+
+def _jumprelu_params(params, x, cfg, quantile=0.93):
+    """Thresholds at a per-latent quantile of ``relu(pre)`` on ``x``: few active per row,
+    so the sparse branch is exact, with entries inside the straight-through band."""
+    acts = jax.nn.relu(sae.pre_activations(params, x, cfg))
+    return {**params, "threshold": jnp.quantile(acts, quantile, axis=0)}
 
 
 @pytest.fixture(params=[True, False], ids=["loops", "gather"])
@@ -74,23 +81,35 @@ def test_sorted_scatter_matches_the_per_example_scatter(monkeypatch):
 
 @pytest.mark.parametrize("arch,apply_b_dec,loops", [("topk", True, True),
                                                      ("batchtopk", False, True),
-                                                     ("topk", False, False)])
+                                                     ("topk", False, False),
+                                                     ("jumprelu", True, True),
+                                                     ("jumprelu", False, False)])
 def test_forward_and_gradients_equal_the_dense_path(arch, apply_b_dec, loops, monkeypatch):
     monkeypatch.setattr(sparse, "_loops", lambda: loops)  # CPU loops or accelerator gathers
     cfg = dataclasses.replace(BASE, architecture=arch, apply_b_dec_to_input=apply_b_dec)
+    x = _data(64)
+    if arch == "jumprelu":  # normal inputs (a heavy tail fires many latents in some rows)
+        cfg = dataclasses.replace(cfg, k=24, bandwidth=0.2)
+        x = jax.random.normal(jax.random.key(9), (64, 16))
     dense, sp = (dataclasses.replace(cfg, decoder=m) for m in ("dense", "sparse"))
     params = sae.init_params(jax.random.key(1), cfg, b_dec=jnp.linspace(-0.3, 0.3, 16))
-    x = _data(64)
+    if arch == "jumprelu":
+        params = _jumprelu_params(params, x, cfg)
+        pre = sae.pre_activations(params, x, cfg)
+        sel = cfg.arch.sparse_select(params, pre, cfg, k=cfg.k, inference=False)
+        assert bool(sel.exact), "the sparse branch must be the one tested"
+        acts, thr = jax.nn.relu(pre), params["threshold"]
+        assert int(((acts <= thr) & (acts > thr - cfg.bandwidth / 2)).sum()) > 0  # STE band
     xh_d, aux_d = sae.forward(params, x, dense)
     xh_s, aux_s = sae.forward(params, x, sp)
-    assert "idx" in aux_s or arch == "batchtopk"
+    assert "idx" in aux_s or arch != "topk"
     # same active sets and values
     np.testing.assert_array_equal(aux_s["z"] > 0, aux_d["z"] > 0)
     np.testing.assert_allclose(aux_s["z"], aux_d["z"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(xh_s, xh_d, rtol=1e-5, atol=1e-5)
-    # gradients of the whole loss, AuxK included (half the latents dead)
+    # gradients of the whole loss, AuxK and the sparsity penalty included (half dead)
     dead = jnp.arange(cfg.d_sae) % 2 == 0
-    kw = dict(k=jnp.int32(cfg.k), coefficient=jnp.float32(0.0), dead=dead)
+    kw = dict(k=jnp.int32(cfg.k), coefficient=jnp.float32(0.3), dead=dead)
     (l_d, p_d), g_d = jax.value_and_grad(training.loss_fn, has_aux=True)(params, x, cfg=dense,
                                                                            **kw)
     (l_s, p_s), g_s = jax.value_and_grad(training.loss_fn, has_aux=True)(params, x, cfg=sp,
@@ -99,6 +118,8 @@ def test_forward_and_gradients_equal_the_dense_path(arch, apply_b_dec, loops, mo
     np.testing.assert_allclose(l_s, l_d, rtol=1e-5)
     np.testing.assert_allclose(p_s["aux_loss"], p_d["aux_loss"], rtol=1e-5)
     for n in g_d:
+        if n not in cfg.arch.frozen_params:  # every trained parameter, JumpReLU's threshold too
+            assert float(jnp.abs(g_d[n]).max()) > 0, n
         scale = float(jnp.abs(g_d[n]).max()) + 1e-12
         np.testing.assert_allclose(g_s[n] / scale, g_d[n] / scale, atol=2e-6, err_msg=n)
     for n in ("fired", "l0", "smallest"):
@@ -145,9 +166,9 @@ def test_sparse_decoder_gradient_is_zero_on_inactive_rows():
 SPARSE_ARCHS = [a.name for a in sae.architectures.ARCHITECTURES.values() if a.has_sparse_path]
 
 
-def test_the_sparse_path_serves_exactly_the_topk_kinds_and_not_a_changed_activation():
-    assert {"topk", "batchtopk"} <= set(SPARSE_ARCHS)
-    assert "relu" not in SPARSE_ARCHS and "jumprelu" not in SPARSE_ARCHS
+def test_the_sparse_path_serves_bounded_active_sets_and_not_a_changed_activation():
+    assert {"topk", "batchtopk", "jumprelu"} <= set(SPARSE_ARCHS)
+    assert "relu" not in SPARSE_ARCHS
 
     class Clipped(sae.architectures.TopK):  # changes what is kept, inherits the selection
         name = "topk_clipped_test"
@@ -158,10 +179,21 @@ def test_the_sparse_path_serves_exactly_the_topk_kinds_and_not_a_changed_activat
     assert not Clipped().has_sparse_path
 
 
+#: Per-architecture settings of the N-step test. JumpReLU: thresholds high enough that the
+#: rows fit the slots (the sparse branch runs), normal inputs, and a large Adam eps: Adam
+#: turns round-off-sized gradients (dead latents' b_enc, the threshold STE) into lr-sized
+#: steps, so with eps 1e-8 the two paths drift apart by ~lr after a few steps (measured).
+TRAIN_OVERRIDES = {"jumprelu": dict(threshold_init=2.5, bandwidth=0.05, l0_coefficient=0.1,
+                                    k=8, adam_eps=1e-3)}
+
+
 @pytest.mark.parametrize("arch", SPARSE_ARCHS)
 def test_training_gives_the_same_parameters_after_n_steps(arch):
-    cfg = dataclasses.replace(BASE, architecture=arch, d_sae=384)  # some die within 2 steps
-    src = sae.array_source(_data(), cfg.batch_size)
+    cfg = dataclasses.replace(BASE, architecture=arch, d_sae=384,  # some die within 2 steps
+                              **TRAIN_OVERRIDES.get(arch, {}))
+    data = jax.random.normal(jax.random.key(0), (512, 16)) if arch in TRAIN_OVERRIDES \
+        else _data()
+    src = sae.array_source(data, cfg.batch_size)
     res = {m: sae.train(dataclasses.replace(cfg, decoder=m), src, jax.random.key(2),
                         progress=False, chunk_size=cfg.steps) for m in ("dense", "sparse")}
     d, s = res["dense"], res["sparse"]
@@ -173,10 +205,15 @@ def test_training_gives_the_same_parameters_after_n_steps(arch):
     for n in d.state.params:
         np.testing.assert_allclose(s.state.params[n], d.state.params[n], rtol=1e-4, atol=2e-5,
                                    err_msg=n)
-    x = _data(64, seed=5) * s.state.act_scale
+    x = data[:64] * s.state.act_scale
     _, aux_d = sae.forward(d.state.params, x, dataclasses.replace(cfg, decoder="dense"))
     _, aux_s = sae.forward(s.state.params, x, dataclasses.replace(cfg, decoder="sparse"))
     np.testing.assert_array_equal(aux_s["z"] > 0, aux_d["z"] > 0)
+    if arch == "jumprelu":  # the sparse branch ran, and the thresholds moved
+        pre = sae.pre_activations(s.state.params, x, cfg)
+        assert bool(cfg.arch.sparse_select(s.state.params, pre, cfg, k=cfg.k,
+                                           inference=False).exact)
+        assert float(jnp.abs(s.state.params["threshold"] - cfg.threshold_init).max()) > 1e-3
 
 
 def test_vmapped_sweep_over_k_equals_the_dense_sweep():
@@ -202,6 +239,27 @@ def test_batchtopk_row_over_the_cap_falls_back_to_the_exact_dense_answer():
     np.testing.assert_allclose(aux_s["z"], aux_d["z"], rtol=1e-6)
 
 
+def test_jumprelu_row_over_its_slots_falls_back_to_the_exact_dense_answer():
+    cfg = dataclasses.replace(BASE, architecture="jumprelu", k=2, d_sae=64)
+    x = jax.random.normal(jax.random.key(4), (16, 16))
+    params = _jumprelu_params(sae.init_params(jax.random.key(4), cfg), x, cfg, 0.97)
+    x = x.at[0].set(params["W_enc"].sum(1) * 3.0)  # fires nearly every latent
+    pre = sae.pre_activations(params, x, cfg)
+    assert not bool(cfg.arch.sparse_select(params, pre, cfg, k=cfg.k, inference=False).exact)
+    sp = dataclasses.replace(cfg, decoder="sparse")
+    dense = dataclasses.replace(cfg, decoder="dense")
+    for inference in (False, True):
+        _, aux_d = sae.forward(params, x, dense, inference=inference)
+        _, aux_s = sae.forward(params, x, sp, inference=inference)
+        np.testing.assert_array_equal(aux_s["z"] > 0, aux_d["z"] > 0)
+        np.testing.assert_allclose(aux_s["z"], aux_d["z"], rtol=1e-6)
+    g = {m: jax.grad(lambda p, c=c: jnp.sum(sae.forward(p, x, c)[0] ** 2))(params)
+         for m, c in (("dense", dense), ("sparse", sp))}
+    for n in g["dense"]:
+        np.testing.assert_allclose(g["sparse"][n], g["dense"][n], rtol=1e-5, atol=1e-6,
+                                   err_msg=n)
+
+
 def test_bfloat16_compute_keeps_float32_params_and_trains():
     cfg = dataclasses.replace(BASE, compute_dtype="bfloat16", steps=16, dead_tokens=10**6)
     src = sae.array_source(_data(), cfg.batch_size)
@@ -218,9 +276,13 @@ def test_rule_and_bad_arguments():
     assert not sparse.use_sparse(dataclasses.replace(BASE, d_sae=64, k=32))
     assert not sparse.use_sparse(dataclasses.replace(BASE, d_sae=4096, decoder="dense"))
     assert not sparse.use_sparse(dataclasses.replace(BASE, architecture="relu"))
-    assert not sparse.use_sparse(dataclasses.replace(BASE, architecture="jumprelu"))
+    # JumpReLU has 2k slots per row: sparse from d_sae >= 16 * 2k
+    assert sparse.use_sparse(dataclasses.replace(BASE, architecture="jumprelu", d_sae=4096,
+                                                 k=128))
+    assert not sparse.use_sparse(dataclasses.replace(BASE, architecture="jumprelu",
+                                                     d_sae=4096, k=129))
     with pytest.raises(ValueError, match="decoder='sparse' needs an architecture"):
-        dataclasses.replace(BASE, architecture="jumprelu", decoder="sparse")
+        dataclasses.replace(BASE, architecture="relu", decoder="sparse")
     with pytest.raises(ValueError, match="SAEConfig.decoder"):
         dataclasses.replace(BASE, decoder="csr")
     with pytest.raises(ValueError, match="SAEConfig.compute_dtype"):

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 if TYPE_CHECKING:
     from jaxcrl.sae.config import SAEConfig
@@ -225,6 +226,19 @@ class Architecture:
         del params, pre, cfg, k, inference
         return None
 
+    def sparse_activate(self, params: Params, values: jax.Array, idx: jax.Array,
+                        cfg: SAEConfig) -> jax.Array:
+        """Latents ``[B, K]`` of the selected slots from their pre-activations ``values``
+        ``[B, K]`` (latent indices ``idx``; the gradient flows through this). Default: the
+        values as selected (the TopK kinds keep positive pre-activations unchanged)."""
+        del params, idx, cfg
+        return values
+
+    def sparse_slots(self, cfg: SAEConfig) -> int:
+        """Slots per example of the sparse path (what :func:`jaxcrl.sae.sparse.use_sparse`
+        compares ``d_sae`` with): ``k`` by default."""
+        return cfg.k
+
     @property
     def has_sparse_path(self) -> bool:
         """:meth:`sparse_select` is overridden, by the class that defines :meth:`activate` or
@@ -360,7 +374,14 @@ class MatryoshkaBatchTopK(BatchTopK):
 
 
 class JumpReLU(Architecture):
-    """JumpReLU with a rectangle-kernel STE and an L0 penalty (Gemma Scope)."""
+    """JumpReLU with a rectangle-kernel STE and an L0 penalty (Gemma Scope).
+
+    Sparse path (:mod:`jaxcrl.sae.sparse`): the slots hold every latent whose value or
+    straight-through gradient is non-zero, i.e. ``relu(pre) > θ − ε/2`` in training
+    (active, or within half the bandwidth below the threshold) and ``> θ`` at inference;
+    ``JUMPRELU_ROW_CAP · k`` slots per example (``k`` read as the expected L0), and a batch
+    with a row over that budget takes the dense path for that step (exact either way).
+    """
 
     name = "jumprelu"
     saelens_name = "jumprelu"
@@ -374,8 +395,25 @@ class JumpReLU(Architecture):
         acts = jax.nn.relu(pre)
         return jumprelu(acts, params["threshold"], jnp.asarray(cfg.bandwidth, acts.dtype))
 
+    def sparse_select(self, params, pre, cfg, *, k, inference):
+        from jaxcrl.sae import sparse  # sparse builds on this module
+
+        floor = params["threshold"] - (0.0 if inference else 0.5 * cfg.bandwidth)
+        return sparse.select_above(pre, floor, self.sparse_slots(cfg))
+
+    def sparse_activate(self, params, values, idx, cfg):
+        return jumprelu(jax.nn.relu(values), params["threshold"][idx],
+                        jnp.asarray(cfg.bandwidth, values.dtype))
+
+    def sparse_slots(self, cfg):
+        from jaxcrl.sae import sparse  # sparse builds on this module
+
+        return min(cfg.d_sae, sparse.JUMPRELU_ROW_CAP * cfg.k)
+
     def penalty(self, params, pre, z, cfg):
-        h = heaviside_step(jax.nn.relu(pre), params["threshold"],
+        # H has no gradient wrt its input (only the STE wrt θ), so ``pre`` is cut from the
+        # graph: on the sparse path no dense backward through the encoder matmul results
+        h = heaviside_step(jax.nn.relu(lax.stop_gradient(pre)), params["threshold"],
                            jnp.asarray(cfg.bandwidth, pre.dtype))
         return h.sum(-1)
 

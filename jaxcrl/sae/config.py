@@ -32,7 +32,8 @@ class SAEConfig:
         2024 / Gemma Scope), or any registered architecture (:attr:`arch` is the object).
       d_in: width of the activations.
       d_sae: number of latents.
-      k: active latents per example for ``topk`` (per example on average for ``batchtopk``).
+      k: active latents per example for ``topk`` (per example on average for ``batchtopk``;
+        for ``jumprelu`` the expected L0, which sizes its sparse path's slots).
         In a sweep over ``k`` the per-run value is traced (:class:`~jaxcrl.sae.training.HParams`).
       l1_coefficient: weight of the norm-weighted L1 penalty (``relu``).
       l0_coefficient: weight of the L0 penalty (``jumprelu``).
@@ -66,9 +67,10 @@ class SAEConfig:
       ortho_coefficient: weight of the decoder-orthogonality penalty
         ``mean_{i≠j} cos²(W_dec[i], W_dec[j])`` (:func:`jaxcrl.sae.penalties.ortho_penalty`),
         for any architecture; 0 turns it off.
-      decoder: ``dense``, ``sparse`` (architectures with a sparse selection, the TopK kinds:
-        decode and differentiate only the active latents, :mod:`jaxcrl.sae.sparse`) or
-        ``auto`` (sparse when ``d_sae`` is at least ``sparse.SPARSE_MIN_RATIO`` times ``k``).
+      decoder: ``dense``, ``sparse`` (architectures with a sparse selection, the TopK kinds
+        and JumpReLU: decode and differentiate only the active latents,
+        :mod:`jaxcrl.sae.sparse`) or ``auto`` (sparse when ``d_sae`` is at least
+        ``sparse.SPARSE_MIN_RATIO`` times the slots per example: ``k``, ``2k`` for JumpReLU).
         Same numbers up to float reassociation.
       compute_dtype: dtype of the dense matmuls (``float32`` or ``bfloat16``, accumulated
         in float32); params and optimizer state stay float32.
@@ -118,7 +120,7 @@ class SAEConfig:
             raise ValueError(f"SAEConfig.decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.decoder == "sparse" and not self.arch.has_sparse_path:
             raise ValueError(f"SAEConfig.decoder='sparse' needs an architecture with a sparse "
-                             f"selection (topk, batchtopk), not {self.architecture!r}")
+                             f"selection (topk, batchtopk, jumprelu), not {self.architecture!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"SAEConfig.compute_dtype must be one of {COMPUTE_DTYPES}, "
                              f"got {self.compute_dtype!r}")

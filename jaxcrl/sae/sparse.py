@@ -1,4 +1,4 @@
-"""Sparse TopK / BatchTopK SAE step: decode and differentiate only the active latents.
+"""Sparse TopK / BatchTopK / JumpReLU SAE step: decode and differentiate the active latents.
 
 With ``k`` of ``d_sae`` latents active per example, the dense step runs five
 ``B x d_in x d_sae`` matmuls (encoder forward, decoder forward, decoder-weight gradient,
@@ -44,8 +44,10 @@ several times slower); the rest of the step stays batched.
 
 Which architectures: those whose registry object overrides
 :meth:`~jaxcrl.sae.architectures.Architecture.sparse_select` (``topk``: :func:`select_topk`;
-``batchtopk``: :func:`select_batch_topk`); ``relu`` and ``jumprelu`` have no bound on the
-active set and stay dense. Nothing here compares architecture names.
+``batchtopk``: :func:`select_batch_topk`; ``jumprelu``: :func:`select_above`, the active
+latents and those within half the bandwidth below their threshold, whose straight-through
+gradient is non-zero, in ``JUMPRELU_ROW_CAP · k`` slots with a dense fallback); ``relu``
+has no bound on the active set and stays dense. Nothing here compares architecture names.
 
 Rule (``SAEConfig.decoder == "auto"``): sparse when ``d_sae >= SPARSE_MIN_RATIO · k``,
 dense below (see :func:`use_sparse` and BENCHMARKS.md "Training speed").
@@ -88,6 +90,10 @@ AUX_SPARSE_MIN_RATIO = 32
 #: row would need more falls back to the dense path for that step (exact either way).
 BATCHTOPK_ROW_CAP = 4
 
+#: JumpReLU: each row has ``JUMPRELU_ROW_CAP · k`` slots (``k`` read as the expected L0) for
+#: its active and near-threshold latents; a batch with a row over that takes the dense path.
+JUMPRELU_ROW_CAP = 2
+
 _UNROLL = 8
 _SORTED_SCATTER_MIN = 8 * 2**20  # elements of the scattered-into array
 _SCATTER_BLOCK = 128
@@ -107,7 +113,7 @@ def use_sparse(cfg: SAEConfig) -> bool:
     """
     if cfg.decoder == "dense" or not cfg.arch.has_sparse_path or cfg.prefix_widths:
         return False
-    return cfg.decoder == "sparse" or cfg.d_sae >= SPARSE_MIN_RATIO * cfg.k
+    return cfg.decoder == "sparse" or cfg.d_sae >= SPARSE_MIN_RATIO * cfg.arch.sparse_slots(cfg)
 
 
 def _loops() -> bool:
@@ -313,6 +319,25 @@ def select_batch_topk(pre: jax.Array, k: jax.Array | int, k_max: int) -> Selecti
     return Selection(vals, idx.astype(jnp.int32), keep, exact)
 
 
+def select_above(pre: jax.Array, floor: jax.Array, cap: int) -> Selection:
+    """Every entry of ``relu(pre)`` ``[B, n]`` above ``floor`` ``[n]`` (JumpReLU's set).
+
+    ``cap`` static slots per row; ``exact`` (traced) is False when some row has more
+    candidates than slots, and the step then takes the dense path. Slots beyond a row's
+    candidates have ``keep`` False. Order within a row: largest value first.
+    """
+    B, n = pre.shape
+    cap = min(n, cap)
+    pre = lax.stop_gradient(pre)
+    acts = jax.nn.relu(pre)
+    cand = acts > floor
+    score, idx = lax.top_k(jnp.where(cand, acts, -1.0), cap)
+    keep = score >= 0
+    vals = jnp.take_along_axis(pre, idx, axis=1)
+    exact = True if cap == n else jnp.all(cand.sum(-1) <= cap)
+    return Selection(vals, idx.astype(jnp.int32), keep, exact)
+
+
 def _dense_z(values: jax.Array, idx: jax.Array, d_sae: int) -> jax.Array:
     """``[B, d_sae]`` latents (no gradient) from the sparse ``values``/``idx`` ``[B, K]``."""
     rows = jnp.arange(idx.shape[0])[:, None]
@@ -342,7 +367,7 @@ def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
         return sae_model.decode(params, z, cfg), {"pre": pre, "z": z}
 
     def sparse_branch(p):
-        v = _values(p, x, cfg, sel.values, sel.idx, sel.keep)
+        v = _values(p, x, cfg, sel.values, sel.idx, sel.keep, activate=True)
         return decode_rows(v, p["W_dec"], sel.idx) + p["b_dec"], v
 
     if sel.exact is True:
@@ -363,9 +388,13 @@ def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
     return x_hat, {"pre": pre, "z": z}
 
 
-def _values(params, x, cfg, vals, idx, keep):
+def _values(params, x, cfg, vals, idx, keep, *, activate=False):
+    """``[B, K]`` values of the kept slots (gradient to the encoder); ``activate``: through
+    the architecture's :meth:`~jaxcrl.sae.architectures.Architecture.sparse_activate`."""
     sel = encode_rows(vals.astype(jnp.float32), x, params["W_enc"], params["b_enc"],
                       params["b_dec"], idx, cfg.apply_b_dec_to_input)
+    if activate:
+        sel = cfg.arch.sparse_activate(params, sel, idx, cfg)
     return jnp.where(keep, sel, 0.0)
 
 
