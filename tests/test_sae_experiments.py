@@ -37,3 +37,18 @@ def test_sae_speed_tiny(tmp_path):
     assert row["speedup_jaxcrl_auto_vs_saelens"] == pytest.approx(
         row["jaxcrl_auto"]["tokens_per_s"] / row["saelens"]["tokens_per_s"])
     assert res["sweep"]["S"] == 2 and res["sweep"]["speedup"] > 0
+
+
+def test_sae_speed_jumprelu_tiny_fires_about_k_latents_in_both_libraries(tmp_path):
+    """The JumpReLU comparison: both libraries start at the threshold where ~k of d_sae
+    standard-normal pre-activations fire, jaxcrl on its sparse path (auto at 16k <= d_sae)."""
+    out = tmp_path / "b.json"
+    _load("experiments/bench/sae_speed.py").main([
+        "--architecture", "jumprelu", "--shapes", "32x1024", "--batch", "256", "--k", "8",
+        "--steps", "1", "--repeats", "1", "--auxk-regimes", "idle", "--jax-decoders", "auto",
+        "--sweep-ks", "", "--rows", "512", "--out", str(out)])
+    res = json.loads(out.read_text())
+    (row,) = res["results"]
+    assert res["setup"]["architecture"] == "jumprelu" and row["jaxcrl_auto"]["sparse"]
+    for name in ("jaxcrl_auto", "saelens"):
+        assert 5 < row[name]["l0_last_step"] < 12, name

@@ -32,6 +32,16 @@ memory is per library and shape):
 3. S=4 SAEs (k = 16, 24, 32, 48) as one vmapped program vs 4 sequential programs at the
    first shape (``--sweep-ks ''`` skips it).
 
+``--architecture jumprelu`` times JumpReLU instead (jaxcrl's sparse path vs its dense one
+vs SAELens' ``JumpReLUTrainingSAE``, L0 penalty with the step STE, bandwidth 1e-3): both
+start from unit-norm decoder rows (encoder = decoder transposed) and one threshold for all
+latents, ``t`` with ``P(N(0, 1) > t) = k / d_sae``, so about ``k`` latents fire per example
+on the standard-normal data; AuxK off on both (SAELens' JumpReLU has none), so only the
+``idle`` regime applies::
+
+    python experiments/bench/sae_speed.py --architecture jumprelu --auxk-regimes idle \
+        --sweep-ks '' --steps 2 --repeats 2 --out experiments/results/bench_sae_speed_jumprelu.json
+
 Expected on the shared 2-CPU machine: see BENCHMARKS.md "Training speed".
 """
 
@@ -126,7 +136,8 @@ def _init(cfgs, source, key, sweep):
 
 
 def time_training(cfgs, source, key, steps, sweep, repeats=2, hold_dead=None):
-    """(s/step after compilation, s including compilation, XLA temp bytes of the chunk)."""
+    """(s/step after compilation, s including compilation, XLA temp bytes of the chunk,
+    mean L0 of the last step)."""
     t0 = time.perf_counter()
     cfg, carry = _init(cfgs, source, key, sweep)
     carry = jax.tree_util.tree_map(jnp.copy, carry)  # the chunk donates its input
@@ -146,25 +157,37 @@ def time_training(cfgs, source, key, steps, sweep, repeats=2, hold_dead=None):
         best = min(best, time.perf_counter() - t)
     if hold_dead is not None:
         assert float(m["aux_loss"].min()) > 0, "AuxK was not computed"
-    return best / steps, first, temp
+    return best / steps, first, temp, float(jnp.mean(m["l0"][-1]))
 
 
 # --------------------------------------------------------------------------- workers
 
 
+def jumprelu_threshold(k: int, d_sae: int) -> float:
+    """One threshold for all latents at which ~``k`` of ``d_sae`` N(0, 1) pre-activations fire."""
+    from scipy.stats import norm
+
+    return float(norm.isf(k / d_sae))
+
+
 def worker_jaxcrl(args) -> dict:
     d, s, b = args.d_in, args.d_sae, args.batch
     source = sae.array_source(_data(args.rows, d), b)
-    cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=s, k=args.k, batch_size=b,
-                        steps=10_000, decoder=args.decoder, compute_dtype=args.compute_dtype,
-                        grad_clip=1.0)  # SAELens' trainer clips at 1.0: same work
+    extra = {}
+    if args.architecture == "jumprelu":
+        extra = dict(threshold_init=jumprelu_threshold(args.k, s), l0_coefficient=1.0,
+                     aux_k=0)
+    cfg = sae.SAEConfig(architecture=args.architecture, d_in=d, d_sae=s, k=args.k,
+                        batch_size=b, steps=10_000, decoder=args.decoder,
+                        compute_dtype=args.compute_dtype,
+                        grad_clip=1.0, **extra)  # SAELens' trainer clips at 1.0: same work
     hold = _dead_mask(s, args.auxk)
     rss0 = _rss_mb()
-    per_step, first, temp = time_training([cfg], source, jax.random.key(3), args.steps,
+    per_step, first, temp, l0 = time_training([cfg], source, jax.random.key(3), args.steps,
                                           sweep=False, repeats=args.repeats, hold_dead=hold)
     return {"s_per_step": per_step, "compile_and_first_chunk_s": first,
             "xla_temp_mb": None if temp is None else temp / 2**20,
-            "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb(),
+            "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb(), "l0_last_step": l0,
             "sparse": sae.sparse.use_sparse(cfg)}
 
 
@@ -177,8 +200,18 @@ def worker_saelens(args) -> dict:
     d, s, b = args.d_in, args.d_sae, args.batch
     torch.manual_seed(0)
     data = torch.from_numpy(np.asarray(_data(args.rows, d)))
-    model = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=s, k=args.k,
-                                                  dtype="float32", device="cpu"))
+    coefficients = {}
+    if args.architecture == "jumprelu":
+        from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+        model = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
+            d_in=d, d_sae=s, jumprelu_init_threshold=jumprelu_threshold(args.k, s),
+            jumprelu_bandwidth=1e-3, l0_coefficient=1.0, decoder_init_norm=1.0,
+            dtype="float32", device="cpu"))
+        coefficients = {"l0": 1.0}
+    else:
+        model = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=s, k=args.k,
+                                                      dtype="float32", device="cpu"))
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, betas=(0.9, 0.999))
     hold = _dead_mask(s, args.auxk)
     dead = (torch.zeros(s, dtype=torch.bool) if hold is None
@@ -190,7 +223,7 @@ def worker_saelens(args) -> dict:
     def step():
         x = data[torch.randint(0, data.shape[0], (b,), generator=gen)]
         out = model.training_forward_pass(TrainStepInput(
-            sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=n_step[0],
+            sae_in=x, coefficients=coefficients, dead_neuron_mask=dead, n_training_steps=n_step[0],
             is_logging_step=False))
         with torch.no_grad():  # the trainer's firing statistics
             did_fire = out.feature_acts.bool().float().sum(-2).bool()
@@ -215,15 +248,17 @@ def worker_saelens(args) -> dict:
         for _ in range(args.steps):
             step()
         best = min(best, time.perf_counter() - t)
+    l0 = float(out.feature_acts.bool().float().sum(-1).mean())
     return {"s_per_step": best / args.steps, "first_step_s": first, "rss_before_mb": rss0,
-            "peak_rss_mb": _peak_rss_mb(), "torch": torch.__version__,
+            "peak_rss_mb": _peak_rss_mb(), "l0_last_step": l0, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
 
 
 def _run_worker(args, lib: str, d: int, s: int, **kw) -> dict:
     cmd = [sys.executable, __file__, "--worker", lib, "--d-in", str(d), "--d-sae", str(s),
            "--batch", str(args.batch), "--k", str(args.k), "--steps", str(args.steps),
-           "--repeats", str(args.repeats), "--rows", str(args.rows)]
+           "--repeats", str(args.repeats), "--rows", str(args.rows),
+           "--architecture", args.architecture]
     for name, value in kw.items():
         cmd += [f"--{name.replace('_', '-')}", str(value)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
@@ -251,6 +286,7 @@ def main(argv=None):
     p.add_argument("--sweep-ks", default="16,24,32,48")
     p.add_argument("--sweep-steps", type=int, default=3)
     p.add_argument("--rows", type=int, default=32768, help="rows of the in-memory data")
+    p.add_argument("--architecture", default="topk", choices=["topk", "jumprelu"])
     p.add_argument("--out", default="out/bench_sae_speed.json")
     p.add_argument("--worker", choices=["jaxcrl", "saelens"], help=argparse.SUPPRESS)
     p.add_argument("--decoder", default="auto", help=argparse.SUPPRESS)
@@ -298,13 +334,13 @@ def main(argv=None):
         cfgs = [dataclasses.replace(cfg, k=k) for k in ks]
         key = jax.random.key(3)
         t = time.perf_counter()
-        vm_step, _, _ = time_training(cfgs, source, key, args.sweep_steps, sweep=True,
+        vm_step, _, _, _ = time_training(cfgs, source, key, args.sweep_steps, sweep=True,
                                       repeats=args.repeats)
         vm_total = time.perf_counter() - t
         seq_step, seq_total = 0.0, 0.0
         for c in cfgs:
             t = time.perf_counter()
-            st, _, _ = time_training([c], source, key, args.sweep_steps, sweep=False,
+            st, _, _, _ = time_training([c], source, key, args.sweep_steps, sweep=False,
                                      repeats=args.repeats)
             seq_total += time.perf_counter() - t
             seq_step += st
@@ -320,7 +356,7 @@ def main(argv=None):
     print(f"matmul peak after: {peak_after:.1f} GFLOP/s", flush=True)
     out = {
         "benchmark": "sae_speed",
-        "setup": {"architecture": "topk", "batch": args.batch, "k": args.k,
+        "setup": {"architecture": args.architecture, "batch": args.batch, "k": args.k,
                   "steps_per_chunk": args.steps, "repeats": args.repeats,
                   "compute_dtype": args.compute_dtype, "rows": args.rows,
                   "auxk_regimes": {"idle": "no dead latent", "few": "every 20th latent held dead",
