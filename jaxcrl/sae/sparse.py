@@ -323,18 +323,26 @@ def select_above(pre: jax.Array, floor: jax.Array, cap: int) -> Selection:
     """Every entry of ``relu(pre)`` ``[B, n]`` above ``floor`` ``[n]`` (JumpReLU's set).
 
     ``cap`` static slots per row; ``exact`` (traced) is False when some row has more
-    candidates than slots, and the step then takes the dense path. Slots beyond a row's
-    candidates have ``keep`` False. Order within a row: largest value first.
+    candidates than slots, and the step then takes the dense path. The count is checked
+    first and the ``lax.top_k`` that fills the slots runs only when they suffice (a
+    ``lax.cond``), so a step that falls back pays little for the attempt. Slots beyond a
+    row's candidates have ``keep`` False. Order within a row: largest value first.
     """
     B, n = pre.shape
     cap = min(n, cap)
     pre = lax.stop_gradient(pre)
     acts = jax.nn.relu(pre)
     cand = acts > floor
-    score, idx = lax.top_k(jnp.where(cand, acts, -1.0), cap)
+    fill = lambda: tuple(lax.top_k(jnp.where(cand, acts, -1.0), cap))
+    if cap == n:
+        exact = True
+        score, idx = fill()
+    else:
+        exact = jnp.all(cand.sum(-1) <= cap)
+        empty = lambda: (jnp.full((B, cap), -1.0, acts.dtype), jnp.zeros((B, cap), jnp.int32))
+        score, idx = lax.cond(exact, fill, empty)
     keep = score >= 0
     vals = jnp.take_along_axis(pre, idx, axis=1)
-    exact = True if cap == n else jnp.all(cand.sum(-1) <= cap)
     return Selection(vals, idx.astype(jnp.int32), keep, exact)
 
 
