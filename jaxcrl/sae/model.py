@@ -11,8 +11,8 @@ the SAELens layout, so export is a rename-free copy. The encoder computes
 activation (:mod:`jaxcrl.sae.architectures`: ReLU, TopK, BatchTopK, JumpReLU and any
 registered one).
 
-Training of the TopK kinds takes the sparse path (:mod:`jaxcrl.sae.sparse`, chosen by
-``SAEConfig.decoder``) when the architecture offers a sparse selection
+Training of the TopK kinds and JumpReLU takes the sparse path (:mod:`jaxcrl.sae.sparse`,
+chosen by ``SAEConfig.decoder``) when the architecture offers a sparse selection
 (:meth:`~jaxcrl.sae.architectures.Architecture.sparse_select`): only the active latents are
 decoded and differentiated.
 """
