@@ -1,0 +1,181 @@
+"""The latent-SCM part of ``experiments/causal_features.py`` alone, on cached activations.
+
+Command::
+
+    python experiments/causal_features_crl.py --out out/causal_features_crl \
+        --reduce envs --reduce pca
+
+Trains the same transformer as ``experiments/causal_features.py`` (same defaults, same seed;
+or loads ``--lm-ckpt``), collects the last-position residual stream of every layer on the
+same environment sequences (env 0 observational, env ``i + 1`` ``do(z_i = v)``, ``v``
+uniform; the same keys as :func:`jaxcrl.analysis.causal_features.analyse`) together with
+the exact posterior beliefs, and caches them to ``OUT/acts.npz``. A later call reuses the
+cache and only fits: one latent-SCM fit per ``--reduce`` value (``CRLConfig.reduce``: the
+``d``-dim subspace the flow sees), all layers in one program, scored against the beliefs
+(MCC out of sample and per latent, on the pooled environments and on environment 0 alone,
+next to a ridge probe fitted on the same data) and the language's graph (SHD of the exact
+interventional-BIC DAG after MCC alignment). Writes ``OUT/results.json``.
+
+CRL settings are ``--set crl.FIELD=VALUE`` (:class:`jaxcrl.crl.CRLConfig` fields, e.g.
+``--set crl.flow_layers=1 --set crl.restarts=4 --set crl.holdout=0.2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from jaxcrl.analysis.causal_features import _environment_batches, _variables
+from jaxcrl.analysis.lm_runs import trained_lm
+from jaxcrl.analysis.probes import collect, residual_names
+from jaxcrl.crl import CRLConfig, fit
+from jaxcrl.crl.evaluate import score_fit
+from jaxcrl.metrics import fit_ridge, mcc, mcc_out_of_sample, predict_linear
+from jaxcrl.scm.language import posterior_marginals, sample_jit
+
+
+def cache_activations(path: str, lm_ckpt: str | None, progress: bool) -> dict:
+    """Trains (or loads) the transformer of ``causal_features.py`` and caches, per layer,
+    the last-position activations ``x [L+1, N, D]`` of the environment sequences, their
+    beliefs ``truth [N, d]``, ``env [N]``, ``targets [E, d]``, the true ``adj [d, d]`` and
+    the observational probe data ``obs_x [L+1, M, D]``, ``obs_truth [M, d]``."""
+    import experiments.causal_features as cf  # the same defaults as the full experiment
+
+    exp = cf.CausalFeaturesExperiment()
+    model, params, task, info = trained_lm(exp.lm.with_task(exp.task), checkpoint=lm_ckpt,
+                                           progress=progress)
+    cfg = exp.analysis
+    d = task.cfg.n_latents
+    # the keys of analyse(): root -> (obs, env, sae, crl, steer)
+    k_obs, k_env, _, k_crl, _ = jax.random.split(jax.random.key(cfg.seed), 5)
+    names = residual_names(model.cfg.n_layers)
+    batch = sample_jit(task, k_obs, cfg.n_sequences, with_posterior=True)
+    obs = collect(model, params, batch.tokens, list(names.values()))
+    obs_truth = _variables(np.asarray(batch.posterior)[:, -1])
+    env_tokens, env = _environment_batches(task, k_env, cfg.crl_per_env)
+    acts = collect(model, params, env_tokens, list(names.values()))
+    truth = _variables(np.asarray(posterior_marginals(task, env_tokens))[:, -1])
+    data = {
+        "x": np.stack([acts[h][:, -1] for h in names.values()]).astype(np.float32),
+        "truth": truth.astype(np.float32), "env": env.astype(np.int32),
+        "targets": np.concatenate([np.zeros((1, d), bool), np.eye(d, dtype=bool)]),
+        "adj": np.asarray(task.adj), "layers": np.array(list(names)),
+        "obs_x": np.stack([obs[h][:, -1] for h in names.values()]).astype(np.float32),
+        "obs_truth": obs_truth.astype(np.float32),
+        "crl_key": np.asarray(jax.random.key_data(k_crl)),
+        "lm_info": json.dumps(info),
+    }
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    np.savez(path, **data)
+    return data
+
+
+def probe_scores(x: np.ndarray, truth: np.ndarray, env: np.ndarray) -> dict:
+    """Ridge probe on even samples, scored on odd ones (pooled, and environment 0)."""
+    tr, te = np.arange(len(x)) % 2 == 0, np.arange(len(x)) % 2 == 1
+    pred = predict_linear(fit_ridge(x[tr], truth[tr]), x[te])
+    obs = env[te] == 0
+    return {"mcc_pooled": float(mcc(truth[te], pred).value),
+            "mcc_env0": float(mcc(truth[te][obs], pred[obs]).value)}
+
+
+def crl_scores(z_hat: np.ndarray, truth: np.ndarray, env: np.ndarray, score: dict) -> dict:
+    """MCC of learned latents: pooled (out of sample, per latent) and on env 0 alone."""
+    obs = env == 0
+    m0 = mcc(truth[obs], z_hat[obs])
+    return {"mcc_pooled_oos": float(score["mcc_pearson_oos"]),
+            "mcc_pooled": float(score["mcc_pearson"]),
+            "mcc_per_latent": [round(v, 4) for v in score["mcc_per_latent"]],
+            "mcc_env0": float(m0.value),
+            "mcc_env0_oos": float(mcc_out_of_sample(truth[obs], z_hat[obs]).value),
+            "mcc_env0_per_latent": [round(float(v), 4) for v in m0.matched],
+            "shd": float(score["shd"]), "shd_svi": float(score["shd_svi"]),
+            "edge_auroc": float(score["edge_auroc"])}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="out/causal_features_crl")
+    p.add_argument("--lm-ckpt", default=None)
+    p.add_argument("--reduce", action="append", default=None,
+                   help="CRLConfig.reduce values to fit (repeatable; default: envs)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--set", action="append", default=[], metavar="crl.FIELD=VALUE")
+    p.add_argument("--layers", default=None, help="comma-separated layer labels (default all)")
+    p.add_argument("--tag", default="", help="suffix of the results file name")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    path = os.path.join(args.out, "acts.npz")
+    if os.path.exists(path):
+        data = dict(np.load(path))
+    else:
+        data = cache_activations(path, args.lm_ckpt, not args.no_progress)
+    layers = [str(s) for s in data["layers"]]
+    keep = ([layers.index(s) for s in args.layers.split(",")] if args.layers
+            else list(range(len(layers))))
+    x, truth, env = data["x"][keep], data["truth"], data["env"]
+    targets, adj = data["targets"], data["adj"]
+    d = truth.shape[-1]
+    over = {}
+    for s in args.set:
+        k, v = s.split("=", 1)
+        k = k.removeprefix("crl.")
+        field = {f.name: f for f in dataclasses.fields(CRLConfig)}[k]
+        over[k] = type(getattr(CRLConfig(), field.name))(
+            v if not isinstance(getattr(CRLConfig(), k), bool) else v == "true")
+    key = jax.random.wrap_key_data(data["crl_key"])
+    results: dict = {"layers": [layers[i] for i in keep], "n_true_edges": int(adj.sum()),
+                     "probe": {layers[i]: probe_scores(data["x"][i], truth, env)
+                               for i in keep},
+                     "probe_obs": {}, "fits": {}}
+    n_obs = len(data["obs_truth"]) // 2
+    for i in keep:  # the causal_features.py probe: observational sequences, half / half
+        ox, ot = data["obs_x"][i], data["obs_truth"]
+        pred = predict_linear(fit_ridge(ox[:n_obs], ot[:n_obs]), ox[n_obs:])
+        results["probe_obs"][layers[i]] = float(mcc(ot[n_obs:], pred).value)
+    for reduce in args.reduce or ["envs"]:
+        cfg = CRLConfig(**{"latent_dim": d, "n_envs": d + 1, "steps": args.steps,
+                           "restarts": 1, "batch_size": min(1024, len(env)),
+                           "reduce": reduce, **over})
+        tf = time.perf_counter()
+        L = len(keep)
+        r = fit(cfg, x, np.broadcast_to(env, (L, len(env))), key=key,
+                targets=np.broadcast_to(targets, (L, *targets.shape)),
+                progress=not args.no_progress, eval_every=max(cfg.steps // 10, 1))
+        sc = score_fit(r, x, np.broadcast_to(truth, (L, *truth.shape)),
+                       np.broadcast_to(env, (L, len(env))),
+                       adj_true=np.broadcast_to(adj, (L, d, d)),
+                       targets_true=np.broadcast_to(targets, (L, *targets.shape)))
+        z = np.asarray(r.encode(x))
+        fit_res = {"config": dataclasses.asdict(cfg), "wall_s": time.perf_counter() - tf}
+        if "heldout_loss" in r.history:
+            fit_res["heldout_loss"] = np.asarray(r.history["heldout_loss"]).tolist()
+        for j, li in enumerate(keep):
+            fit_res[layers[li]] = crl_scores(z[j], truth, env, sc[j])
+        results["fits"][reduce] = fit_res
+        for li in keep:
+            f = fit_res[layers[li]]
+            print(f"reduce={reduce:5s} {layers[li]:6s} MCC pooled(oos) {f['mcc_pooled_oos']:.3f}"
+                  f" env0 {f['mcc_env0']:.3f} per-latent {f['mcc_per_latent']} "
+                  f"SHD {f['shd']:.0f} (svi {f['shd_svi']:.0f}) AUROC {f['edge_auroc']:.2f}"
+                  f" | probe pooled {results['probe'][layers[li]]['mcc_pooled']:.3f}"
+                  f" env0 {results['probe'][layers[li]]['mcc_env0']:.3f}"
+                  f" obs {results['probe_obs'][layers[li]]:.3f}", flush=True)
+    results["wall_s"] = time.perf_counter() - t0
+    results["lm"] = json.loads(str(data["lm_info"]))
+    out = os.path.join(args.out, f"results{args.tag}.json")
+    with open(out, "w") as fh:
+        json.dump(results, fh, indent=1)
+    print(f"wrote {out} ({results['wall_s']:.0f} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
