@@ -76,20 +76,33 @@ def cache_activations(path: str, lm_ckpt: str | None, progress: bool) -> dict:
     return data
 
 
+def distinct_beliefs(truth: np.ndarray, tol: float = 0.99) -> np.ndarray:
+    """Indices of the belief columns not (|Pearson| >= tol) a copy of an earlier one: a
+    near-deterministic edge makes two latents' posterior beliefs the same variable, and a
+    one-to-one matching of d learned latents to them cannot score both."""
+    c = np.abs(np.corrcoef(truth.T))
+    return np.array([j for j in range(truth.shape[1]) if not (c[j, :j] >= tol).any()])
+
+
 def probe_scores(x: np.ndarray, truth: np.ndarray, env: np.ndarray) -> dict:
     """Ridge probe on even samples, scored on odd ones (pooled, and environment 0)."""
     tr, te = np.arange(len(x)) % 2 == 0, np.arange(len(x)) % 2 == 1
     pred = predict_linear(fit_ridge(x[tr], truth[tr]), x[te])
     obs = env[te] == 0
+    keep = distinct_beliefs(truth)
     return {"mcc_pooled": float(mcc(truth[te], pred).value),
-            "mcc_env0": float(mcc(truth[te][obs], pred[obs]).value)}
+            "mcc_env0": float(mcc(truth[te][obs], pred[obs]).value),
+            "mcc_pooled_distinct": float(mcc(truth[te][:, keep], pred[:, keep]).value)}
 
 
 def crl_scores(z_hat: np.ndarray, truth: np.ndarray, env: np.ndarray, score: dict) -> dict:
-    """MCC of learned latents: pooled (out of sample, per latent) and on env 0 alone."""
+    """MCC of learned latents: pooled (out of sample, per latent), against the distinct
+    beliefs only (:func:`distinct_beliefs`, a rectangular matching), and on env 0 alone."""
     obs = env == 0
     m0 = mcc(truth[obs], z_hat[obs])
+    keep = distinct_beliefs(truth)
     return {"mcc_pooled_oos": float(score["mcc_pearson_oos"]),
+            "mcc_distinct_oos": float(mcc_out_of_sample(truth[:, keep], z_hat).value),
             "mcc_pooled": float(score["mcc_pearson"]),
             "mcc_per_latent": [round(v, 4) for v in score["mcc_per_latent"]],
             "mcc_env0": float(m0.value),
@@ -109,6 +122,8 @@ def main(argv=None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="crl.FIELD=VALUE")
     p.add_argument("--layers", default=None, help="comma-separated layer labels (default all)")
     p.add_argument("--tag", default="", help="suffix of the results file name")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also fit the beliefs themselves: x = logit(beliefs) @ M, M random")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -163,11 +178,33 @@ def main(argv=None) -> dict:
         for li in keep:
             f = fit_res[layers[li]]
             print(f"reduce={reduce:5s} {layers[li]:6s} MCC pooled(oos) {f['mcc_pooled_oos']:.3f}"
+                  f" distinct {f['mcc_distinct_oos']:.3f}"
                   f" env0 {f['mcc_env0']:.3f} per-latent {f['mcc_per_latent']} "
                   f"SHD {f['shd']:.0f} (svi {f['shd_svi']:.0f}) AUROC {f['edge_auroc']:.2f}"
                   f" | probe pooled {results['probe'][layers[li]]['mcc_pooled']:.3f}"
+                  f" distinct {results['probe'][layers[li]]['mcc_pooled_distinct']:.3f}"
                   f" env0 {results['probe'][layers[li]]['mcc_env0']:.3f}"
                   f" obs {results['probe_obs'][layers[li]]:.3f}", flush=True)
+    if args.ceiling:
+        # The model's ceiling here: the latent SCM fitted on the beliefs themselves (their
+        # logits, randomly linearly mixed, D = d), with the same environments and targets.
+        rng = np.random.default_rng(0)
+        lg = np.log(np.clip(truth, 1e-3, 1 - 1e-3) / np.clip(1 - truth, 1e-3, 1 - 1e-3))
+        xc = (lg @ rng.normal(size=(d, d)) + 0.01 * rng.normal(size=lg.shape)).astype(
+            np.float32)
+        results["ceiling"] = {}
+        for fl in sorted({0, over.get("flow_layers", CRLConfig().flow_layers)}):
+            cfg = CRLConfig(**{"latent_dim": d, "n_envs": d + 1, "steps": args.steps,
+                               "restarts": 1, "batch_size": min(1024, len(env)),
+                               **over, "flow_layers": fl, "reduce": "pca"})
+            r = fit(cfg, xc, env, key=key, targets=targets, progress=False)
+            sc = score_fit(r, xc, truth, env, adj_true=adj, targets_true=targets)[0]
+            f = crl_scores(np.asarray(r.encode(xc))[0], truth, env, sc)
+            results["ceiling"][f"flow_layers={fl}"] = f
+            print(f"ceiling (beliefs as data) flow_layers={fl}: MCC pooled(oos) "
+                  f"{f['mcc_pooled_oos']:.3f} distinct {f['mcc_distinct_oos']:.3f} per-latent "
+                  f"{f['mcc_per_latent']} SHD {f['shd']:.0f}", flush=True)
+    results["distinct_beliefs"] = distinct_beliefs(truth).tolist()
     results["wall_s"] = time.perf_counter() - t0
     results["lm"] = json.loads(str(data["lm_info"]))
     out = os.path.join(args.out, f"results{args.tag}.json")
