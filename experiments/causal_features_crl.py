@@ -3,15 +3,16 @@
 Command::
 
     python experiments/causal_features_crl.py --out out/causal_features_crl \
-        --reduce envs --reduce pca
+        --design pca:4 --design envs:0 --seeds 4 --ceiling
 
 Trains the same transformer as ``experiments/causal_features.py`` (same defaults, same seed;
 or loads ``--lm-ckpt``), collects the last-position residual stream of every layer on the
 same environment sequences (env 0 observational, env ``i + 1`` ``do(z_i = v)``, ``v``
 uniform; the same keys as :func:`jaxcrl.analysis.causal_features.analyse`) together with
 the exact posterior beliefs, and caches them to ``OUT/acts.npz``. A later call reuses the
-cache and only fits: one latent-SCM fit per ``--reduce`` value (``CRLConfig.reduce``: the
-``d``-dim subspace the flow sees), all layers in one program, scored against the beliefs
+cache and only fits: per ``--design REDUCE:FLOW_LAYERS`` (``CRLConfig.reduce``, the
+``d``-dim subspace the flow sees, and ``CRLConfig.flow_layers``, 0 = a linear encoder) and
+seed one latent-SCM fit, all layers in one program, scored against the beliefs
 (MCC out of sample and per latent, on the pooled environments and on environment 0 alone,
 next to a ridge probe fitted on the same data) and the language's graph (SHD of the exact
 interventional-BIC DAG after MCC alignment). Writes ``OUT/results.json``.
@@ -40,14 +41,28 @@ from jaxcrl.metrics import fit_ridge, mcc, mcc_out_of_sample, predict_linear
 from jaxcrl.scm.language import posterior_marginals, sample_jit
 
 
-def cache_activations(path: str, lm_ckpt: str | None, progress: bool) -> dict:
+def _experiment_module():
+    """``experiments/causal_features.py`` imported by path (its defaults are the ones here)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "causal_features.py"
+    spec = importlib.util.spec_from_file_location("causal_features", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cache_activations(path: str, lm_ckpt: str | None, progress: bool,
+                      tiny: bool = False) -> dict:
     """Trains (or loads) the transformer of ``causal_features.py`` and caches, per layer,
     the last-position activations ``x [L+1, N, D]`` of the environment sequences, their
     beliefs ``truth [N, d]``, ``env [N]``, ``targets [E, d]``, the true ``adj [d, d]`` and
     the observational probe data ``obs_x [L+1, M, D]``, ``obs_truth [M, d]``."""
-    import experiments.causal_features as cf  # the same defaults as the full experiment
-
-    exp = cf.CausalFeaturesExperiment()
+    cf = _experiment_module()
+    exp = cf.CausalFeaturesExperiment.tiny() if tiny else cf.CausalFeaturesExperiment()
     model, params, task, info = trained_lm(exp.lm.with_task(exp.task), checkpoint=lm_ckpt,
                                            progress=progress)
     cfg = exp.analysis
@@ -116,22 +131,27 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/causal_features_crl")
     p.add_argument("--lm-ckpt", default=None)
-    p.add_argument("--reduce", action="append", default=None,
-                   help="CRLConfig.reduce values to fit (repeatable; default: envs)")
+    p.add_argument("--design", action="append", default=None,
+                   help="REDUCE[:FLOW_LAYERS] to fit (repeatable; default envs:0), e.g. pca:4")
+    p.add_argument("--seeds", type=int, default=1, help="fits per design (seed 0: analyse's)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--set", action="append", default=[], metavar="crl.FIELD=VALUE")
     p.add_argument("--layers", default=None, help="comma-separated layer labels (default all)")
     p.add_argument("--tag", default="", help="suffix of the results file name")
     p.add_argument("--ceiling", action="store_true",
                    help="also fit the beliefs themselves: x = logit(beliefs) @ M, M random")
+    p.add_argument("--tiny", action="store_true",
+                   help="seconds-long run (tests): tiny language and model, 100 steps")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.tiny:
+        args.steps = min(args.steps, 100)
     t0 = time.perf_counter()
     path = os.path.join(args.out, "acts.npz")
     if os.path.exists(path):
         data = dict(np.load(path))
     else:
-        data = cache_activations(path, args.lm_ckpt, not args.no_progress)
+        data = cache_activations(path, args.lm_ckpt, not args.no_progress, args.tiny)
     layers = [str(s) for s in data["layers"]]
     keep = ([layers.index(s) for s in args.layers.split(",")] if args.layers
             else list(range(len(layers))))
@@ -155,36 +175,50 @@ def main(argv=None) -> dict:
         ox, ot = data["obs_x"][i], data["obs_truth"]
         pred = predict_linear(fit_ridge(ox[:n_obs], ot[:n_obs]), ox[n_obs:])
         results["probe_obs"][layers[i]] = float(mcc(ot[n_obs:], pred).value)
-    for reduce in args.reduce or ["envs"]:
+    L = len(keep)
+    for design in args.design or ["envs:0"]:
+        reduce, _, fl = design.partition(":")
         cfg = CRLConfig(**{"latent_dim": d, "n_envs": d + 1, "steps": args.steps,
                            "restarts": 1, "batch_size": min(1024, len(env)),
-                           "reduce": reduce, **over})
-        tf = time.perf_counter()
-        L = len(keep)
-        r = fit(cfg, x, np.broadcast_to(env, (L, len(env))), key=key,
-                targets=np.broadcast_to(targets, (L, *targets.shape)),
-                progress=not args.no_progress, eval_every=max(cfg.steps // 10, 1))
-        sc = score_fit(r, x, np.broadcast_to(truth, (L, *truth.shape)),
-                       np.broadcast_to(env, (L, len(env))),
-                       adj_true=np.broadcast_to(adj, (L, d, d)),
-                       targets_true=np.broadcast_to(targets, (L, *targets.shape)))
-        z = np.asarray(r.encode(x))
-        fit_res = {"config": dataclasses.asdict(cfg), "wall_s": time.perf_counter() - tf}
-        if "heldout_loss" in r.history:
-            fit_res["heldout_loss"] = np.asarray(r.history["heldout_loss"]).tolist()
-        for j, li in enumerate(keep):
-            fit_res[layers[li]] = crl_scores(z[j], truth, env, sc[j])
-        results["fits"][reduce] = fit_res
+                           **over, "reduce": reduce,
+                           **({"flow_layers": int(fl)} if fl else {})})
+        fit_res: dict = {"config": dataclasses.asdict(cfg), "seeds": []}
+        for s in range(args.seeds):  # seed 0: the key of analyse()
+            tf = time.perf_counter()
+            r = fit(cfg, x, np.broadcast_to(env, (L, len(env))),
+                    key=key if s == 0 else jax.random.fold_in(key, s),
+                    targets=np.broadcast_to(targets, (L, *targets.shape)),
+                    progress=not args.no_progress, eval_every=max(cfg.steps // 10, 1))
+            sc = score_fit(r, x, np.broadcast_to(truth, (L, *truth.shape)),
+                           np.broadcast_to(env, (L, len(env))),
+                           adj_true=np.broadcast_to(adj, (L, d, d)),
+                           targets_true=np.broadcast_to(targets, (L, *targets.shape)))
+            z = np.asarray(r.encode(x))
+            seed_res = {"wall_s": time.perf_counter() - tf}
+            for j, li in enumerate(keep):
+                seed_res[layers[li]] = crl_scores(z[j], truth, env, sc[j])
+            fit_res["seeds"].append(seed_res)
+            for li in keep:
+                f = seed_res[layers[li]]
+                print(f"{design:7s} seed {s} {layers[li]:6s} MCC pooled(oos) "
+                      f"{f['mcc_pooled_oos']:.3f} distinct {f['mcc_distinct_oos']:.3f}"
+                      f" env0 {f['mcc_env0']:.3f} per-latent {f['mcc_per_latent']} "
+                      f"SHD {f['shd']:.0f} (svi {f['shd_svi']:.0f}) AUROC "
+                      f"{f['edge_auroc']:.2f}", flush=True)
         for li in keep:
-            f = fit_res[layers[li]]
-            print(f"reduce={reduce:5s} {layers[li]:6s} MCC pooled(oos) {f['mcc_pooled_oos']:.3f}"
-                  f" distinct {f['mcc_distinct_oos']:.3f}"
-                  f" env0 {f['mcc_env0']:.3f} per-latent {f['mcc_per_latent']} "
-                  f"SHD {f['shd']:.0f} (svi {f['shd_svi']:.0f}) AUROC {f['edge_auroc']:.2f}"
-                  f" | probe pooled {results['probe'][layers[li]]['mcc_pooled']:.3f}"
-                  f" distinct {results['probe'][layers[li]]['mcc_pooled_distinct']:.3f}"
-                  f" env0 {results['probe'][layers[li]]['mcc_env0']:.3f}"
-                  f" obs {results['probe_obs'][layers[li]]:.3f}", flush=True)
+            lab = layers[li]
+            fit_res[lab] = {k: [float(np.mean([sr[lab][k] for sr in fit_res["seeds"]])),
+                                float(np.std([sr[lab][k] for sr in fit_res["seeds"]]))]
+                            for k in ("mcc_pooled_oos", "mcc_distinct_oos", "mcc_env0", "shd",
+                                      "edge_auroc")}
+            m = fit_res[lab]
+            pr = results["probe"][lab]
+            print(f"{design:7s} {lab:6s} mean over {args.seeds} seeds: MCC pooled(oos) "
+                  f"{m['mcc_pooled_oos'][0]:.3f}+-{m['mcc_pooled_oos'][1]:.3f} distinct "
+                  f"{m['mcc_distinct_oos'][0]:.3f} SHD {m['shd'][0]:.1f} | probe pooled "
+                  f"{pr['mcc_pooled']:.3f} distinct {pr['mcc_pooled_distinct']:.3f} obs "
+                  f"{results['probe_obs'][lab]:.3f}", flush=True)
+        results["fits"][design] = fit_res
     if args.ceiling:
         # The model's ceiling here: the latent SCM fitted on the beliefs themselves (their
         # logits, randomly linearly mixed, D = d), with the same environments and targets.
