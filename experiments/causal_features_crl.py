@@ -30,6 +30,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcrl.analysis.causal_features import _environment_batches, _variables
@@ -37,6 +38,7 @@ from jaxcrl.analysis.lm_runs import trained_lm
 from jaxcrl.analysis.probes import collect, residual_names
 from jaxcrl.crl import CRLConfig, fit
 from jaxcrl.crl.evaluate import score_fit
+from jaxcrl.crl.svi import make_preprocess
 from jaxcrl.metrics import fit_ridge, mcc, mcc_out_of_sample, predict_linear
 from jaxcrl.scm.language import posterior_marginals, sample_jit
 
@@ -133,7 +135,8 @@ def main(argv=None) -> dict:
     p.add_argument("--lm-ckpt", default=None)
     p.add_argument("--design", action="append", default=None,
                    help="REDUCE[:FLOW_LAYERS] to fit (repeatable; default envs:0), e.g. pca:4")
-    p.add_argument("--seeds", type=int, default=1, help="fits per design (seed 0: analyse's)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="fits per design (seed 0: analyse's; 0: no fits)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--set", action="append", default=[], metavar="crl.FIELD=VALUE")
     p.add_argument("--layers", default=None, help="comma-separated layer labels (default all)")
@@ -175,8 +178,27 @@ def main(argv=None) -> dict:
         ox, ot = data["obs_x"][i], data["obs_truth"]
         pred = predict_linear(fit_ridge(ox[:n_obs], ot[:n_obs]), ox[n_obs:])
         results["probe_obs"][layers[i]] = float(mcc(ot[n_obs:], pred).value)
+    # Diagnostic with the truth (not used by any fit): how much of the beliefs is linear in
+    # the d-dim input each reduction hands the flow (least squares, in sample), and the MCC of
+    # that best linear read-out: the most a linear encoder on that input could reach.
+    results["subspace_oracle"] = {}
+    for li in keep:
+        row = {}
+        for reduce in ("pca", "envs"):
+            pre = make_preprocess(jnp.asarray(data["x"][li]), d, True, jnp.asarray(env),
+                                  reduce=reduce, n_envs=d + 1)
+            xp = np.asarray(pre(jnp.asarray(data["x"][li])))
+            a = np.c_[xp, np.ones(len(xp))]
+            pred = a @ np.linalg.lstsq(a, truth, rcond=None)[0]
+            r2 = 1 - ((truth - pred) ** 2).sum(0) / ((truth - truth.mean(0)) ** 2).sum(0)
+            row[reduce] = {"r2_per_belief": [round(float(v), 4) for v in r2],
+                           "mcc_linear_readout": float(mcc(truth, pred).value)}
+        results["subspace_oracle"][layers[li]] = row
+        print(f"{layers[li]:6s} beliefs linear in the flow input (oracle read-out MCC): "
+              + ", ".join(f"{k} {v['mcc_linear_readout']:.3f} (R2 {v['r2_per_belief']})"
+                          for k, v in row.items()), flush=True)
     L = len(keep)
-    for design in args.design or ["envs:0"]:
+    for design in (args.design or ["envs:0"]) if args.seeds > 0 else []:
         reduce, _, fl = design.partition(":")
         cfg = CRLConfig(**{"latent_dim": d, "n_envs": d + 1, "steps": args.steps,
                            "restarts": 1, "batch_size": min(1024, len(env)),
