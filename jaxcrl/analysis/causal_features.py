@@ -13,6 +13,10 @@ a latent-SCM language (:mod:`jaxcrl.scm.language`) is read at its residual strea
    Part-1 latent-SCM model (:func:`jaxcrl.crl.fit`, exact-likelihood flow) fitted on the
    last-position activations, with the generator's interventional sequences as
    environments: env 0 observational, env ``i + 1`` ``do(z_i = v)`` with ``v`` uniform.
+   The flow sees a ``d``-dim subspace of the ``D``-dim stream: the top-variance (PCA)
+   directions by default, or with ``crl_reduce="envs"`` the directions that separate the
+   environment means (``CRLConfig.reduce``), which a residual stream's large nuisance
+   variance does not hide.
 2. **Graph recovery from the model**: the DAG learned in (c) against the truth (SHD after
    MCC alignment, edge AUROC).
 3. **Interventions inside the model**: for each latent ``i``, edit the layer so that the
