@@ -145,6 +145,8 @@ def main(argv=None) -> dict:
                    help="also fit the beliefs themselves: x = logit(beliefs) @ M, M random")
     p.add_argument("--tiny", action="store_true",
                    help="seconds-long run (tests): tiny language and model, 100 steps")
+    p.add_argument("--ceiling-seeds", type=int, default=1,
+                   help="ceiling fits per encoder (seed s: mixing and key s)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.tiny:
@@ -244,22 +246,30 @@ def main(argv=None) -> dict:
     if args.ceiling:
         # The model's ceiling here: the latent SCM fitted on the beliefs themselves (their
         # logits, randomly linearly mixed, D = d), with the same environments and targets.
-        rng = np.random.default_rng(0)
         lg = np.log(np.clip(truth, 1e-3, 1 - 1e-3) / np.clip(1 - truth, 1e-3, 1 - 1e-3))
-        xc = (lg @ rng.normal(size=(d, d)) + 0.01 * rng.normal(size=lg.shape)).astype(
-            np.float32)
         results["ceiling"] = {}
         for fl in sorted({0, over.get("flow_layers", CRLConfig().flow_layers)}):
             cfg = CRLConfig(**{"latent_dim": d, "n_envs": d + 1, "steps": args.steps,
                                "restarts": 1, "batch_size": min(1024, len(env)),
                                **over, "flow_layers": fl, "reduce": "pca"})
-            r = fit(cfg, xc, env, key=key, targets=targets, progress=False)
-            sc = score_fit(r, xc, truth, env, adj_true=adj, targets_true=targets)[0]
-            f = crl_scores(np.asarray(r.encode(xc))[0], truth, env, sc)
-            results["ceiling"][f"flow_layers={fl}"] = f
-            print(f"ceiling (beliefs as data) flow_layers={fl}: MCC pooled(oos) "
-                  f"{f['mcc_pooled_oos']:.3f} distinct {f['mcc_distinct_oos']:.3f} per-latent "
-                  f"{f['mcc_per_latent']} SHD {f['shd']:.0f}", flush=True)
+            per_seed = []
+            for s in range(args.ceiling_seeds):  # seed s: mixing seed s, fit key as above
+                rng = np.random.default_rng(s)
+                xc = (lg @ rng.normal(size=(d, d)) + 0.01 * rng.normal(size=lg.shape)
+                      ).astype(np.float32)
+                r = fit(cfg, xc, env, key=key if s == 0 else jax.random.fold_in(key, s),
+                        targets=targets, progress=False)
+                sc = score_fit(r, xc, truth, env, adj_true=adj, targets_true=targets)[0]
+                f = crl_scores(np.asarray(r.encode(xc))[0], truth, env, sc)
+                per_seed.append(f)
+                print(f"ceiling (beliefs as data) flow_layers={fl} seed {s}: MCC pooled(oos) "
+                      f"{f['mcc_pooled_oos']:.3f} distinct {f['mcc_distinct_oos']:.3f} "
+                      f"per-latent {f['mcc_per_latent']} SHD {f['shd']:.0f}", flush=True)
+            results["ceiling"][f"flow_layers={fl}"] = {
+                **per_seed[0], "seeds": per_seed,
+                "mean": {k: [float(np.mean([f[k] for f in per_seed])),
+                             float(np.std([f[k] for f in per_seed]))]
+                         for k in ("mcc_pooled_oos", "mcc_distinct_oos", "shd")}}
     results["distinct_beliefs"] = distinct_beliefs(truth).tolist()
     results["wall_s"] = time.perf_counter() - t0
     results["lm"] = json.loads(str(data["lm_info"]))
