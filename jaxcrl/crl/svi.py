@@ -85,6 +85,7 @@ def env_subspace(x: jax.Array, env: jax.Array, n_envs: int, latent_dim: int,
     Returns:
       [D, d] basis V (projections ``x @ V``, largest between/within ratio first).
     """
+    x = jnp.asarray(x, jnp.float32)
     n, dim = x.shape
     onehot = jax.nn.one_hot(env, n_envs, dtype=x.dtype)  # [N, E]
     counts = onehot.sum(0)
