@@ -50,7 +50,7 @@ def test_causal_features_tiny_end_to_end(tmp_path):
 def test_causal_features_crl_caches_activations_and_scores_each_design(tmp_path):
     crl = load_experiment("experiments/causal_features_crl.py")
     out = tmp_path / "cfc"
-    argv = ["--tiny", "--out", str(out), "--no-progress", "--design", "pca:1",
+    argv = ["--tiny", "--out", str(out), "--no-progress", "--steps", "50", "--design", "pca:1",
             "--design", "envs:0", "--ceiling"]
     res = crl.main(argv)
     cache = out / "acts.npz"
@@ -63,11 +63,14 @@ def test_causal_features_crl_caches_activations_and_scores_each_design(tmp_path)
         for lab in data["layers"]:
             f = design["seeds"][0][lab]
             assert 0.0 <= f["mcc_pooled_oos"] <= 1.0 and float(f["shd"]).is_integer()
-            assert len(f["mcc_per_latent"]) == len(data["distinct_beliefs"]) or \
-                len(f["mcc_per_latent"]) >= len(data["distinct_beliefs"])
+            assert all(0.0 <= v <= 1.0 for v in f["mcc_per_latent"])
+            assert f["mcc_distinct_oos"] <= 1.0 and f["mcc_env0"] <= 1.0
     assert "flow_layers=0" in data["ceiling"]
+    assert set(data["distinct_beliefs"]) <= set(range(len(data["fits"]["envs:0"]["seeds"][0][
+        data["layers"][-1]]["mcc_per_latent"])))
     # a second call reuses the cached activations (no new transformer) and fits the same
-    again = crl.main(argv)
+    again = crl.main(["--tiny", "--out", str(out), "--no-progress", "--steps", "50",
+                      "--design", "envs:0"])
     assert cache.stat().st_mtime_ns == stamp
     assert again["fits"]["envs:0"]["seeds"][0][data["layers"][-1]]["mcc_pooled_oos"] == \
         pytest.approx(res["fits"]["envs:0"]["seeds"][0][data["layers"][-1]]["mcc_pooled_oos"],
