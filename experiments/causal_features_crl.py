@@ -218,9 +218,15 @@ def main(argv=None) -> dict:
                            adj_true=np.broadcast_to(adj, (L, d, d)),
                            targets_true=np.broadcast_to(targets, (L, *targets.shape)))
             z = np.asarray(r.encode(x))
+            dag = r.discover_graph(x, np.broadcast_to(env, (L, len(env))),
+                                   np.broadcast_to(targets, (L, *targets.shape)))
             seed_res = {"wall_s": time.perf_counter() - tf}
             for j, li in enumerate(keep):
                 seed_res[layers[li]] = crl_scores(z[j], truth, env, sc[j])
+                # the exact-search DAG with its nodes in true-latent order (MCC matching)
+                perm = np.asarray(mcc(truth, z[j]).perm)
+                seed_res[layers[li]]["dag_aligned"] = (
+                    np.abs(dag[j])[np.ix_(perm, perm)] > 0).astype(int).tolist()
             fit_res["seeds"].append(seed_res)
             for li in keep:
                 f = seed_res[layers[li]]
