@@ -45,3 +45,34 @@ def test_causal_features_tiny_end_to_end(tmp_path):
             np.testing.assert_allclose(m, res["_arrays"][f"{lab}/effects_{name}"], atol=1e-5)
     # the probe edit at block 0 moves the edited latent's own belief (measured 0.17)
     assert layers["L0"]["effects"]["probe"]["own_effect"] > 0.05
+
+
+def test_causal_features_crl_caches_activations_and_scores_each_design(tmp_path):
+    crl = load_experiment("experiments/causal_features_crl.py")
+    out = tmp_path / "cfc"
+    argv = ["--tiny", "--out", str(out), "--no-progress", "--steps", "50", "--design", "pca:1",
+            "--design", "envs:0", "--ceiling"]
+    res = crl.main(argv)
+    cache = out / "acts.npz"
+    stamp = cache.stat().st_mtime_ns
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["fits"]) == {"pca:1", "envs:0"}
+    assert data["fits"]["envs:0"]["config"]["reduce"] == "envs"
+    assert data["fits"]["envs:0"]["config"]["flow_layers"] == 0
+    for design in data["fits"].values():
+        for lab in data["layers"]:
+            f = design["seeds"][0][lab]
+            assert 0.0 <= f["mcc_pooled_oos"] <= 1.0 and float(f["shd"]).is_integer()
+            assert all(0.0 <= v <= 1.0 for v in f["mcc_per_latent"])
+            assert f["mcc_distinct_oos"] <= 1.0 and f["mcc_env0"] <= 1.0
+            dag = np.asarray(f["dag_aligned"])
+            assert dag.shape == (len(f["mcc_per_latent"]),) * 2 and not np.diag(dag).any()
+    assert "flow_layers=0" in data["ceiling"]
+    assert set(data["distinct_beliefs"]) <= set(range(len(data["fits"]["envs:0"]["seeds"][0][
+        data["layers"][-1]]["mcc_per_latent"])))
+    # a second call reuses the cached activations (no new transformer): --seeds 0 fits
+    # nothing and recomputes the subspace diagnostic from the cache, identically
+    again = crl.main(["--tiny", "--out", str(out), "--no-progress", "--seeds", "0"])
+    assert cache.stat().st_mtime_ns == stamp
+    assert again["subspace_oracle"] == res["subspace_oracle"]
+    assert set(res["subspace_oracle"][data["layers"][-1]]) == {"pca", "envs"}

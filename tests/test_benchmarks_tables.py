@@ -211,3 +211,27 @@ def test_sae_speed_table_matches_its_results_file():
                               strict=True):
             assert _num(cell) == pytest.approx(r[name]["s_per_step"], abs=5e-4), (row, name)
         assert _num(row[5]) == pytest.approx(r["speedup_jaxcrl_auto_vs_saelens"], abs=5e-3)
+
+
+def test_causal_features_crl_table_matches_its_results_file():
+    rows = _table_after("--design envs:4 --design envs:0 --seeds 3 --ceiling")
+    res = _load("causal_features_crl.json")
+    layer = {"after block 0": "L0", "after block 1": "L1"}
+    assert len(rows) == 10
+    for row in rows:
+        if row[0].startswith("ceiling"):
+            fl = 0 if row[1] == "linear encoder" else 4
+            m = res["ceiling"][f"flow_layers={fl}"]
+            assert _num(row[2]) == pytest.approx(m["mcc_pooled_oos"], abs=5e-4), row
+            assert _num(row[3]) == pytest.approx(m["mcc_distinct_oos"], abs=5e-4), row
+            assert _num(row[4]) == pytest.approx(m["shd"], abs=0.05), row
+            continue
+        m = res["fits"][row[1].replace("*", "").split()[0]][layer[row[0]]]
+        mean, std = _mean_std(row[2])
+        assert (mean, std) == pytest.approx(tuple(m["mcc_pooled_oos"]), abs=5e-4), row
+        assert _num(row[3]) == pytest.approx(m["mcc_distinct_oos"][0], abs=5e-4), row
+        assert _num(row[4]) == pytest.approx(m["shd"][0], abs=0.05), row
+        if row[5]:
+            probe, obs = (float(c) for c in row[5].split("/"))
+            assert probe == pytest.approx(res["probe"][layer[row[0]]]["mcc_pooled"], abs=5e-4)
+            assert obs == pytest.approx(res["probe_obs"][layer[row[0]]], abs=5e-4)

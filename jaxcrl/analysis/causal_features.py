@@ -13,6 +13,10 @@ a latent-SCM language (:mod:`jaxcrl.scm.language`) is read at its residual strea
    Part-1 latent-SCM model (:func:`jaxcrl.crl.fit`, exact-likelihood flow) fitted on the
    last-position activations, with the generator's interventional sequences as
    environments: env 0 observational, env ``i + 1`` ``do(z_i = v)`` with ``v`` uniform.
+   The flow sees a ``d``-dim subspace of the ``D``-dim stream: the top-variance (PCA)
+   directions by default, or with ``crl_reduce="envs"`` the directions that separate the
+   environment means (``CRLConfig.reduce``), which a residual stream's large nuisance
+   variance does not hide.
 2. **Graph recovery from the model**: the DAG learned in (c) against the truth (SHD after
    MCC alignment, edge AUROC).
 3. **Interventions inside the model**: for each latent ``i``, edit the layer so that the
@@ -74,6 +78,11 @@ class CausalFeaturesConfig:
       n_sequences: observational sequences for probes and SAE scoring (half fit, half test).
       crl_per_env: sequences per environment for the latent-SCM fit.
       crl_steps: latent-SCM training steps (one program for all layers).
+      crl_reduce: the latent-SCM flow's input subspace (``CRLConfig.reduce``): ``pca``
+        (top-variance directions; the default, the original analysis) or ``envs`` (the
+        directions separating the environment means; measured better on this
+        transformer's residual stream, see BENCHMARKS.md).
+      crl_flow_layers: flow encoder depth (``CRLConfig.flow_layers``; 0 = linear).
       n_steer: sequences the intervention effects are averaged over.
       probe_scale: probability mass a probe edit moves within the edited latent.
       seed: root seed of everything here.
@@ -87,6 +96,8 @@ class CausalFeaturesConfig:
     n_sequences: int = 4096
     crl_per_env: int = 2000
     crl_steps: int = 4000
+    crl_reduce: str = "pca"
+    crl_flow_layers: int = 4
     n_steer: int = 256
     probe_scale: float = 1.0
     seed: int = 0
@@ -176,6 +187,7 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
 
     # -- (c) one latent-SCM fit per layer, all layers in one program
     crl_cfg = CRLConfig(latent_dim=d, n_envs=d + 1, steps=cfg.crl_steps, restarts=1,
+                        reduce=cfg.crl_reduce, flow_layers=cfg.crl_flow_layers,
                         batch_size=min(1024, len(env)))
     x_layers = np.stack([env_acts[h][:, -1] for h in names.values()])  # [L+1, N, D]
     t0 = time.perf_counter()
@@ -235,7 +247,7 @@ def analyse(model: HookedTransformer, params: Any, task: Task, cfg: CausalFeatur
         # (c) latent-SCM model
         res["crl"] = {k: v for k, v in crl_scores[li].items()
                       if k in ("mcc_pearson", "mcc_pearson_oos", "mcc_spearman", "r2_linear",
-                               "shd", "shd_svi", "edge_auroc")}
+                               "shd", "shd_svi", "edge_auroc", "mcc_per_latent")}
 
         # (3) interventions: probe clamping
         post_all = post[:n_fit, 1::2].reshape(-1, d * K)  # cue positions

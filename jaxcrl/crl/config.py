@@ -39,7 +39,17 @@ class CRLConfig:
       targets: ``known`` (given per environment) or ``unknown`` (learned, single-node).
       flow_layers, flow_terms: flow encoder depth and tanh terms per elementwise layer
         (``flow_terms`` is also the number of tanh terms of the ``flow`` prior's 1-D noise
-        flows).
+        flows). ``flow_layers=0``: a linear encoder (one invertible ``LULinear`` map; for
+        ``latent_scm`` this is linear ICA-like CRL with the latent SCM prior).
+      reduce: how ``latent_scm`` maps ``D > d`` observations to the flow's ``d`` inputs
+        (:func:`jaxcrl.crl.svi.make_preprocess`): ``pca`` (whitened top-``d`` variance
+        directions; the default) or ``envs`` (the ``d`` directions that best separate the
+        environment means relative to the pooled within-environment covariance, i.e.
+        multi-class LDA on the environment labels, then whitened; needs ``n_envs > d``).
+        ``envs`` is for data where the latents are a small linear subspace beside
+        larger-variance nuisance directions (a transformer's residual stream): the
+        interventions move the latents, so the environment means span their subspace. No
+        ground truth is used. Ignored when ``D == d``.
       hidden: hidden widths of the VAE encoder/decoder and contrastive encoder MLPs.
       scm_hidden: hidden width of the ``nonlinear``/``flow`` priors' per-node MLPs.
       beta: KL weight of ``beta_vae``/``ivae``.
@@ -92,6 +102,7 @@ class CRLConfig:
     edge_threshold: float = 0.3
     restarts: int = 2
     holdout: float = 0.0
+    reduce: str = "pca"
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -106,9 +117,20 @@ class CRLConfig:
                              "scm_order='index' or another scm")
         _choice("intervention", self.intervention, ("perfect", "soft"))
         _choice("targets", self.targets, ("known", "unknown"))
-        for name in ("latent_dim", "n_envs", "steps", "batch_size", "flow_layers", "restarts"):
+        for name in ("latent_dim", "n_envs", "steps", "batch_size", "restarts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CRLConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.flow_layers < 0:
+            raise ValueError(f"CRLConfig.flow_layers must be >= 0, got {self.flow_layers}")
+        _choice("reduce", self.reduce, ("pca", "envs"))
+        if self.reduce == "envs" and self.method != "latent_scm":
+            raise ValueError(f"CRLConfig.reduce='envs' chooses the flow encoder's input "
+                             f"subspace (method='latent_scm'), got method={self.method!r}")
+        if self.reduce == "envs" and self.n_envs <= self.latent_dim:
+            raise ValueError(f"CRLConfig.reduce='envs' needs n_envs > latent_dim (the "
+                             f"n_envs - 1 environment-mean differences span the d-dim "
+                             f"subspace), got n_envs={self.n_envs}, "
+                             f"latent_dim={self.latent_dim}")
         if not 0.0 <= self.holdout < 0.5:
             raise ValueError(f"CRLConfig.holdout must be in [0, 0.5), got {self.holdout}")
         if self.lr <= 0 or self.beta < 0:

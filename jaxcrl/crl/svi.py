@@ -46,8 +46,9 @@ from jaxcrl.train.optim import build_optimizer
 
 
 class Preprocess(NamedTuple):
-    """``x -> (x - mean) @ proj``: standardization, and PCA whitening to d dims for a flow
-    encoder when D > d. mean: [D], proj: [D, D'] (D' = d for flows, else D)."""
+    """``x -> (x - mean) @ proj``: standardization, or a whitened projection to d dims for a
+    flow encoder when D > d (:func:`make_preprocess`). mean: [D], proj: [D, D'] (D' = d for
+    flows, else D)."""
 
     mean: jax.Array
     proj: jax.Array
@@ -56,10 +57,72 @@ class Preprocess(NamedTuple):
         return (x - self.mean) @ self.proj
 
 
-def make_preprocess(x: jax.Array, latent_dim: int, flow: bool) -> Preprocess:
-    """Preprocessing fitted on ``x [N, D]`` (a flow needs D' = d inputs)."""
+# Shrinkage of the pooled within-environment covariance towards a multiple of the identity
+# (``reduce="envs"``): keeps its inverse square root finite for rank-deficient activations.
+ENV_SHRINK = 1e-3
+
+
+def env_subspace(x: jax.Array, env: jax.Array, n_envs: int, latent_dim: int,
+                 shrink: float = ENV_SHRINK) -> jax.Array:
+    """[D, d] basis of the subspace that best separates the environment means (multi-class
+    LDA on the environment labels).
+
+    With ``m_e`` the mean of environment ``e``, ``S_w`` the pooled within-environment
+    covariance (shrunk: ``(1 - shrink) S_w + shrink tr(S_w)/D I``) and
+    ``S_b = sum_e p_e (m_e - m)(m_e - m)^T`` the between-environment scatter, the columns are
+    the top-``d`` generalized eigenvectors of ``S_b v = lambda S_w v`` (``V^T S_w V = I``).
+    If ``x = A z + n`` with the interventions moving only ``z`` and the nuisance ``n``
+    independent of the environment, ``S_b`` has rank ``<= min(d, E - 1)`` and its span is
+    ``A``'s column space mapped by ``S_w^{-1}``: these columns read ``z`` out (up to an
+    invertible linear map) however large the nuisance variance is.
+
+    Args:
+      x: [N, D] observations; env: [N] int environment indices in ``[0, n_envs)``.
+      n_envs: number of environments E (static); latent_dim: d (static), ``<= E - 1`` for a
+        meaningful basis.
+      shrink: covariance shrinkage in [0, 1).
+
+    Returns:
+      [D, d] basis V (projections ``x @ V``, largest between/within ratio first).
+    """
+    x = jnp.asarray(x, jnp.float32)
+    n, dim = x.shape
+    onehot = jax.nn.one_hot(env, n_envs, dtype=x.dtype)  # [N, E]
+    counts = onehot.sum(0)
+    means = (onehot.T @ x) / jnp.maximum(counts, 1.0)[:, None]  # [E, D]
+    within = x - means[env]
+    sw = within.T @ within / n
+    sw = (1.0 - shrink) * sw + shrink * jnp.trace(sw) / dim * jnp.eye(dim, dtype=x.dtype)
+    dev = means - x.mean(0)
+    sb = (dev * (counts / n)[:, None]).T @ dev
+    ew, uw = jnp.linalg.eigh(sw)
+    w_isqrt = (uw / jnp.sqrt(jnp.maximum(ew, 1e-12 * ew.max()))) @ uw.T  # S_w^{-1/2}
+    eb, ub = jnp.linalg.eigh(w_isqrt @ sb @ w_isqrt)
+    top = jnp.argsort(eb)[::-1][:latent_dim]
+    return w_isqrt @ ub[:, top]
+
+
+def make_preprocess(x: jax.Array, latent_dim: int, flow: bool, env: jax.Array | None = None,
+                    *, reduce: str = "pca", n_envs: int | None = None) -> Preprocess:
+    """Preprocessing fitted on ``x [N, D]`` (a flow needs D' = d inputs).
+
+    Without a flow, or when ``D <= d``: per-dimension standardization. For a flow with
+    ``D > d``: a projection onto ``d`` directions whitened to identity covariance,
+    ``reduce="pca"`` the top-``d`` variance directions, ``reduce="envs"`` the
+    environment-separating subspace of :func:`env_subspace` (needs ``env [N]`` and
+    ``n_envs``; see ``CRLConfig.reduce``).
+    """
     mean = x.mean(0)
     if flow and x.shape[-1] > latent_dim:
+        if reduce == "envs":
+            if env is None or n_envs is None:
+                raise ValueError("reduce='envs' needs the environment labels env and n_envs")
+            basis = env_subspace(x, env, n_envs, latent_dim)
+            c = jnp.cov((x - mean) @ basis, rowvar=False)
+            ec, uc = jnp.linalg.eigh(c)
+            return Preprocess(mean, basis @ uc / jnp.sqrt(jnp.maximum(ec, 1e-12)))
+        if reduce != "pca":
+            raise ValueError(f"reduce must be 'pca' or 'envs', got {reduce!r}")
         cov = jnp.cov(x - mean, rowvar=False)
         evals, evecs = jnp.linalg.eigh(cov)
         top = jnp.argsort(evals)[::-1][:latent_dim]
@@ -384,8 +447,9 @@ def fit(
         x, env, tgt = (jnp.repeat(a, n_rep, axis=0) for a in (x, env, tgt))
     n_total = x.shape[1]
 
-    pre = jax.vmap(make_preprocess, in_axes=(0, None, None))(
-        x, cfg.latent_dim, cfg.method == "latent_scm")
+    pre = jax.vmap(lambda xx, ee: make_preprocess(
+        xx, cfg.latent_dim, cfg.method == "latent_scm", ee, reduce=cfg.reduce,
+        n_envs=cfg.n_envs))(x, env)
     xp = jax.vmap(lambda p, xx: p(xx))(pre, x)
     svi = _svi(cfg, n_total)
     b = cfg.batch_size
