@@ -191,6 +191,8 @@ class Architecture:
         zeroed; e.g. a running-estimate threshold set in :meth:`post_update`).
       nested: a Matryoshka architecture: the loss adds the reconstruction error of every
         prefix of the latents listed by :meth:`prefix_widths`.
+      sparse_min_ratio: ``decoder="auto"`` takes the sparse path from ``d_sae >=`` this
+        times :meth:`sparse_slots` (0: :data:`jaxcrl.sae.sparse.SPARSE_MIN_RATIO`).
     """
 
     name: ClassVar[str]
@@ -201,6 +203,7 @@ class Architecture:
     unit_norm_decoder: ClassVar[bool] = True
     frozen_params: ClassVar[tuple[str, ...]] = ()
     nested: ClassVar[bool] = False
+    sparse_min_ratio: ClassVar[int] = 0
 
     def prefix_widths(self, cfg: SAEConfig) -> tuple[int, ...]:
         """Inner widths whose prefixes ``z[:, :w]`` must reconstruct alone (none by default)."""
@@ -387,6 +390,9 @@ class JumpReLU(Architecture):
     saelens_name = "jumprelu"
     knob = "l0_coefficient"
     coefficient_field = "l0_coefficient"
+    # Its dense path selects nothing, so the sparse one must also pay for a top-k: it needs
+    # a wider dictionary than TopK's to win (see BENCHMARKS.md "Training speed").
+    sparse_min_ratio = 64
 
     def init_extra(self, cfg):
         return {"threshold": jnp.full((cfg.d_sae,), cfg.threshold_init, jnp.float32)}

@@ -70,7 +70,8 @@ class SAEConfig:
       decoder: ``dense``, ``sparse`` (architectures with a sparse selection, the TopK kinds
         and JumpReLU: decode and differentiate only the active latents,
         :mod:`jaxcrl.sae.sparse`) or ``auto`` (sparse when ``d_sae`` is at least
-        ``sparse.SPARSE_MIN_RATIO`` times the slots per example: ``k``, ``2k`` for JumpReLU).
+        ``sparse.SPARSE_MIN_RATIO`` times the slots per example ``k``; for JumpReLU 64 times
+        its ``4k`` slots).
         Same numbers up to float reassociation.
       compute_dtype: dtype of the dense matmuls (``float32`` or ``bfloat16``, accumulated
         in float32); params and optimizer state stay float32.

@@ -161,18 +161,20 @@ def decode(params: Params, z: jax.Array, cfg: SAEConfig | None = None) -> jax.Ar
 
 
 def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
-            inference: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+            inference: bool = False, selection: Any = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``x`` ``[batch, d_in]`` -> ``(x_hat [batch, d_in], aux)``.
 
     ``aux`` holds ``pre`` (pre-activations) and ``z`` (latents), both ``[batch, d_sae]``.
     Architectures with a sparse selection take the sparse path when
     :func:`jaxcrl.sae.sparse.use_sparse` says so (same values; ``pre`` and ``z`` then carry
-    no gradient, ``aux`` may add ``idx``/``v``).
+    no gradient, ``aux`` may add ``idx``/``v``). ``selection``: an active set already
+    chosen and known to be exact (:func:`jaxcrl.sae.sparse.forward`).
     """
     from jaxcrl.sae import sparse  # sparse builds on this module
 
     if sparse.use_sparse(cfg):
-        return sparse.forward(params, x, cfg, k=k, inference=inference)
+        return sparse.forward(params, x, cfg, k=k, inference=inference, selection=selection)
     pre = pre_activations(params, x, cfg)
     z = activate(params, pre, cfg, k=k, inference=inference)
     return decode(params, z, cfg), {"pre": pre, "z": z}

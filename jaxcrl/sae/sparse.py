@@ -92,7 +92,9 @@ BATCHTOPK_ROW_CAP = 4
 
 #: JumpReLU: each row has ``JUMPRELU_ROW_CAP · k`` slots (``k`` read as the expected L0) for
 #: its active and near-threshold latents; a batch with a row over that takes the dense path.
-JUMPRELU_ROW_CAP = 2
+#: Rows are over-dispersed: at the benchmark's start (768 x 24,576, mean L0 32) the largest
+#: of 4096 rows had 99 candidates, 17 rows more than 64, none more than 128.
+JUMPRELU_ROW_CAP = 4
 
 _UNROLL = 8
 _SORTED_SCATTER_MIN = 8 * 2**20  # elements of the scattered-into array
@@ -113,7 +115,8 @@ def use_sparse(cfg: SAEConfig) -> bool:
     """
     if cfg.decoder == "dense" or not cfg.arch.has_sparse_path or cfg.prefix_widths:
         return False
-    return cfg.decoder == "sparse" or cfg.d_sae >= SPARSE_MIN_RATIO * cfg.arch.sparse_slots(cfg)
+    ratio = cfg.arch.sparse_min_ratio or SPARSE_MIN_RATIO
+    return cfg.decoder == "sparse" or cfg.d_sae >= ratio * cfg.arch.sparse_slots(cfg)
 
 
 def _loops() -> bool:
@@ -357,7 +360,8 @@ def _dense_z(values: jax.Array, idx: jax.Array, d_sae: int) -> jax.Array:
 
 
 def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
-            inference: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+            inference: bool = False, selection: Selection | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Sparse-path :func:`jaxcrl.sae.model.forward` (same values).
 
     Returns ``(x_hat [B, d_in], aux)``; ``aux`` holds ``pre`` ``[B, d_sae]`` (``x_hat``
@@ -366,10 +370,20 @@ def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
     only if used) and, when the selection is exact by construction, ``idx`` / ``v``
     ``[B, K]`` (``v`` carries the gradient). An architecture without a sparse selection
     for this call (``sparse_select`` gives None) takes the dense path on the same ``pre``.
+
+    ``selection``: the active set, already chosen (on the same params and ``x``) and known
+    to be exact, e.g. by :func:`checked_selection` in a training step that has branched on
+    its ``exact``. Without it, a selection that may not be exact (BatchTopK, JumpReLU)
+    branches here, by a ``lax.cond`` between the sparse and the dense path; under
+    differentiation that cond is costly on CPU (its linearization carries both branches'
+    residuals), so training branches outside the gradient instead.
     """
     k = cfg.k if k is None else k
     pre = sae_model.pre_activations(params, x, cfg)
-    sel = cfg.arch.sparse_select(params, pre, cfg, k=k, inference=inference)
+    if selection is not None:
+        sel = selection._replace(exact=True)
+    else:
+        sel = cfg.arch.sparse_select(params, pre, cfg, k=k, inference=inference)
     if sel is None:
         z = sae_model.activate(params, pre, cfg, k=k, inference=inference)
         return sae_model.decode(params, z, cfg), {"pre": pre, "z": z}
@@ -394,6 +408,23 @@ def forward(params: Params, x: jax.Array, cfg: SAEConfig, *, k: Any = None,
 
     x_hat, z = lax.cond(sel.exact, sparse_z, dense_branch, params)
     return x_hat, {"pre": pre, "z": z}
+
+
+def checked_selection(params: Params, x: jax.Array, cfg: SAEConfig, k: Any
+                      ) -> Selection | None:
+    """The training selection of ``cfg`` on ``x`` when it may not be exact, else None.
+
+    None when ``cfg`` trains densely or its selection is exact by construction (TopK):
+    then the pre-activations and selection computed here are unused and XLA drops them.
+    Otherwise the :class:`Selection` (from stop-gradient pre-activations), whose traced
+    ``exact`` the caller branches on *outside* the gradient computation, passing the
+    selection to :func:`forward` in the sparse branch.
+    """
+    if not use_sparse(cfg):
+        return None
+    pre = lax.stop_gradient(sae_model.pre_activations(params, x, cfg))
+    sel = cfg.arch.sparse_select(params, pre, cfg, k=k, inference=False)
+    return None if sel is None or sel.exact is True else sel
 
 
 def _values(params, x, cfg, vals, idx, keep, *, activate=False):

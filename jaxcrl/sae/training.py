@@ -217,14 +217,16 @@ def auxk_loss(params: dict, pre: jax.Array, residual: jax.Array, dead: jax.Array
 
 def loss_fn(params: dict, x: jax.Array, *, cfg: SAEConfig, k: jax.Array,
             coefficient: jax.Array, dead: jax.Array, with_aux: bool = True,
-            aux_bucket: jax.Array | None = None) -> tuple[jax.Array, dict]:
+            aux_bucket: jax.Array | None = None, selection: Any = None
+            ) -> tuple[jax.Array, dict]:
     """Training loss of one SAE on normalised ``x`` ``[batch, d_in]`` and its parts.
 
     ``with_aux=False`` leaves the AuxK term out (it is exactly 0 when no latent is dead);
     ``aux_bucket``: the dead-column budget of :func:`jaxcrl.sae.auxk.loss` (default: from
-    ``dead``).
+    ``dead``); ``selection``: a sparse active set already known to be exact (see
+    :func:`_value_and_grad`).
     """
-    x_hat, aux = sae_model.forward(params, x, cfg, k=k)
+    x_hat, aux = sae_model.forward(params, x, cfg, k=k, selection=selection)
     pre, z = aux["pre"], aux["z"]
     err = jnp.sum((x_hat - x) ** 2, -1)
     mse = err.mean()
@@ -295,14 +297,30 @@ def update(state: SAEState, x: jax.Array, cfg: SAEConfig) -> tuple[SAEState, dic
                         lambda s: upd(s, x, cfg, False), state)
 
 
+def _value_and_grad(params: dict, x: jax.Array, *, cfg: SAEConfig, **kw):
+    """``value_and_grad(loss_fn)``; a sparse selection that may not be exact (BatchTopK,
+    JumpReLU) is checked first and the whole loss-and-gradient branches on it: the sparse
+    path with that selection, or the dense path (``decoder="dense"``, the exact answer).
+    Branching outside the gradient keeps the cond out of the linearization (measured at
+    d_in 768, d_sae 24,576, JumpReLU: 5.9 s per step with the cond inside the forward,
+    1.9 s with no cond at all)."""
+    vg = jax.value_and_grad(loss_fn, has_aux=True)
+    sel = sparse.checked_selection(params, x, cfg, kw["k"])
+    if sel is None:
+        return vg(params, x, cfg=cfg, **kw)
+    dense = dataclasses.replace(cfg, decoder="dense")
+    return jax.lax.cond(sel.exact, lambda p: vg(p, x, cfg=cfg, selection=sel, **kw),
+                        lambda p: vg(p, x, cfg=dense, **kw), params)
+
+
 def _update(state: SAEState, x: jax.Array, cfg: SAEConfig, with_aux: bool,
             aux_bucket: jax.Array | None = None) -> tuple[SAEState, dict]:
     xn = x * state.act_scale
     dead = _dead(state, cfg)
     coef = coefficient_at(cfg, state.hp.coefficient, state.step)
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, xn, cfg=cfg, k=state.hp.k, coefficient=coef, dead=dead,
-        with_aux=with_aux, aux_bucket=aux_bucket)
+    (loss, parts), grads = _value_and_grad(state.params, xn, cfg=cfg, k=state.hp.k,
+                                           coefficient=coef, dead=dead, with_aux=with_aux,
+                                           aux_bucket=aux_bucket)
     params = state.params
     if cfg.unit_norm_decoder:
         w, g = params["W_dec"], grads["W_dec"]
