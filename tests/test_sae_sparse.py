@@ -262,6 +262,15 @@ def test_jumprelu_row_over_its_slots_falls_back_to_the_exact_dense_answer():
     for n in g["dense"]:
         np.testing.assert_allclose(g["sparse"][n], g["dense"][n], rtol=1e-5, atol=1e-6,
                                    err_msg=n)
+    # the training step branches before the gradient: same loss and gradients as dense
+    kw = dict(k=jnp.int32(cfg.k), coefficient=jnp.float32(0.3),
+              dead=jnp.arange(cfg.d_sae) % 2 == 0)
+    (l_s, _), g_s = training._value_and_grad(params, x, cfg=sp, **kw)
+    (l_d, _), g_d = jax.value_and_grad(training.loss_fn, has_aux=True)(params, x, cfg=dense,
+                                                                         **kw)
+    np.testing.assert_allclose(l_s, l_d, rtol=1e-6)
+    for n in g_d:
+        np.testing.assert_allclose(g_s[n], g_d[n], rtol=1e-5, atol=1e-6, err_msg=n)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_trains():
