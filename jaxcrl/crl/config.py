@@ -7,6 +7,7 @@ import dataclasses
 from jaxcrl.checkpoint import register_config
 
 METHODS = ("latent_scm", "latent_scm_vae", "contrastive", "beta_vae", "ivae")
+TARGETS = ("known", "unknown", "unknown_distinct")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -36,7 +37,18 @@ class CRLConfig:
         needs ``targets="known"``) or ``index`` (latent 0 first, ...: when the latents'
         order is known).
       intervention: ``perfect`` or ``soft``.
-      targets: ``known`` (given per environment) or ``unknown`` (learned, single-node).
+      targets: ``known`` (given per environment), ``unknown`` (single-node, learned as a
+        per-environment mixture over the nodes; any number of environments per node) or
+        ``unknown_distinct`` (single-node, each environment a different node, which one
+        unknown: the setting of CauCA's and contrastive CRL's unknown-target experiments).
+        ``unknown_distinct`` is fitted exactly, not relaxed: the model's latents carry no
+        labels, and relabeling them (permuting the encoder's outputs and the prior's
+        nodes) maps a fit with targets ``e -> pi(e)`` onto one with ``e -> e - 1`` of the
+        same likelihood, so the maximum over all injective assignments is the
+        known-target fit with the canonical assignment
+        (:func:`jaxcrl.crl.targets.canonical_targets`); which true node each environment
+        hit is then read off the learned latents (``target_accuracy`` through the MCC
+        matching). Needs ``n_envs - 1 <= latent_dim``.
       flow_layers, flow_terms: flow encoder depth and tanh terms per elementwise layer
         (``flow_terms`` is also the number of tanh terms of the ``flow`` prior's 1-D noise
         flows). ``flow_layers=0``: a linear encoder (one invertible ``LULinear`` map; for
@@ -72,6 +84,12 @@ class CRLConfig:
       restarts: random restarts per seed (trained together by vmap); the one with the best
         final training loss is kept (with ``holdout > 0``: the best held-out loss). Flow
         maximum likelihood has label-swap local optima, and the likelihood tells them apart.
+      permute_restarts: restart ``r >= 1`` of ``method="latent_scm"`` (a flow encoder
+        initialized near the identity) sees its (preprocessed) inputs in a random order, so it starts from another
+        pairing of input directions with latents, hence with environments (restart 0 keeps
+        the original order: ``restarts=1`` is unchanged). Label-swap optima are the fit's
+        main failure, and restarts differing only in small random weights all start from
+        the same pairing. ``False``: the behaviour before (tables measured before it).
       holdout: fraction of the samples (a fixed random split) kept out of training; the
         restart with the lowest loss on them (the negative held-out log-likelihood for the
         exact-likelihood and contrastive models) is kept. 0: select by training loss.
@@ -102,6 +120,7 @@ class CRLConfig:
     edge_threshold: float = 0.3
     restarts: int = 2
     holdout: float = 0.0
+    permute_restarts: bool = True
     reduce: str = "pca"
 
     def __post_init__(self) -> None:
@@ -111,12 +130,17 @@ class CRLConfig:
         if self.scm == "flow" and self.method != "latent_scm":
             raise ValueError(f"CRLConfig.scm='flow' is implemented for method='latent_scm' "
                              f"only, got method={self.method!r}")
-        if self.scm == "flow" and self.scm_order == "targets" and self.targets != "known":
+        _choice("targets", self.targets, TARGETS)
+        if self.scm == "flow" and self.scm_order == "targets" and self.targets == "unknown":
             raise ValueError("CRLConfig.scm='flow' with scm_order='targets' reads the causal "
-                             "order off the known interventions; with targets='unknown' use "
+                             "order off the interventions' targets; with targets='unknown' use "
+                             "targets='unknown_distinct' (one environment per node), "
                              "scm_order='index' or another scm")
         _choice("intervention", self.intervention, ("perfect", "soft"))
-        _choice("targets", self.targets, ("known", "unknown"))
+        if self.targets == "unknown_distinct" and self.n_envs - 1 > self.latent_dim:
+            raise ValueError(f"CRLConfig.targets='unknown_distinct' means one interventional "
+                             f"environment per node: n_envs - 1 = {self.n_envs - 1} exceeds "
+                             f"latent_dim = {self.latent_dim} (use targets='unknown')")
         for name in ("latent_dim", "n_envs", "steps", "batch_size", "restarts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CRLConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -137,6 +161,12 @@ class CRLConfig:
             raise ValueError(f"CRLConfig: lr must be > 0 and beta >= 0 (lr={self.lr}, "
                              f"beta={self.beta})")
         object.__setattr__(self, "hidden", tuple(self.hidden))
+
+    @property
+    def trains_with_targets(self) -> bool:
+        """The model is trained with a target mask (``known``, or the canonical one of
+        ``unknown_distinct``) rather than the mixture over targets (``unknown``)."""
+        return self.targets != "unknown"
 
     @property
     def learns_graph(self) -> bool:

@@ -77,8 +77,11 @@ def score_fit(result: FitResult, x, z_true, env, *, adj_true=None, targets_true=
     z_hat = np.asarray(result.encode(x))
     w = result.graph()
     w_dag = result.discover_graph(x, env, targets_true) if result.cfg.learns_graph else None
-    t_hat = (result.assign_targets(x, env) if result.cfg.targets == "unknown"
-             and result.cfg.learns_graph else None)
+    t_hat = None
+    if result.cfg.learns_graph and result.cfg.targets == "unknown":
+        t_hat = result.assign_targets(x, env)  # maximum likelihood over assignments
+    elif result.cfg.learns_graph and result.cfg.targets == "unknown_distinct":
+        t_hat = np.asarray(result.targets())  # environment e on learned latent e - 1
     scores = []
     for r in range(result.n_runs):
         scores.append(score_run(

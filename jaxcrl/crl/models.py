@@ -3,7 +3,8 @@
 All models take the same arguments ``(x, env, targets, penalty, *, cfg, n_total)``:
 
 * ``x [B, D]`` a minibatch of (preprocessed) observations, ``env [B]`` their environments,
-* ``targets [E, d]`` the known intervention targets (ignored when ``cfg.targets="unknown"``),
+* ``targets [E, d]`` the intervention targets trained with (the known ones, or the canonical
+  assignment of ``cfg.targets="unknown_distinct"``; ignored when ``cfg.targets="unknown"``),
 * ``penalty`` the current weight of the acyclicity penalty (a schedule set by the fit loop),
 * ``n_total`` the data set size, so minibatch terms are scaled to the full-data ELBO.
 
@@ -89,7 +90,7 @@ def _graph_penalty(prior: prior_lib.PriorParams, penalty, cfg: CRLConfig, n_tota
 
 
 def _targets(cfg: CRLConfig, targets):
-    return targets if cfg.targets == "known" else None
+    return targets if cfg.trains_with_targets else None
 
 
 def latent_scm_model(x, env, targets, penalty, *, cfg: CRLConfig, n_total: int):

@@ -22,7 +22,7 @@ import jax
 from jaxcrl.checkpoint import register_config
 from jaxcrl.config import apply_overrides
 from jaxcrl.crl import CRLConfig, fit
-from jaxcrl.crl.config import METHODS
+from jaxcrl.crl.config import METHODS, TARGETS
 from jaxcrl.crl.evaluate import score_fit
 from jaxcrl.results import summarize_seeds
 from jaxcrl.scm import (
@@ -46,7 +46,8 @@ class SyntheticConfig:
 
     Attributes:
       data: the data-set family (one data set per seed).
-      targets: ``known`` (intervention targets given to the model) or ``unknown``.
+      targets: ``known`` (intervention targets given to the model), ``unknown`` or
+        ``unknown_distinct`` (see ``CRLConfig.targets``).
       methods: CRL methods to fit (:data:`jaxcrl.crl.config.METHODS`).
       seeds: data sets / runs per method (vmapped in one program).
       seed: root seed.
@@ -80,15 +81,15 @@ class SyntheticConfig:
                              f"got {self.methods}")
         if self.seeds < 1:
             raise ValueError(f"SyntheticConfig.seeds must be >= 1, got {self.seeds}")
-        if self.targets not in ("known", "unknown"):
-            raise ValueError(f"SyntheticConfig.targets must be 'known' or 'unknown', got "
+        if self.targets not in TARGETS:
+            raise ValueError(f"SyntheticConfig.targets must be one of {TARGETS}, got "
                              f"{self.targets!r}")
         if self.scm_prior not in (None, "linear", "nonlinear", "flow"):
             raise ValueError(f"SyntheticConfig.scm_prior must be None, 'linear', 'nonlinear' or "
                              f"'flow', got {self.scm_prior!r}")
-        if self.scm_prior == "flow" and self.targets != "known":
+        if self.scm_prior == "flow" and self.targets == "unknown":
             raise ValueError("SyntheticConfig.scm_prior='flow' reads its causal order off the "
-                             "known targets: it needs targets='known'")
+                             "targets: it needs targets='known' or 'unknown_distinct'")
         if self.baseline_restarts is not None and self.baseline_restarts < 1:
             raise ValueError(f"SyntheticConfig.baseline_restarts must be >= 1 or None, got "
                              f"{self.baseline_restarts}")
@@ -172,6 +173,9 @@ GENERALIZATION_ROWS: dict[str, tuple[str, ...]] = {
     "soft interventions, two per node, flow prior": (
         "data.intervention.kind=soft", "data.n_envs=10", "scm_prior=flow"),
     "unknown targets": ("targets=unknown",),
+    # Issue 13: one environment per node, which one unknown, fitted exactly by relabeling
+    # (CRLConfig.targets="unknown_distinct"); targets read off the learned latents.
+    "unknown targets, one per node": ("targets=unknown_distinct",),
     "D=20 injective mixing": ("data.mixing.kind=injective", "data.mixing.obs_dim=20"),
     # The contrastive route (Buchholz et al. 2023) for D >> d: MLP encoder, exact-ratio
     # classifier, reconstruction for injectivity, a strong acyclicity penalty (the ratios

@@ -11,6 +11,15 @@ does not depend on it, so:
   a linear assignment problem, solved by the Hungarian algorithm in ``O(d^3)`` — exact for
   any ``d``, no relaxation needed (:func:`brute_force_assignment` enumerates them to check).
 * ``distinct=False``: each environment's own argmax.
+
+Training with unknown distinct targets needs no assignment at all
+(``CRLConfig.targets="unknown_distinct"``): the latents are unlabeled, so relabeling them
+turns any injective assignment into the canonical one, :func:`canonical_targets`
+(environment ``e`` on latent ``e - 1``), at the same likelihood — for the linear and
+nonlinear priors exactly (:func:`relabel_prior`, a test), for the encoder as far as its
+family is closed under permuting its outputs (an MLP's last layer is; the flow's LU
+layers compose to any orientation-preserving map, and a sign flip is absorbed by the
+prior).
 """
 
 from __future__ import annotations
@@ -20,6 +29,30 @@ import itertools
 import numpy as np
 
 from jaxcrl.metrics.regression import hungarian_match
+
+
+def canonical_targets(n_envs: int, d: int) -> np.ndarray:
+    """``[E, d]`` bool: environment ``e >= 1`` intervenes on latent ``e - 1`` alone, row 0
+    observational (the assignment ``unknown_distinct`` trains with)."""
+    if n_envs - 1 > d:
+        raise ValueError(f"one environment per node needs n_envs - 1 <= d, got n_envs={n_envs}, "
+                         f"d={d}")
+    out = np.zeros((n_envs, d), bool)
+    out[1 + np.arange(n_envs - 1), np.arange(n_envs - 1)] = True
+    return out
+
+
+def relabel_prior(params, perm):
+    """The linear/nonlinear :class:`~jaxcrl.crl.prior.PriorParams` with latent ``perm[j]``
+    renamed ``j``: ``log_prob(relabel_prior(p, perm), z[:, perm], targets=t[:, perm])``
+    equals ``log_prob(p, z, targets=t)``."""
+    perm = np.asarray(perm)
+    return type(params)(
+        w=params.w[perm][:, perm], log_scale=params.log_scale[perm],
+        int_mean=params.int_mean[:, perm], int_log_scale=params.int_log_scale[:, perm],
+        int_factor=params.int_factor[:, perm], target_logits=params.target_logits[:, perm],
+        mlp_w1=params.mlp_w1[perm][:, perm], mlp_b1=params.mlp_b1[perm],
+        mlp_w2=params.mlp_w2[perm])
 
 
 def assign_targets(scores, *, distinct: bool = True) -> np.ndarray:
