@@ -586,6 +586,8 @@ def fit(
         params, pre = jax.tree.map(lambda a: a[idx], (params, pre))
         if "loss" in history:  # (absent when a resumed run had no steps left)
             history["loss_restarts"] = history["loss"].reshape(-1, n_seeds, n_rep)
+        if "mcc" in history:  # every restart's MCC (diagnostics; never used to choose)
+            history["mcc_restarts"] = history["mcc"].reshape(-1, n_seeds, n_rep)
         history["restart_chosen"] = best
         for k in ("loss", "mcc"):
             if k in history:
