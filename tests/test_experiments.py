@@ -64,3 +64,20 @@ def test_crl_generalization_runs_config_variants(tmp_path, monkeypatch):
     unk = json.loads((out / "unknown_targets" / "results.json").read_text())
     assert unk["setup"]["targets"] == "unknown"
     assert len(res["rows"]["d=3"]["latent_scm"]["mcc_pearson_oos"]["per_seed"]) == 1
+
+
+def test_crl_restart_pairings_records_every_restart(tmp_path, monkeypatch):
+    out = tmp_path / "pairings"
+    _run("experiments/crl_restart_pairings.py",
+         ["--steps", "8", "--restarts", "2", "--seeds", "2", "--batch-size", "64",
+          "--out", str(out)], monkeypatch)
+    res = json.loads((out / "results.json").read_text())
+    for arm in ("same order", "permuted"):
+        a = res["arms"][arm]
+        assert len(a["mcc"]) == 2 and len(a["mcc"][0]) == 2
+        for s, c in enumerate(a["chosen"]):  # the chosen restart is the lowest-loss one
+            assert c == min(range(2), key=lambda r: a["loss"][s][r])
+            assert a["chosen_mcc"][s] == a["mcc"][s][c]
+    # restart 0 is never permuted: it is the same run in both arms
+    assert [m[0] for m in res["arms"]["same order"]["mcc"]] == \
+        [m[0] for m in res["arms"]["permuted"]["mcc"]]

@@ -83,16 +83,17 @@ class CRLConfig:
         continuous ``W`` and to prune the exact-search DAG).
       restarts: random restarts per seed (trained together by vmap); the one with the best
         final training loss is kept (with ``holdout > 0``: the best held-out loss). Flow
-        maximum likelihood has label-swap local optima, and the likelihood tells them apart.
+        maximum likelihood has label-swap local optima; the likelihood tells some of them
+        apart (at 10k steps on d = 5 it did not rank restarts by MCC: BENCHMARKS.md).
       permute_restarts: restart ``r >= 1`` of ``method="latent_scm"`` (a flow encoder
-        initialized near the identity) sees its (preprocessed) inputs in a random order, so it starts from another
-        pairing of input directions with latents, hence with environments (restart 0 keeps
-        the original order: ``restarts=1`` is unchanged). Label-swap optima are the fit's
-        main failure, and restarts differing only in small random weights all start from
-        the same pairing. Off by default: it fixed a label swap on d = 3 with shuffled
-        targets (a test), but on the default d = 5 data its restarts ended worse than
-        unpermuted ones on all five seeds (BENCHMARKS.md, "Unknown targets, one per
-        node").
+        initialized near the identity) sees its (preprocessed) inputs in a random order,
+        so it starts from another pairing of input directions with latents, hence with
+        environments (restart 0 keeps the original order: ``restarts=1`` is unchanged).
+        Label-swap optima are the fit's main failure, and restarts differing only in
+        small random weights all start from the same pairing. Off by default: it fixed a
+        label swap on d = 3 with shuffled targets (a test), but on the default d = 5 data
+        its restarts ended worse than unpermuted ones on all five seeds (BENCHMARKS.md,
+        "Unknown targets, one per node").
       holdout: fraction of the samples (a fixed random split) kept out of training; the
         restart with the lowest loss on them (the negative held-out log-likelihood for the
         exact-likelihood and contrastive models) is kept. 0: select by training loss.

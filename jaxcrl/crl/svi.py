@@ -37,8 +37,8 @@ from jaxcrl import checkpoint as ckpt
 from jaxcrl.crl import prior as prior_lib
 from jaxcrl.crl.config import CRLConfig
 from jaxcrl.crl.models import MODELS
-from jaxcrl.crl.targets import canonical_targets
 from jaxcrl.crl.nets import MLP, FlowEncoder, GaussianEncoder
+from jaxcrl.crl.targets import canonical_targets
 from jaxcrl.train import driver
 from jaxcrl.train.mesh import constrain_batch, place_state, resolve_mesh
 from jaxcrl.train.optim import build_optimizer
