@@ -9,7 +9,9 @@ changed (:data:`jaxcrl.crl.synthetic.GENERALIZATION_ROWS`), run by
 :func:`jaxcrl.crl.synthetic.run`; it writes ``OUT/<row>/results.json``, and the whole table
 goes to ``OUT/generalization.json`` and is printed as Markdown (the table in BENCHMARKS.md).
 ``--seeds``, ``--steps``, ``--methods`` and ``--set path=value`` change the base setting
-of every row.
+of every row (a row's own overrides win: ``--set targets=known`` does not change a row that
+sets ``targets=unknown``); ``--row-set path=value`` is applied after the row's overrides,
+e.g. ``--row-set targets=known`` fits a row's data with the targets given.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 import time
 from pathlib import Path
 
-from jaxcrl.config import parse_config
+from jaxcrl.config import apply_overrides, parse_config
 from jaxcrl.crl.synthetic import GENERALIZATION_ROWS, SyntheticConfig, run, variant
 from jaxcrl.results import write_results
 
@@ -37,6 +39,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/crl_gen")
     p.add_argument("--tag", default="", help="suffix of the summary file name")
+    p.add_argument("--row-set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override applied after each row's own overrides (repeatable)")
     p.add_argument("--rows", default=None,
                    help=f"'|'-separated row names (default: all of {list(GENERALIZATION_ROWS)})")
     args, base = parse_config(p, BASE, argv, aliases=ALIASES)
@@ -46,7 +50,7 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {list(GENERALIZATION_ROWS)}")
     try:
-        rows = {name: variant(base, name) for name in names}
+        rows = {name: apply_overrides(variant(base, name), args.row_set) for name in names}
     except ValueError as err:
         p.error(str(err))
     table = {}

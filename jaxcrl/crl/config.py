@@ -67,6 +67,8 @@ class CRLConfig:
       beta: KL weight of ``beta_vae``/``ivae``.
       steps, batch_size, lr, warmup: optimization (Adam, linear warmup then cosine decay,
         gradients clipped at norm ``clip``).
+      weight_decay: AdamW decoupled weight decay of the networks' weights (encoder, decoder;
+        not the latent SCM's parameters); 0: plain Adam.
       penalty_max: final weight of the acyclicity penalty ``rho (h + h^2/2)``; it ramps up
         geometrically from ``penalty_min`` over the first ``penalty_ramp`` of the steps.
         Kept small by default: the linear prior is a normalized density for any ``W`` (the
@@ -79,6 +81,12 @@ class CRLConfig:
         log-density ratios, which depend on an intervened latent through a quadratic, so
         a *folded* encoder (``|z_i - c|``) fits them as well as the true one; requiring
         ``x`` to be decodable from ``z`` makes the encoder injective and rules folds out.
+      encoder_norm, encoder_skip: the ``contrastive`` encoder MLP with LayerNorm before every
+        activation, and with a linear path from input to output (:class:`jaxcrl.crl.nets.MLP`).
+      pca_dim: methods without a flow encoder: feed the encoder the top-``pca_dim`` principal
+        components of ``x``, whitened (0: all ``D`` dimensions, standardized). Observations
+        on a ``d``-dimensional manifold in ``R^D`` have most of their variance in few
+        directions; whitening them conditions the encoder's first layer.
       edge_threshold: |standardized weight| above which an edge counts as learned (for the
         continuous ``W`` and to prune the exact-search DAG).
       restarts: random restarts per seed (trained together by vmap); the one with the best
@@ -116,11 +124,15 @@ class CRLConfig:
     lr: float = 1e-2
     warmup: int = 200
     clip: float = 10.0
+    weight_decay: float = 0.0
     penalty_min: float = 1e-4
     penalty_max: float = 1e-2
     penalty_ramp: float = 0.6
     l1: float = 0.0
     recon: float = 0.0
+    encoder_norm: bool = False
+    encoder_skip: bool = False
+    pca_dim: int = 0
     edge_threshold: float = 0.3
     restarts: int = 2
     holdout: float = 0.0
@@ -151,6 +163,8 @@ class CRLConfig:
         if self.flow_layers < 0:
             raise ValueError(f"CRLConfig.flow_layers must be >= 0, got {self.flow_layers}")
         _choice("reduce", self.reduce, ("pca", "envs"))
+        if self.pca_dim < 0:
+            raise ValueError(f"CRLConfig.pca_dim must be >= 0, got {self.pca_dim}")
         if self.reduce == "envs" and self.method != "latent_scm":
             raise ValueError(f"CRLConfig.reduce='envs' chooses the flow encoder's input "
                              f"subspace (method='latent_scm'), got method={self.method!r}")

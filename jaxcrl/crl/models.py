@@ -117,10 +117,14 @@ def flow_order(cfg: CRLConfig, z, env, targets):
     return flow_prior.implied_order(z, env, targets)
 
 
+def contrastive_encoder(cfg: CRLConfig) -> MLP:
+    """The ``contrastive`` encoder network ``z = g(x)``."""
+    return MLP(cfg.hidden, cfg.latent_dim, layer_norm=cfg.encoder_norm, skip=cfg.encoder_skip)
+
+
 def contrastive_model(x, env, targets, penalty, *, cfg: CRLConfig, n_total: int):
     """Contrastive CRL: environment classifier with exact log-density-ratio logits."""
-    encoder = flax_module("encoder", MLP(cfg.hidden, cfg.latent_dim),
-                          input_shape=(1, x.shape[-1]))
+    encoder = flax_module("encoder", contrastive_encoder(cfg), input_shape=(1, x.shape[-1]))
     prior = _prior_params(cfg)
     z = encoder(x)
     logits = prior_lib.env_log_probs(prior, z, targets=_targets(cfg, targets),

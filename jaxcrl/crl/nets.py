@@ -87,16 +87,30 @@ class FlowEncoder(nn.Module):
 
 
 class MLP(nn.Module):
-    """``Dense -> leaky_relu`` stack with a linear head of ``out`` units."""
+    """``Dense -> leaky_relu`` stack with a linear head of ``out`` units.
+
+    ``layer_norm``: LayerNorm before every activation. ``skip``: plus a linear map of the
+    input straight to the output (``y = x A + MLP(x)``), so the network starts as a linear
+    encoder plus a nonlinear correction.
+    """
 
     hidden: Sequence[int]
     out: int
+    layer_norm: bool = False
+    skip: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        inp = x
         for h in self.hidden:
-            x = nn.leaky_relu(nn.Dense(h)(x), 0.2)
-        return nn.Dense(self.out)(x)
+            x = nn.Dense(h)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+            x = nn.leaky_relu(x, 0.2)
+        y = nn.Dense(self.out)(x)
+        if self.skip:
+            y = y + nn.Dense(self.out, use_bias=False, name="skip")(inp)
+        return y
 
 
 class GaussianEncoder(nn.Module):

@@ -36,8 +36,8 @@ from numpyro.optim import optax_to_numpyro
 from jaxcrl import checkpoint as ckpt
 from jaxcrl.crl import prior as prior_lib
 from jaxcrl.crl.config import CRLConfig
-from jaxcrl.crl.models import MODELS
-from jaxcrl.crl.nets import MLP, FlowEncoder, GaussianEncoder
+from jaxcrl.crl.models import MODELS, contrastive_encoder
+from jaxcrl.crl.nets import FlowEncoder, GaussianEncoder
 from jaxcrl.crl.targets import canonical_targets
 from jaxcrl.train import driver
 from jaxcrl.train.mesh import constrain_batch, place_state, resolve_mesh
@@ -104,16 +104,23 @@ def env_subspace(x: jax.Array, env: jax.Array, n_envs: int, latent_dim: int,
 
 
 def make_preprocess(x: jax.Array, latent_dim: int, flow: bool, env: jax.Array | None = None,
-                    *, reduce: str = "pca", n_envs: int | None = None) -> Preprocess:
+                    *, reduce: str = "pca", n_envs: int | None = None,
+                    pca_dim: int = 0) -> Preprocess:
     """Preprocessing fitted on ``x [N, D]`` (a flow needs D' = d inputs).
 
     Without a flow, or when ``D <= d``: per-dimension standardization. For a flow with
     ``D > d``: a projection onto ``d`` directions whitened to identity covariance,
     ``reduce="pca"`` the top-``d`` variance directions, ``reduce="envs"`` the
     environment-separating subspace of :func:`env_subspace` (needs ``env [N]`` and
-    ``n_envs``; see ``CRLConfig.reduce``).
+    ``n_envs``; see ``CRLConfig.reduce``). Without a flow and ``pca_dim > 0``: the top
+    ``pca_dim`` principal components, whitened (``CRLConfig.pca_dim``).
     """
     mean = x.mean(0)
+    if not flow and pca_dim > 0:
+        cov = jnp.cov(x - mean, rowvar=False)
+        evals, evecs = jnp.linalg.eigh(cov)
+        top = jnp.argsort(evals)[::-1][:pca_dim]
+        return Preprocess(mean, evecs[:, top] / jnp.sqrt(jnp.maximum(evals[top], 1e-12)))
     if flow and x.shape[-1] > latent_dim:
         if reduce == "envs":
             if env is None or n_envs is None:
@@ -218,9 +225,17 @@ def _svi(cfg: CRLConfig, n_total: int) -> SVI:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps, end_value=0.05 * cfg.lr
     )
-    optim = optax_to_numpyro(build_optimizer(learning_rate=schedule, clip=cfg.clip))
+    optim = optax_to_numpyro(build_optimizer(
+        learning_rate=schedule, clip=cfg.clip, weight_decay=cfg.weight_decay,
+        decay_mask=_network_mask if cfg.weight_decay else None))
     kw = dict(cfg=cfg, n_total=n_total)
     return SVI(lambda *a: model(*a, **kw), lambda *a: guide(*a, **kw), optim, Trace_ELBO())
+
+
+def _network_mask(params: dict) -> dict:
+    """Weight decay on the Flax networks' parameters only (sites ``<name>$params``)."""
+    return {k: jax.tree.map(lambda _, net=k.endswith("$params"): net, v)
+            for k, v in params.items()}
 
 
 def penalty_schedule(cfg: CRLConfig, step: jax.Array) -> jax.Array:
@@ -234,7 +249,7 @@ def _encode_fn(cfg: CRLConfig):
         net = FlowEncoder(cfg.flow_layers, cfg.flow_terms)
         return lambda params, x: net.apply({"params": params["encoder$params"]}, x)[0]
     if cfg.method == "contrastive":
-        mlp = MLP(cfg.hidden, cfg.latent_dim)
+        mlp = contrastive_encoder(cfg)
         return lambda params, x: mlp.apply({"params": params["encoder$params"]}, x)
     net = GaussianEncoder(cfg.latent_dim, cfg.hidden)
     return lambda params, x: net.apply({"params": params["encoder$params"]}, x)[0]
@@ -480,7 +495,7 @@ def fit(
 
     pre = jax.vmap(lambda xx, ee: make_preprocess(
         xx, cfg.latent_dim, cfg.method == "latent_scm", ee, reduce=cfg.reduce,
-        n_envs=cfg.n_envs))(x, env)
+        n_envs=cfg.n_envs, pca_dim=cfg.pca_dim))(x, env)
     if cfg.permute_restarts and n_rep > 1 and cfg.method == "latent_scm":
         pre = _permute_restarts(pre, keys, n_seeds, n_rep)
     xp = jax.vmap(lambda p, xx: p(xx))(pre, x)

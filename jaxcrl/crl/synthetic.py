@@ -182,9 +182,13 @@ GENERALIZATION_ROWS: dict[str, tuple[str, ...]] = {
     # alone do not rule out cycles).
     "contrastive, D=20 injective mixing": (
         *_CONTRASTIVE, "data.mixing.kind=injective", "data.mixing.obs_dim=20"),
+    # Weight decay on the networks: at d = 10, D = 100 the fit overfits the 110k samples
+    # (training classification loss below the true model's, held-out above it); decay 1
+    # raised MCC (known targets, 2 seeds) from 0.889/0.812 to 0.939/0.822.
     "contrastive, d=10, D=100, unknown targets": (
-        *_CONTRASTIVE, "data.scm.latent_dim=10", "data.mixing.kind=injective",
-        "data.mixing.obs_dim=100", "targets=unknown"),
+        *_CONTRASTIVE, "crl.weight_decay=1", "data.scm.latent_dim=10",
+        "data.mixing.kind=injective", "data.mixing.obs_dim=100",
+        "targets=unknown_distinct"),
 }
 
 
