@@ -41,6 +41,12 @@ class CRLConfig:
         (``flow_terms`` is also the number of tanh terms of the ``flow`` prior's 1-D noise
         flows). ``flow_layers=0``: a linear encoder (one invertible ``LULinear`` map; for
         ``latent_scm`` this is linear ICA-like CRL with the latent SCM prior).
+      warm_steps, warm_scm: a warm start (``method="latent_scm"``): before the ``steps``
+        of the fit, ``warm_steps`` steps with the prior family ``warm_scm`` (same encoder,
+        data, keys and optimizer settings, its own learning-rate schedule); the fit then
+        starts from the warm encoder and a fresh prior. For ``scm="flow"`` a linear warm
+        start moves the flow encoder near the true latents before the flexible prior can
+        settle into a local optimum with a latent stuck (issue 13). 0: no warm start.
       reduce: how ``latent_scm`` maps ``D > d`` observations to the flow's ``d`` inputs
         (:func:`jaxcrl.crl.svi.make_preprocess`): ``pca`` (whitened top-``d`` variance
         directions; the default) or ``envs`` (the ``d`` directions that best separate the
@@ -103,6 +109,8 @@ class CRLConfig:
     restarts: int = 2
     holdout: float = 0.0
     reduce: str = "pca"
+    warm_steps: int = 0
+    warm_scm: str = "linear"
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -123,6 +131,12 @@ class CRLConfig:
         if self.flow_layers < 0:
             raise ValueError(f"CRLConfig.flow_layers must be >= 0, got {self.flow_layers}")
         _choice("reduce", self.reduce, ("pca", "envs"))
+        _choice("warm_scm", self.warm_scm, ("linear", "nonlinear", "flow"))
+        if self.warm_steps < 0:
+            raise ValueError(f"CRLConfig.warm_steps must be >= 0, got {self.warm_steps}")
+        if self.warm_steps > 0 and self.method != "latent_scm":
+            raise ValueError(f"CRLConfig.warm_steps > 0 (a warm start of the flow encoder) "
+                             f"needs method='latent_scm', got method={self.method!r}")
         if self.reduce == "envs" and self.method != "latent_scm":
             raise ValueError(f"CRLConfig.reduce='envs' chooses the flow encoder's input "
                              f"subspace (method='latent_scm'), got method={self.method!r}")
