@@ -102,7 +102,7 @@ def main():
         pre = jax.tree.map(lambda v, s=s: v[s], res.preprocess)
         zh, ld = net.apply({"params": params["encoder$params"]}, pre(x))
         nll_fit = float(jnp.mean(prior_nll(params["prior"], zh, env, tg, soft) - ld))
-        # truth: x' = (x - m) P; log p(x') = log p(z) - log|det J_mix(z)| - log|det P|
+        # truth: x' = (x - m) P; -log p(x') = -log p(z) + log|det J_mix(z)| + log|det P|
         mix = jax.tree.map(lambda v, s=s: v[s], data.mixing)
         jac = jax.vmap(jax.jacfwd(lambda zz, mix=mix: apply_mixing(mix, zz[None])[0]))(z)
         ld_mix = jnp.linalg.slogdet(jac)[1]
@@ -111,7 +111,7 @@ def main():
                           n_envs=mcfg.n_envs, soft=soft, steps=a.prior_steps,
                           hidden=mcfg.scm_hidden, terms=mcfg.flow_terms)
         nll_z = prior_nll(pr, z, env, tg, soft)
-        nll_true = float(jnp.mean(nll_z + ld_mix - ld_pre))
+        nll_true = float(jnp.mean(nll_z + ld_mix + ld_pre))
         # the fitted prior on its own latents, refit with the same prior-only budget (is the
         # prior under-fitted on the learned latents?)
         nll_refit = None
