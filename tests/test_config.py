@@ -70,7 +70,9 @@ def test_generalization_rows_are_config_variants_changing_one_setting():
                                                           "targets"}, (name, changed)
             continue
         if name.endswith("flow prior"):  # the same data as its row, the prior changed
-            assert "scm_prior" in changed and set(changed) <= {"data", "scm_prior"}, name
+            assert "scm_prior" in changed and set(changed) <= {"data", "scm_prior", "crl"}, name
+            if "crl" in changed:  # only the flow prior's warm start
+                assert dataclasses.replace(cfg.crl, warm_steps=0) == base.crl, name
             assert cfg.method_config("latent_scm").scm == "flow"
             assert cfg.method_config("ivae").scm != "flow"
             continue

@@ -165,3 +165,8 @@ def test_permuted_restarts_reorder_the_inputs_of_restarts_after_the_first():
     assert all(cols[r] != tuple(range(d)) for r in (1, 2, n_rep + 1, n_rep + 2))
     assert len({cols[1], cols[2], cols[n_rep + 1], cols[n_rep + 2]}) == 4
 
+
+
+def test_permuted_restarts_and_a_warm_start_are_rejected_together():
+    with pytest.raises(ValueError, match="permute_restarts with warm_steps"):
+        CRLConfig(permute_restarts=True, warm_steps=10)

@@ -53,6 +53,12 @@ class CRLConfig:
         (``flow_terms`` is also the number of tanh terms of the ``flow`` prior's 1-D noise
         flows). ``flow_layers=0``: a linear encoder (one invertible ``LULinear`` map; for
         ``latent_scm`` this is linear ICA-like CRL with the latent SCM prior).
+      warm_steps, warm_scm: a warm start (``method="latent_scm"``): before the ``steps``
+        of the fit, ``warm_steps`` steps with the prior family ``warm_scm`` (same encoder,
+        data, keys and optimizer settings, its own learning-rate schedule); the fit then
+        starts from the warm encoder and a fresh prior. For ``scm="flow"`` a linear warm
+        start moves the flow encoder near the true latents before the flexible prior can
+        settle into a local optimum with a latent stuck (issue 13). 0: no warm start.
       reduce: how ``latent_scm`` maps ``D > d`` observations to the flow's ``d`` inputs
         (:func:`jaxcrl.crl.svi.make_preprocess`): ``pca`` (whitened top-``d`` variance
         directions; the default) or ``envs`` (the ``d`` directions that best separate the
@@ -138,6 +144,8 @@ class CRLConfig:
     holdout: float = 0.0
     permute_restarts: bool = False
     reduce: str = "pca"
+    warm_steps: int = 0
+    warm_scm: str = "linear"
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -165,6 +173,15 @@ class CRLConfig:
         _choice("reduce", self.reduce, ("pca", "envs"))
         if self.pca_dim < 0:
             raise ValueError(f"CRLConfig.pca_dim must be >= 0, got {self.pca_dim}")
+        _choice("warm_scm", self.warm_scm, ("linear", "nonlinear", "flow"))
+        if self.warm_steps < 0:
+            raise ValueError(f"CRLConfig.warm_steps must be >= 0, got {self.warm_steps}")
+        if self.warm_steps > 0 and self.method != "latent_scm":
+            raise ValueError(f"CRLConfig.warm_steps > 0 (a warm start of the flow encoder) "
+                             f"needs method='latent_scm', got method={self.method!r}")
+        if self.warm_steps > 0 and self.permute_restarts:
+            raise ValueError("CRLConfig.permute_restarts with warm_steps > 0: the warm start's "
+                             "encoder is fitted on the unpermuted inputs; use one or the other")
         if self.reduce == "envs" and self.method != "latent_scm":
             raise ValueError(f"CRLConfig.reduce='envs' chooses the flow encoder's input "
                              f"subspace (method='latent_scm'), got method={self.method!r}")

@@ -493,6 +493,21 @@ def fit(
         x, env, tgt = (jnp.repeat(a, n_rep, axis=0) for a in (x, env, tgt))
     n_total = x.shape[1]
 
+    init_params, warm_wall, warm_hist = None, 0.0, None
+    if cfg.warm_steps > 0:  # warm start: the encoder of a short fit with cfg.warm_scm
+        wcfg = dataclasses.replace(cfg, scm=cfg.warm_scm, steps=cfg.warm_steps, warm_steps=0,
+                                   restarts=1)
+        zw = None
+        if z_true is not None:
+            zw = np.asarray(z_true)
+            zw = (np.broadcast_to(zw, (n_runs, *zw.shape)) if zw.ndim == 2
+                  else np.repeat(zw, n_rep, axis=0))
+        warm = fit(wcfg, x, env, key=jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys),
+                   targets=tgt, z_true=zw, eval_every=min(eval_every, cfg.warm_steps),
+                   progress=False, mesh=mesh)
+        init_params = {"encoder$params": warm.params["encoder$params"]}
+        warm_wall, warm_hist = warm.wall_s, warm.history
+
     pre = jax.vmap(lambda xx, ee: make_preprocess(
         xx, cfg.latent_dim, cfg.method == "latent_scm", ee, reduce=cfg.reduce,
         n_envs=cfg.n_envs, pca_dim=cfg.pca_dim))(x, env)
@@ -502,11 +517,11 @@ def fit(
     svi = _svi(cfg, n_total)
     b = cfg.batch_size
 
-    def init(k, xx, ee, tt):
-        return svi.init(k, xx[:b], ee[:b], tt, cfg.penalty_min)
+    def init(k, xx, ee, tt, ip):
+        return svi.init(k, xx[:b], ee[:b], tt, cfg.penalty_min, init_params=ip)
 
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-    svi_state = jax.jit(jax.vmap(init))(init_keys, xp, env, tgt)
+    svi_state = jax.jit(jax.vmap(init))(init_keys, xp, env, tgt, init_params)
     state = FitState(svi_state, xp, env, tgt, jnp.zeros((n_runs,), jnp.int32),
                      jnp.zeros((n_runs,), jnp.float32))
     tail = max(cfg.steps // 20, 1)
@@ -581,8 +596,12 @@ def fit(
                        batched=True, callbacks=callbacks,
                        mesh=False if (dp_mesh is not None or mesh is False) else mesh)
     state, history = out.state, out.history
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 + warm_wall
     params = jax.vmap(svi.get_params)(state.svi_state)
+    if warm_hist is not None and "loss" in warm_hist:
+        history["warm_loss"] = warm_hist["loss"]
+        if "mcc" in warm_hist:
+            history["warm_mcc"] = warm_hist["mcc"]
     if n_heldout > 0:
         penalty = penalty_schedule(cfg, jnp.asarray(cfg.steps))
 

@@ -1,0 +1,53 @@
+"""The flow prior's warm start (``CRLConfig.warm_steps``): the flow fit starts from the
+encoder of a linear-prior fit with the same data and (folded) keys, and a fresh prior."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcrl.crl import CRLConfig, fit
+from jaxcrl.scm import DatasetConfig, MixingConfig, SCMConfig, make_dataset
+
+CFG = CRLConfig(latent_dim=2, n_envs=3, scm="flow", steps=30, batch_size=128, warmup=5,
+                flow_layers=1, flow_terms=2, restarts=1, scm_hidden=4, warm_steps=40)
+
+
+@pytest.fixture(scope="module")
+def data():
+    cfg = DatasetConfig(scm=SCMConfig(latent_dim=2, mechanism="nonlinear"),
+                        mixing=MixingConfig(n_layers=2), n_per_env=300)
+    return make_dataset(jax.random.key(0), cfg)
+
+
+def _enc(result):
+    return jax.tree.leaves(result.params["encoder$params"])
+
+
+def test_warm_start_begins_from_the_linear_fits_encoder(data):
+    """No flow step taken (stop_at=0): the encoder is exactly that of a separate linear-prior
+    fit of warm_steps steps (trained, so far from any fresh init) under the run keys folded
+    with 2; the prior is a fresh flow prior; the warm phase's losses are kept."""
+    key = jax.random.key(3)
+    warm = fit(CFG, data.x, data.env, targets=data.targets, key=key, seeds=2, stop_at=0,
+               progress=False)
+    lin = fit(dataclasses.replace(CFG, scm="linear", steps=CFG.warm_steps, warm_steps=0),
+              data.x, data.env, targets=data.targets,
+              key=jax.vmap(lambda k: jax.random.fold_in(k, 2))(jax.random.split(key, 2)),
+              progress=False)
+    for a, b in zip(_enc(warm), _enc(lin), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert lin.history["loss"][-5:].mean() < lin.history["loss"][:5].mean() - 0.2  # trained
+    assert type(warm.params["prior"]).__name__ == "FlowPriorParams"
+    np.testing.assert_array_equal(warm.history["warm_loss"], lin.history["loss"])
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(warm_steps=-1), "warm_steps"),
+    (dict(warm_steps=10, method="ivae", scm="linear"), "latent_scm"),
+    (dict(warm_scm="spline"), "warm_scm"),
+])
+def test_warm_start_rejects_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        CRLConfig(**kw)
