@@ -1,8 +1,10 @@
-"""SHD of the exact-search DAG on the *true* latents of the contrastive d=10, D=100 row.
+"""SHD of the exact-search DAG on the *true* latents of a generalization row (default: the
+contrastive d=10, D=100 row).
 
-Command::
+Commands::
 
     python experiments/crl_contrastive_shd_truth.py
+    python experiments/crl_contrastive_shd_truth.py --row 'd=8'
 
 For each of the row's 5 data sets: the exact interventional-BIC search
 (:func:`jaxcrl.crl.discovery.exact_dag_search`) on the true latents with the true targets,
@@ -10,6 +12,8 @@ then the pruning of :meth:`jaxcrl.crl.svi.FitResult.discover_graph` (|standardiz
 below a threshold) at several thresholds; prints the SHD to the true DAG. This is the best
 any encoder can do under the scoring pipeline (about 10 s).
 """
+
+import argparse
 
 import jax
 import numpy as np
@@ -24,8 +28,11 @@ ROW = "contrastive, d=10, D=100, unknown targets"
 THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3)
 
 
-def main():
-    cfg = apply_overrides(variant(SyntheticConfig(seeds=5), ROW), ["targets=known"])
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--row", default=ROW, help="a row of GENERALIZATION_ROWS")
+    args = p.parse_args(argv)
+    cfg = apply_overrides(variant(SyntheticConfig(seeds=5), args.row), ["targets=known"])
     keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
     print("seed, true edges, SHD at thresholds", THRESHOLDS)
     for s in range(cfg.seeds):

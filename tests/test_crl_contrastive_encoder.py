@@ -85,7 +85,7 @@ def test_row_set_overrides_a_rows_own_setting(monkeypatch):
 
     monkeypatch.setattr(cg, "run", fake_run)
     row = "contrastive, d=10, D=100, unknown targets"
-    for extra, want in (([], "unknown"), (["--set", "targets=known"], "unknown"),
+    for extra, want in (([], "unknown_distinct"), (["--set", "targets=known"], "unknown_distinct"),
                         (["--row-set", "targets=known"], "known")):
         with pytest.raises(SystemExit):
             cg.main(["--rows", row, *extra])
