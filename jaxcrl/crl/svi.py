@@ -103,6 +103,14 @@ def env_subspace(x: jax.Array, env: jax.Array, n_envs: int, latent_dim: int,
     return w_isqrt @ ub[:, top]
 
 
+def _whitened_pca(xc: jax.Array, k: int) -> jax.Array:
+    """[D, k] projection of centred ``xc [N, D]`` onto its top-``k`` principal directions,
+    scaled to unit variance."""
+    evals, evecs = jnp.linalg.eigh(jnp.cov(xc, rowvar=False))
+    top = jnp.argsort(evals)[::-1][:k]
+    return evecs[:, top] / jnp.sqrt(jnp.maximum(evals[top], 1e-12))
+
+
 def make_preprocess(x: jax.Array, latent_dim: int, flow: bool, env: jax.Array | None = None,
                     *, reduce: str = "pca", n_envs: int | None = None,
                     pca_dim: int = 0) -> Preprocess:
@@ -117,10 +125,7 @@ def make_preprocess(x: jax.Array, latent_dim: int, flow: bool, env: jax.Array | 
     """
     mean = x.mean(0)
     if not flow and pca_dim > 0:
-        cov = jnp.cov(x - mean, rowvar=False)
-        evals, evecs = jnp.linalg.eigh(cov)
-        top = jnp.argsort(evals)[::-1][:pca_dim]
-        return Preprocess(mean, evecs[:, top] / jnp.sqrt(jnp.maximum(evals[top], 1e-12)))
+        return Preprocess(mean, _whitened_pca(x - mean, pca_dim))
     if flow and x.shape[-1] > latent_dim:
         if reduce == "envs":
             if env is None or n_envs is None:
@@ -131,10 +136,7 @@ def make_preprocess(x: jax.Array, latent_dim: int, flow: bool, env: jax.Array | 
             return Preprocess(mean, basis @ uc / jnp.sqrt(jnp.maximum(ec, 1e-12)))
         if reduce != "pca":
             raise ValueError(f"reduce must be 'pca' or 'envs', got {reduce!r}")
-        cov = jnp.cov(x - mean, rowvar=False)
-        evals, evecs = jnp.linalg.eigh(cov)
-        top = jnp.argsort(evals)[::-1][:latent_dim]
-        return Preprocess(mean, evecs[:, top] / jnp.sqrt(evals[top]))
+        return Preprocess(mean, _whitened_pca(x - mean, latent_dim))
     return Preprocess(mean, jnp.diag(1.0 / (x.std(0) + 1e-8)))
 
 
@@ -153,6 +155,12 @@ def _permute_restarts(pre: Preprocess, keys: jax.Array, n_seeds: int, n_rep: int
         r == 0, jnp.arange(d), jax.random.permutation(jax.random.fold_in(k, 0x9E37), d)))(
         keys, restart)
     return Preprocess(pre.mean, jnp.take_along_axis(pre.proj, perms[:, None, :], axis=-1))
+
+
+def _per_run(z_true, n_runs: int, n_rep: int) -> np.ndarray:
+    """``[S R, N, d]`` true latents per run from ``[N, d]`` (shared) or ``[S, N, d]``."""
+    z = np.asarray(z_true)
+    return np.broadcast_to(z, (n_runs, *z.shape)) if z.ndim == 2 else np.repeat(z, n_rep, 0)
 
 
 # --------------------------------------------------------------------------- validation
@@ -497,11 +505,7 @@ def fit(
     if cfg.warm_steps > 0:  # warm start: the encoder of a short fit with cfg.warm_scm
         wcfg = dataclasses.replace(cfg, scm=cfg.warm_scm, steps=cfg.warm_steps, warm_steps=0,
                                    restarts=1)
-        zw = None
-        if z_true is not None:
-            zw = np.asarray(z_true)
-            zw = (np.broadcast_to(zw, (n_runs, *zw.shape)) if zw.ndim == 2
-                  else np.repeat(zw, n_rep, axis=0))
+        zw = None if z_true is None else _per_run(z_true, n_runs, n_rep)
         warm = fit(wcfg, x, env, key=jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys),
                    targets=tgt, z_true=zw, eval_every=min(eval_every, cfg.warm_steps),
                    progress=False, mesh=mesh)
@@ -569,9 +573,7 @@ def fit(
                                            identity=identity))
 
     if z_true is not None:
-        zt = np.asarray(z_true)
-        zt = (np.broadcast_to(zt, (n_runs, *zt.shape)) if zt.ndim == 2
-              else np.repeat(zt, n_rep, axis=0))
+        zt = _per_run(z_true, n_runs, n_rep)
         sub = np.linspace(0, n_total - 1, min(n_total, 2000)).astype(int)
         enc = jax.jit(jax.vmap(_encode_fn(cfg)))
 
