@@ -31,8 +31,10 @@ THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3)
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--row", default=ROW, help="a row of GENERALIZATION_ROWS")
+    p.add_argument("--seed", type=int, default=0, help="root seed of the row's data sets")
     args = p.parse_args(argv)
-    cfg = apply_overrides(variant(SyntheticConfig(seeds=5), args.row), ["targets=known"])
+    cfg = apply_overrides(variant(SyntheticConfig(seeds=5, seed=args.seed), args.row),
+                          ["targets=known"])
     keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
     print("seed, true edges, SHD at thresholds", THRESHOLDS)
     for s in range(cfg.seeds):

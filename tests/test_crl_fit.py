@@ -112,6 +112,9 @@ def test_restarts_keep_the_lowest_loss_restart_per_seed(small_data):
     tail = all_loss[-10:].mean(0)
     np.testing.assert_array_equal(r.history["restart_chosen"], tail.argmin(1))
     np.testing.assert_allclose(r.history["loss"], all_loss[:, [0, 1], tail.argmin(1)])
+    # the criterion is recorded: every restart's, and the chosen one's per seed
+    np.testing.assert_allclose(r.history["final_loss_restarts"], tail, rtol=1e-5)
+    np.testing.assert_allclose(r.history["final_loss"], tail.min(1), rtol=1e-5)
     # the chosen restart equals a single-restart fit with that restart's key
     seed_keys = jax.random.split(jax.random.key(5), 2)
     for s in range(2):
@@ -120,6 +123,8 @@ def test_restarts_keep_the_lowest_loss_restart_per_seed(small_data):
                     targets=ds.targets[s:s + 1], key=k[None], progress=False)
         np.testing.assert_allclose(np.asarray(r.graph()[s]), np.asarray(alone.graph()[0]),
                                    rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(alone.history["final_loss"], r.history["final_loss"][s:s + 1],
+                                   rtol=1e-4)
 
 
 def test_known_targets_required(small_data):

@@ -275,7 +275,9 @@ class FitResult:
       params: numpyro params by site name (``"encoder$params"``, ``"prior"``, ...).
       preprocess: per-run input preprocessing.
       history: per-step ``loss`` [steps, S] (negative ELBO per sample), and per-chunk
-        ``mcc`` [chunks, S] when ground truth was given, with ``eval_step``.
+        ``mcc`` [chunks, S] when ground truth was given, with ``eval_step``;
+        ``final_loss`` [S] (the mean loss over the last 5% of the steps, the restart
+        criterion without ``holdout``; ``final_loss_restarts`` [S, R] for every restart).
       wall_s: training wall time (compilation included).
     """
 
@@ -612,11 +614,13 @@ def fit(
 
         history["heldout_loss"] = np.asarray(jax.jit(jax.vmap(heldout_loss))(
             state.svi_state, state.x, state.env, state.targets)) / n_total
+    # Training loss at the end: the mean over the last ``tail`` steps, per run.
+    history["final_loss"] = np.asarray(state.tail_loss) / tail
     if n_rep > 1:
         # Keep, per seed, the restart with the best (lowest) held-out loss or, without a
-        # held-out set, training loss at the end (mean over the last ``tail`` steps).
+        # held-out set, training loss at the end.
         final = (history["heldout_loss"] if n_heldout > 0
-                 else np.asarray(state.tail_loss) / tail).reshape(n_seeds, n_rep)
+                 else history["final_loss"]).reshape(n_seeds, n_rep)
         best = np.nanargmin(np.where(np.isfinite(final), final, np.inf), axis=1)
         idx = np.arange(n_seeds) * n_rep + best
         params, pre = jax.tree.map(lambda a: a[idx], (params, pre))
@@ -625,6 +629,8 @@ def fit(
         if "mcc" in history:  # every restart's MCC (diagnostics; never used to choose)
             history["mcc_restarts"] = history["mcc"].reshape(-1, n_seeds, n_rep)
         history["restart_chosen"] = best
+        history["final_loss_restarts"] = history["final_loss"].reshape(n_seeds, n_rep)
+        history["final_loss"] = history["final_loss"][idx]
         for k in ("loss", "mcc"):
             if k in history:
                 history[k] = history[k][:, idx]
