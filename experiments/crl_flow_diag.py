@@ -11,9 +11,10 @@ Per seed (per run with ``--unpooled R``: R independent fits of each data set, ev
 scored, to ask whether the lowest-NLL run is the best-recovered one) it prints: NLL(x) of
 the fitted model (per sample, natural units), NLL(x) at the truth (prior fitted on z_true +
 the mixing's log-determinant + the preprocessing's), the per-latent MCC. Fitted NLL above
-the truth's: an optimization failure (a worse local optimum); below: inconclusive (a wrong solution preferred, or the truth merely in a
-parametrization that suits the prior worse: the encoder may rescale each latent, the truth's
-NLL is an upper bound on that of its equivalents). ``--set`` overrides the row (e.g.
+the truth's: an optimization failure (a worse local optimum); below: inconclusive (a wrong
+solution preferred, or the truth merely in a parametrization that suits the prior worse: the
+encoder may rescale each latent, the truth's NLL is an upper bound on that of its
+equivalents). ``--set`` overrides the row (e.g.
 ``crl.warm_steps=3000``, ``crl.restarts=3``); ``--only 1,3`` diagnoses those seeds only.
 """
 
