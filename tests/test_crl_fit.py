@@ -165,3 +165,52 @@ def test_killed_and_resumed_fit_is_bit_identical(small_data, tmp_path):
         fit(cfg, ds.x[::-1], ds.env[::-1], **{**kw, "targets": ds.targets[::-1]})
     with pytest.raises(ConfigMismatchError, match=r"lr: 0.01 \(checkpoint\) vs 0.02"):
         fit(_cfg(steps=60, restarts=2, lr=2e-2), ds.x, ds.env, **kw)
+
+
+def test_init_params_start_the_fit_where_given(small_data):
+    ds = small_data
+    kw = dict(targets=ds.targets, progress=False)
+    prev = fit(_cfg(steps=300), ds.x, ds.env, key=jax.random.key(0), **kw)
+    same = lambda a, b: jax.tree.all(jax.tree.map(  # noqa: E731
+        lambda u, v: bool(np.array_equal(np.asarray(u), np.asarray(v))), a, b))
+    # the first step of warmup has learning rate 0: stopped after it, the fit ends where it
+    # started, for every restart of each seed
+    kw["stop_at"] = 1
+    cont = fit(_cfg(steps=2, restarts=2), ds.x, ds.env, key=jax.random.key(1),
+               init_params=prev.params, **kw)
+    assert same(cont.params, prev.params)
+    # an encoder alone: that encoder, and a freshly initialized prior (numpyro draws it from
+    # the key in another order than without init_params, so not the fresh fit's own)
+    enc = fit(_cfg(steps=2), ds.x, ds.env, key=jax.random.key(1),
+              init_params={"encoder$params": prev.params["encoder$params"]}, **kw)
+    fresh = fit(_cfg(steps=2), ds.x, ds.env, key=jax.random.key(1), **kw)
+    assert same(enc.params["encoder$params"], prev.params["encoder$params"])
+    assert not same(enc.params["prior"], prev.params["prior"])
+    w_init = np.abs(np.asarray(fresh.params["prior"].w)).max()
+    assert np.abs(np.asarray(enc.params["prior"].w)).max() < 2 * w_init
+    assert np.abs(np.asarray(prev.params["prior"].w)).max() > 10 * w_init
+    assert not same(fresh.params["encoder$params"], prev.params["encoder$params"])
+    # training from the fitted parameters starts at the fitted loss, not the initial one
+    del kw["stop_at"]
+    more = fit(_cfg(steps=50), ds.x, ds.env, key=jax.random.key(1), init_params=prev.params,
+               **kw)
+    assert more.history["loss"][0].max() < prev.history["loss"][:5].mean(0).min() - 1.0
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda p: {**p, "nope": p["prior"]}, "unknown sites"),
+    (lambda p: jax.tree.map(lambda a: a[:1], p), "leading axis of S=2"),
+    (lambda p: {"encoder$params": jax.tree.map(lambda a: a * np.nan, p["encoder$params"])},
+     "NaN"),
+    (lambda p: {"encoder$params": p["prior"]}, "structure"),
+])
+def test_bad_init_params_raise_naming_the_problem(small_data, bad, match):
+    ds = small_data
+    prev = fit(_cfg(steps=1), ds.x, ds.env, targets=ds.targets, key=jax.random.key(0),
+               progress=False)
+    with pytest.raises(ValueError, match=match):
+        fit(_cfg(steps=1), ds.x, ds.env, targets=ds.targets, key=jax.random.key(0),
+            progress=False, init_params=bad(prev.params))
+    with pytest.raises(ValueError, match="warm_steps"):
+        fit(_cfg(steps=1, warm_steps=1), ds.x, ds.env, targets=ds.targets,
+            key=jax.random.key(0), progress=False, init_params=prev.params)

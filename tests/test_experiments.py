@@ -125,19 +125,21 @@ def test_crl_swap_diag_scores_every_transposition(tmp_path, monkeypatch):
          ["--latent-dim", "3", "--samples-per-env", "300", "--seeds", "1", "--steps", "30",
           "--batch-size", "64", "--restarts", "1", "--methods", "latent_scm", "--save",
           "--no-progress", "--out", str(fit_dir)], monkeypatch)
-    for frozen in (False, True):
-        out = tmp_path / f"swap_{frozen}.json"
+    for frozen, lr in ((False, "1e-3"), (True, "1e-3"), (False, "1e-9")):
+        out = tmp_path / f"swap_{frozen}_{lr}.json"
         _run("experiments/crl_swap_diag.py",
              ["--fit", str(fit_dir / "ckpt_latent_scm"), "--set", "data.scm.latent_dim=3",
               "--set", "data.n_per_env=300", "--steps", "20", "--batch-size", "64",
-              "--out", str(out), *(["--frozen"] if frozen else [])], monkeypatch)
+              "--lr", lr, "--out", str(out), *(["--frozen"] if frozen else [])], monkeypatch)
         (rec,) = json.loads(out.read_text())
         cands = rec["candidates"]
         assert [c["swap"] for c in cands] == [None, [0, 1], [0, 2], [1, 2]]
         losses = [c["final_loss"] for c in cands]
         assert rec["chosen"] == cands[losses.index(min(losses))]["swap"]
         assert len(set(losses)) == 4  # the pairings differ in likelihood
-        if frozen:  # the encoder is not trained: every candidate keeps the fitted latents
+        # frozen, or trained at a vanishing rate: every candidate starts from (and keeps)
+        # the fitted encoder's latents
+        if frozen or lr == "1e-9":
             for c in cands:
-                assert abs(c["mcc"] - rec["fitted_mcc"]) < 1e-6
+                assert abs(c["mcc"] - rec["fitted_mcc"]) < 1e-5
                 assert c["perm"] == rec["fitted_perm"]

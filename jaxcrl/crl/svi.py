@@ -412,6 +412,40 @@ def _encode_batched(cfg: CRLConfig):
 # --------------------------------------------------------------------------- fit
 
 
+def _check_init_params(given: dict, expected: dict, n_seeds: int, n_rep: int) -> dict:
+    """``fit``'s ``init_params`` checked against the model's parameter shapes
+    (``expected``: one run's, from ``jax.eval_shape``) and repeated over each seed's
+    restarts: ``[S, ...] -> [S R, ...]``."""
+    if not isinstance(given, dict):
+        raise ValueError(f"init_params must be a dict of numpyro sites, got {type(given)}")
+    unknown = sorted(set(given) - set(expected))
+    if unknown:
+        raise ValueError(f"init_params has unknown sites {unknown}; the model's are "
+                         f"{sorted(expected)}")
+    out = {}
+    for site, value in given.items():
+        want = jax.tree.structure(expected[site])
+        if jax.tree.structure(value) != want:
+            raise ValueError(f"init_params[{site!r}] has structure {jax.tree.structure(value)}"
+                             f", the model's is {want}")
+        leaves = []
+        for (path, a), e in zip(jax.tree_util.tree_flatten_with_path(value)[0],
+                                jax.tree.leaves(expected[site]), strict=True):
+            a = jnp.asarray(a)
+            if a.shape != (n_seeds, *e.shape):
+                raise ValueError(
+                    f"init_params[{site!r}]{jax.tree_util.keystr(path)} has shape "
+                    f"{a.shape}, expected {(n_seeds, *e.shape)} (a leading axis of S="
+                    f"{n_seeds} seeds)")
+            if not bool(jnp.all(jnp.isfinite(a))):
+                raise ValueError(f"init_params[{site!r}]{jax.tree_util.keystr(path)} "
+                                 f"contains NaN/inf")
+            leaves.append(jnp.repeat(a.astype(e.dtype), n_rep, axis=0))
+        out[site] = jax.tree.unflatten(want, leaves)
+    return out
+
+
+
 def fit(
     cfg: CRLConfig,
     x: jax.Array,
@@ -429,6 +463,7 @@ def fit(
     resume: bool = True,
     stop_at: int | None = None,
     mesh: Any = None,
+    init_params: dict | None = None,
 ) -> FitResult:
     """Trains ``S`` runs of ``cfg.method`` in one compiled program.
 
@@ -462,6 +497,13 @@ def fit(
       save_every, keep_last, resume: see ``workdir``.
       stop_at: stop after this global step (as if preempted; the schedules still span
         ``cfg.steps``); with ``workdir`` a later call continues the run.
+      init_params: where to start instead of the random initialization, by numpyro site
+        name (a subset of ``FitResult.params``' sites, e.g. ``{"encoder$params":
+        previous.params["encoder$params"]}``: a fitted encoder with a fresh prior); every
+        leaf has a leading axis of S seeds, shared by each seed's restarts. Sites not given
+        start as usual. Checked against the model's parameter shapes before compiling.
+        Not with ``cfg.warm_steps`` (which chooses the starting encoder itself) nor
+        ``cfg.permute_restarts`` (whose restarts see permuted inputs).
 
     Returns:
       A :class:`FitResult` (``history`` covers the steps run by this call).
@@ -484,6 +526,12 @@ def fit(
         keys = jax.vmap(lambda k: jax.vmap(lambda r: jax.random.fold_in(k, r))(
             jnp.arange(n_rep)))(keys).reshape(n_seeds * n_rep)
     n_runs = keys.shape[0]
+    if init_params is not None and cfg.warm_steps > 0:
+        raise ValueError("init_params and cfg.warm_steps > 0 both choose the starting "
+                         "parameters; give one")
+    if init_params is not None and cfg.permute_restarts and n_rep > 1:
+        raise ValueError("init_params with cfg.permute_restarts: the restarts see permuted "
+                         "inputs, so one starting encoder cannot fit them all")
 
     x = jnp.asarray(x, jnp.float32)
     env = jnp.asarray(env, jnp.int32)
@@ -503,7 +551,7 @@ def fit(
         x, env, tgt = (jnp.repeat(a, n_rep, axis=0) for a in (x, env, tgt))
     n_total = x.shape[1]
 
-    init_params, warm_wall, warm_hist = None, 0.0, None
+    warm_wall, warm_hist = 0.0, None
     if cfg.warm_steps > 0:  # warm start: the encoder of a short fit with cfg.warm_scm
         wcfg = dataclasses.replace(cfg, scm=cfg.warm_scm, steps=cfg.warm_steps, warm_steps=0,
                                    restarts=1)
@@ -527,6 +575,11 @@ def fit(
         return svi.init(k, xx[:b], ee[:b], tt, cfg.penalty_min, init_params=ip)
 
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    given = init_params is not None and cfg.warm_steps == 0
+    if given:
+        init_params = _check_init_params(
+            init_params, jax.eval_shape(lambda: svi.get_params(
+                init(init_keys[0], xp[0], env[0], tgt[0], None))), n_seeds, n_rep)
     svi_state = jax.jit(jax.vmap(init))(init_keys, xp, env, tgt, init_params)
     state = FitState(svi_state, xp, env, tgt, jnp.zeros((n_runs,), jnp.int32),
                      jnp.zeros((n_runs,), jnp.float32))
@@ -563,7 +616,8 @@ def fit(
     if workdir is not None:
         mgr = ckpt.CheckpointManager(workdir, kind="crl_train", save_every=save_every,
                                      keep_last=keep_last)
-        identity = driver.fingerprint(keys, x, env, tgt)
+        identity = driver.fingerprint(keys, x, env, tgt,
+                                      *(jax.tree.leaves(init_params) if given else ()))
         got = (driver.restore(mgr, config=cfg, template=state, to_save=to_save,
                               identity=identity) if resume else None)
         if got is not None:
