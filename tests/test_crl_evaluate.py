@@ -87,12 +87,13 @@ def test_target_accuracy_reads_learned_targets_through_the_mcc_permutation():
     t_true = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], bool)
     # learned latent of true i is perm[i] = [1, 2, 0][i]
     t_hat = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], bool)
-    acc = score_run(z, z_hat, env, targets_true=t_true, targets_hat=t_hat)["target_accuracy"]
-    assert acc == 1.0
+    s = score_run(z, z_hat, env, targets_true=t_true, targets_hat=t_hat)
+    assert s["target_accuracy"] == 1.0 and s["targets_right"] == 1.0
     assert np.mean(np.all(t_hat == t_true, 1)) == 0.25  # unaligned: only env 0 agrees
     t_hat[3] = [0, 1, 0]  # env 3 now names true latent 0 instead of 2
-    acc = score_run(z, z_hat, env, targets_true=t_true, targets_hat=t_hat)["target_accuracy"]
-    assert acc == 0.75
+    s = score_run(z, z_hat, env, targets_true=t_true, targets_hat=t_hat)
+    assert s["target_accuracy"] == 0.75  # 3 of 4 environments, the observational one counted
+    assert s["targets_right"] == pytest.approx(2 / 3)  # 2 of the 3 interventional ones
     assert "target_accuracy" not in score_run(z, z_hat, env, targets_true=t_true)
 
 
