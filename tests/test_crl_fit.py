@@ -214,3 +214,64 @@ def test_bad_init_params_raise_naming_the_problem(small_data, bad, match):
     with pytest.raises(ValueError, match="warm_steps"):
         fit(_cfg(steps=1, warm_steps=1), ds.x, ds.env, targets=ds.targets,
             key=jax.random.key(0), progress=False, init_params=prev.params)
+
+
+def test_screening_keeps_the_restarts_lowest_at_screen_steps_and_trains_them_unchanged(
+        small_data):
+    """4 candidates per seed screened to 2 at step 60 of 200: the criterion is the
+    candidates' mean loss over steps 54-59 of the unscreened fit of all 4, the kept ones
+    are its 2 lowest, and each kept restart ends exactly where it ends unscreened."""
+    ds = small_data
+    kw = dict(targets=ds.targets, key=jax.random.key(5), progress=False, eval_every=20)
+    every = fit(_cfg(steps=200, restarts=4), ds.x, ds.env, **kw)
+    scr = fit(_cfg(steps=200, restarts=2, screen_restarts=4, screen_steps=60), ds.x, ds.env,
+              **kw)
+    all_loss = every.history["loss_restarts"]  # [steps, S, 4]
+    crit = all_loss[54:60].mean(0)
+    np.testing.assert_allclose(scr.history["screen_loss"], crit, rtol=1e-5)
+    kept = np.sort(np.argsort(crit, 1)[:, :2], 1)
+    np.testing.assert_array_equal(scr.history["screen_kept"], kept)
+    # the two phases make one history of the kept restarts, equal to their unscreened one
+    np.testing.assert_allclose(scr.history["loss_restarts"],
+                               np.stack([all_loss[:, s, kept[s]] for s in range(2)], 1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        scr.history["final_loss_restarts"],
+        np.stack([every.history["final_loss_restarts"][s, kept[s]] for s in range(2)]),
+        rtol=1e-5)
+    chosen = scr.history["restart_chosen"]  # index among the seed's 4 candidates
+    assert all(chosen[s] in kept[s] for s in range(2))
+    # the chosen restart is the kept one with the lowest final loss
+    for s in range(2):
+        fl = every.history["final_loss_restarts"][s]
+        assert chosen[s] == kept[s][np.argmin(fl[kept[s]])]
+    if (chosen == every.history["restart_chosen"]).all():  # same winner: same fit
+        np.testing.assert_allclose(np.asarray(scr.graph()), np.asarray(every.graph()),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_screened_fit_killed_after_screening_resumes_bit_identically(small_data, tmp_path):
+    ds = small_data
+    cfg = _cfg(steps=100, restarts=2, screen_restarts=3, screen_steps=30)
+    kw = dict(targets=ds.targets, key=jax.random.key(3), progress=False, eval_every=10,
+              save_every=20, workdir=tmp_path / "w")
+    full = fit(cfg, ds.x, ds.env, **kw)
+    first = fit(cfg, ds.x, ds.env, **{**kw, "workdir": tmp_path / "v", "stop_at": 60})
+    np.testing.assert_array_equal(first.history["screen_kept"], full.history["screen_kept"])
+    resumed = fit(cfg, ds.x, ds.env, **{**kw, "workdir": tmp_path / "v"})
+    np.testing.assert_array_equal(resumed.history["screen_kept"], full.history["screen_kept"])
+    np.testing.assert_array_equal(resumed.history["restart_chosen"],
+                                  full.history["restart_chosen"])
+    np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"][60:])
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="before the screening"):
+        fit(cfg, ds.x, ds.env, **{**kw, "workdir": None, "stop_at": 20})
+
+
+@pytest.mark.parametrize("kw", [dict(screen_restarts=2, restarts=2),
+                                dict(screen_restarts=4, restarts=2, screen_steps=0),
+                                dict(screen_restarts=4, restarts=2, screen_steps=101)])
+def test_bad_screening_settings_are_refused(kw):
+    with pytest.raises(ValueError, match="screen_restarts"):
+        _cfg(steps=200, **kw)

@@ -522,6 +522,11 @@ def fit(
         keys = jax.random.split(key, seeds or (np.shape(x)[0] if np.ndim(x) == 3 else 1))
     n_seeds = keys.shape[0]
     n_rep = cfg.restarts
+    screening = cfg.screen_restarts > 0
+    if screening and stop_at is not None and stop_at < cfg.screen_steps:
+        raise ValueError(f"stop_at={stop_at} is before the screening of the restarts ends "
+                         f"(cfg.screen_steps={cfg.screen_steps})")
+    n_rep = cfg.screen_restarts if screening else n_rep  # restarts started per seed
     if n_rep > 1:  # restart r of seed s has key fold_in(k_s, r): independent of other seeds
         keys = jax.vmap(lambda k: jax.vmap(lambda r: jax.random.fold_in(k, r))(
             jnp.arange(n_rep)))(keys).reshape(n_seeds * n_rep)
@@ -608,52 +613,112 @@ def fit(
         return (FitState(new, s.x, s.env, s.targets, s.step + 1, tail_loss),
                 {"loss": loss})
 
-    def to_save(s: FitState) -> dict:  # the data come from the caller, not the checkpoint
-        return {"svi_state": s.svi_state, "step": s.step, "tail_loss": s.tail_loss}
+    run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    # Screening: all candidates train the first screen_steps; each seed keeps the
+    # cfg.restarts with the lowest training loss then (``kept``: indices into the
+    # candidates' run axis, ascending within each seed).
+    kept = np.arange(n_runs)
+    kept_template = np.arange(n_seeds)[:, None] * n_rep + np.arange(cfg.restarts)
 
-    start = 0
-    callbacks: list[driver.Callback] = [driver.NonFiniteGuard(("loss",))]
-    if workdir is not None:
+    def to_save(s: FitState) -> dict:  # the data come from the caller, not the checkpoint
+        out = {"svi_state": s.svi_state, "step": s.step, "tail_loss": s.tail_loss}
+        if screening:
+            out["kept"] = jnp.asarray(kept, jnp.int32)
+        return out
+
+    def take(tree, idx):
+        return jax.tree.map(lambda v: v[idx], tree)
+
+    start, mgr, identity = 0, None, None
+    if workdir is not None:  # checkpoints are written after screening only
         mgr = ckpt.CheckpointManager(workdir, kind="crl_train", save_every=save_every,
                                      keep_last=keep_last)
         identity = driver.fingerprint(keys, x, env, tgt,
                                       *(jax.tree.leaves(init_params) if given else ()))
-        got = (driver.restore(mgr, config=cfg, template=state, to_save=to_save,
+        template = state
+        if screening:  # what is saved after screening: the kept runs
+            kept = kept_template.reshape(-1)
+            template = take(state, kept)
+        got = (driver.restore(mgr, config=cfg, template=template, to_save=to_save,
                               identity=identity) if resume else None)
+        kept = np.arange(n_runs)
         if got is not None:
             saved, start = got
-            state = FitState(saved["svi_state"], xp, env, tgt, saved["step"],
-                             saved["tail_loss"])
-        callbacks[0].manager = mgr
-        callbacks.append(driver.Checkpoint(mgr, config=cfg, to_save=to_save,
-                                           identity=identity))
+            if screening:  # a file's indices: checked, never trusted
+                kept = np.asarray(saved["kept"])
+                block = np.repeat(np.arange(n_seeds), cfg.restarts)
+                if (kept.shape != block.shape or not np.issubdtype(kept.dtype, np.integer)
+                        or np.any(kept // n_rep != block) or np.any(kept < 0)
+                        or np.any(np.diff(kept.reshape(n_seeds, -1), axis=1) <= 0)):
+                    raise ckpt.CheckpointError(
+                        f"{workdir}: the checkpoint's kept restarts {kept.tolist()} are not "
+                        f"{cfg.restarts} distinct candidates of each seed's {n_rep}")
+                state = take(state, kept)
+            state = FitState(saved["svi_state"], state.x, state.env, state.targets,
+                             saved["step"], saved["tail_loss"])
 
-    if z_true is not None:
-        zt = _per_run(z_true, n_runs, n_rep)
-        sub = np.linspace(0, n_total - 1, min(n_total, 2000)).astype(int)
-        enc = jax.jit(jax.vmap(_encode_fn(cfg)))
+    zt = _per_run(z_true, n_runs, n_rep) if z_true is not None else None
 
-        def evaluate(ev: driver.Event) -> dict:
-            from jaxcrl.metrics import mcc
+    def callbacks(phase_end: int, checkpoint: bool) -> list[driver.Callback]:
+        cbs: list[driver.Callback] = [driver.NonFiniteGuard(("loss",), manager=mgr)]
+        if checkpoint and mgr is not None:
+            cbs.append(driver.Checkpoint(mgr, config=cfg, to_save=to_save, identity=identity))
+        if zt is not None:
+            sub = np.linspace(0, n_total - 1, min(n_total, 2000)).astype(int)
+            enc = jax.jit(jax.vmap(_encode_fn(cfg)))
+            z_runs = zt[kept]
 
-            params = jax.vmap(svi.get_params)(ev.state.svi_state)
-            z_hat = np.asarray(enc(params, ev.state.x[:, sub]))
-            return {"mcc": np.array([mcc(zt[r, sub], z_hat[r]).value for r in range(n_runs)])}
+            def evaluate(ev: driver.Event) -> dict:
+                from jaxcrl.metrics import mcc
 
-        callbacks.append(driver.Evaluate(evaluate, every=eval_every))
-    callbacks += driver.progress_callbacks(
-        progress, ("loss", "mcc") if z_true is not None else ("loss",), cfg.method)
+                params = jax.vmap(svi.get_params)(ev.state.svi_state)
+                z_hat = np.asarray(enc(params, ev.state.x[:, sub]))
+                return {"mcc": np.array([mcc(z_runs[r, sub], z_hat[r]).value
+                                         for r in range(len(z_runs))])}
 
-    run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+            cbs.append(driver.Evaluate(evaluate, every=eval_every))
+        return cbs + driver.progress_callbacks(
+            progress, ("loss", "mcc") if z_true is not None else ("loss",), cfg.method)
+
+    def run(state, keys_, first, last, checkpoint):
+        placed = dp_mesh is not None
+        if placed:
+            state, keys_ = place_state(dp_mesh, (state, keys_))
+        return driver.drive(jax.vmap(step), state, keys_, start_step=first,
+                            end_step=max(first, last), total_steps=cfg.steps,
+                            chunk_size=eval_every, batched=True,
+                            callbacks=callbacks(last, checkpoint),
+                            mesh=False if (placed or mesh is False) else mesh)
+
     t0 = time.perf_counter()
-    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    if dp_mesh is not None:
-        state, run_keys = place_state(dp_mesh, (state, run_keys))
-    out = driver.drive(jax.vmap(step), state, run_keys, start_step=start,
-                       end_step=max(start, end), total_steps=cfg.steps, chunk_size=eval_every,
-                       batched=True, callbacks=callbacks,
-                       mesh=False if (dp_mesh is not None or mesh is False) else mesh)
+    screen_hist = None
+    if screening and start < cfg.screen_steps:
+        out = run(state, run_keys, start, cfg.screen_steps, checkpoint=False)
+        window = max(cfg.screen_steps // 10, 1)
+        screen_loss = out.history["loss"][-window:].mean(0).reshape(n_seeds, n_rep)
+        order = np.argsort(np.where(np.isfinite(screen_loss), screen_loss, np.inf), axis=1)
+        kept = (np.arange(n_seeds)[:, None] * n_rep
+                + np.sort(order[:, :cfg.restarts], axis=1)).reshape(-1)
+        screen_hist = {k: v[:, kept] for k, v in out.history.items()
+                       if k in ("loss", "mcc")}
+        screen_hist["eval_step"] = out.history.get("eval_step")
+        screen_hist["screen_loss"] = screen_loss
+        state, start = take(out.state, kept), cfg.screen_steps
+    if screening:
+        run_keys, pre, keys = take((run_keys, pre, keys), kept)
+        n_runs, n_rep = len(kept), cfg.restarts
+    out = run(state, run_keys, start, end, checkpoint=True)
     state, history = out.state, out.history
+    if screen_hist is not None:  # one history over both phases
+        for k in ("loss", "mcc", "eval_step"):
+            if screen_hist.get(k) is not None:
+                history[k] = (np.concatenate([screen_hist[k], history[k]])
+                              if k in history else screen_hist[k])
+        history["screen_loss"] = screen_hist["screen_loss"]
+    if screening:
+        history["screen_kept"] = (kept.reshape(n_seeds, n_rep)
+                                  - np.arange(n_seeds)[:, None] * cfg.screen_restarts)
     wall = time.perf_counter() - t0 + warm_wall
     params = jax.vmap(svi.get_params)(state.svi_state)
     if warm_hist is not None and "loss" in warm_hist:
@@ -682,10 +747,13 @@ def fit(
             history["loss_restarts"] = history["loss"].reshape(-1, n_seeds, n_rep)
         if "mcc" in history:  # every restart's MCC (diagnostics; never used to choose)
             history["mcc_restarts"] = history["mcc"].reshape(-1, n_seeds, n_rep)
-        history["restart_chosen"] = best
+        # the chosen restart's index among the seed's candidates (screened or not)
+        history["restart_chosen"] = (history["screen_kept"][np.arange(n_seeds), best]
+                                     if screening else best)
         history["final_loss_restarts"] = history["final_loss"].reshape(n_seeds, n_rep)
         history["final_loss"] = history["final_loss"][idx]
         for k in ("loss", "mcc"):
             if k in history:
                 history[k] = history[k][:, idx]
     return FitResult(cfg=cfg, params=params, preprocess=pre, history=history, wall_s=wall)
+
