@@ -81,6 +81,21 @@ def test_crl_restart_pairings_records_every_restart(tmp_path, monkeypatch):
     # restart 0 is never permuted: it is the same run in both arms
     assert [m[0] for m in res["arms"]["same order"]["mcc"]] == \
         [m[0] for m in res["arms"]["permuted"]["mcc"]]
+    # one data set of the two, screened: the same runs as in the full fit; the screen keeps
+    # the lowest criterion and chooses the lowest final loss among those it keeps
+    out1 = tmp_path / "one"
+    _run("experiments/crl_restart_pairings.py",
+         ["--steps", "8", "--restarts", "3", "--seeds", "2", "--batch-size", "64",
+          "--arms", "same", "--only", "1", "--screen-steps", "4", "--screen-keep", "2",
+          "--out", str(out1)], monkeypatch)
+    a = json.loads((out1 / "results.json").read_text())["arms"]["same order"]
+    assert list(json.loads((out1 / "results.json").read_text())["arms"]) == ["same order"]
+    assert a["data_sets"] == [1]
+    assert a["loss"][0][:2] == pytest.approx(res["arms"]["same order"]["loss"][1], rel=1e-5)
+    crit, kept, loss = a["screen_loss"][0], a["screen_kept"][0], a["loss"][0]
+    assert kept == sorted(sorted(range(3), key=crit.__getitem__)[:2])
+    assert a["screened_chosen"][0] == min(kept, key=loss.__getitem__)
+    assert a["first_k_chosen"][0] == min(range(2), key=loss.__getitem__)
 
 
 def test_crl_flow_diag_scores_every_unpooled_run_against_the_truth(tmp_path, monkeypatch):
