@@ -113,11 +113,14 @@ class CRLConfig:
         ``screen_steps`` steps, and keeps the ``restarts`` with the lowest training loss
         (mean over the last 10% of those steps); only they train on, and the best of them
         at the end is kept as usual. A restart's trajectory is the same as without
-        screening (its key is ``fold_in(k_seed, r)`` either way). Label-swap optima are
-        the flow fit's main failure and are settled early: on the default row's held-out
-        root seed, 16 screened to 4 at step 3000 raised MCC from 0.933 to 0.971
-        (BENCHMARKS.md). 0: off. Checkpoints start after the screening (a resumed run
-        that had not finished it repeats it, deterministically).
+        screening (its key is ``fold_in(k_seed, r)`` either way). Checkpoints start after
+        the screening (a resumed run that had not finished it repeats it,
+        deterministically). 0 (the default): off. Off by default because it did not help
+        on the default row (BENCHMARKS.md, "Screening restarts"): 16 screened to 4 at step
+        3000 of 40k lowered MCC on root seed 0 (0.964 -> 0.924); the loss at 3000 steps
+        barely ranks the restarts' final MCC, and at 40k steps some label-swapped fits
+        have a *lower* training loss than near-perfect ones, so more candidates chosen by
+        likelihood can end worse.
       holdout: fraction of the samples (a fixed random split) kept out of training; the
         restart with the lowest loss on them (the negative held-out log-likelihood for the
         exact-likelihood and contrastive models) is kept. 0: select by training loss.
