@@ -118,7 +118,7 @@ class CRLConfig:
         deterministically). 0 (the default): off. Off by default because it did not help
         on the default row (BENCHMARKS.md, "Screening restarts"): 16 screened to 4 at step
         3000 of 40k lowered MCC on root seed 0 (0.964 -> 0.924); the loss at 3000 steps
-        barely ranks the restarts' final MCC, and at 40k steps some label-swapped fits
+        barely ranks the restarts' final MCC, and at 40k steps fits with MCC 0.87-0.90 can
         have a *lower* training loss than near-perfect ones, so more candidates chosen by
         likelihood can end worse.
       holdout: fraction of the samples (a fixed random split) kept out of training; the
