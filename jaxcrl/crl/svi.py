@@ -659,14 +659,14 @@ def fit(
                              saved["step"], saved["tail_loss"])
 
     zt = _per_run(z_true, n_runs, n_rep) if z_true is not None else None
+    sub = np.linspace(0, n_total - 1, min(n_total, 2000)).astype(int)
+    enc = jax.jit(jax.vmap(_encode_fn(cfg)))  # one wrapper for both phases
 
-    def callbacks(phase_end: int, checkpoint: bool) -> list[driver.Callback]:
+    def callbacks(checkpoint: bool) -> list[driver.Callback]:
         cbs: list[driver.Callback] = [driver.NonFiniteGuard(("loss",), manager=mgr)]
         if checkpoint and mgr is not None:
             cbs.append(driver.Checkpoint(mgr, config=cfg, to_save=to_save, identity=identity))
         if zt is not None:
-            sub = np.linspace(0, n_total - 1, min(n_total, 2000)).astype(int)
-            enc = jax.jit(jax.vmap(_encode_fn(cfg)))
             z_runs = zt[kept]
 
             def evaluate(ev: driver.Event) -> dict:
@@ -688,7 +688,7 @@ def fit(
         return driver.drive(jax.vmap(step), state, keys_, start_step=first,
                             end_step=max(first, last), total_steps=cfg.steps,
                             chunk_size=eval_every, batched=True,
-                            callbacks=callbacks(last, checkpoint),
+                            callbacks=callbacks(checkpoint),
                             mesh=False if (placed or mesh is False) else mesh)
 
     t0 = time.perf_counter()
@@ -706,7 +706,7 @@ def fit(
         screen_hist["screen_loss"] = screen_loss
         state, start = take(out.state, kept), cfg.screen_steps
     if screening:
-        run_keys, pre, keys = take((run_keys, pre, keys), kept)
+        run_keys, pre = take((run_keys, pre), kept)
         n_runs, n_rep = len(kept), cfg.restarts
     out = run(state, run_keys, start, end, checkpoint=True)
     state, history = out.state, out.history
