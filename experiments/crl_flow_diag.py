@@ -35,7 +35,7 @@ import optax
 from jaxcrl.config import apply_overrides
 from jaxcrl.crl import flow_prior
 from jaxcrl.crl import prior as linear_prior
-from jaxcrl.crl.nets import FlowEncoder
+from jaxcrl.crl.models import flow_encoder
 from jaxcrl.crl.svi import fit
 from jaxcrl.crl.synthetic import variant
 from jaxcrl.metrics import mcc
@@ -112,7 +112,7 @@ def main():
     res = fit(mcfg, run_data.x, run_data.env, targets=run_data.targets,
               key=jax.random.fold_in(jax.random.key(cfg.seed), 1), seeds=cfg.seeds * n_u,
               z_true=run_data.z, eval_every=max(mcfg.steps // 10, 1), progress=False)
-    net = FlowEncoder(mcfg.flow_layers, mcfg.flow_terms)
+    net = flow_encoder(mcfg)
     out, nll_z_cache = [], {}
     seeds = range(cfg.seeds) if a.only is None else map(int, a.only.split(","))
     for s, r in ((s, r) for s in seeds for r in range(n_u)):

@@ -36,7 +36,7 @@ import optax
 from jaxcrl.config import apply_overrides
 from jaxcrl.crl import fit
 from jaxcrl.crl import prior as prior_lib
-from jaxcrl.crl.nets import FlowEncoder
+from jaxcrl.crl.models import flow_encoder
 from jaxcrl.crl.svi import load_fit
 from jaxcrl.crl.synthetic import SyntheticConfig
 from jaxcrl.metrics import mcc
@@ -127,7 +127,7 @@ def main(argv=None):
     mcfg = dataclasses.replace(res.cfg, steps=a.steps, batch_size=a.batch_size, restarts=1,
                                lr=a.lr, warm_steps=0, permute_restarts=False, holdout=0.0,
                                penalty_min=res.cfg.penalty_max)
-    net = FlowEncoder(mcfg.flow_layers, mcfg.flow_terms)
+    net = flow_encoder(mcfg)
     out = []
     for s in (range(n_sets) if a.only is None else map(int, a.only.split(","))):
         x, env, t = data.x[s], data.env[s], np.asarray(data.targets[s])

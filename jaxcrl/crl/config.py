@@ -53,6 +53,11 @@ class CRLConfig:
         (``flow_terms`` is also the number of tanh terms of the ``flow`` prior's 1-D noise
         flows). ``flow_layers=0``: a linear encoder (one invertible ``LULinear`` map; for
         ``latent_scm`` this is linear ICA-like CRL with the latent SCM prior).
+      flow_linear: the flow encoder's invertible linear layers: ``lu`` (LU-factored,
+        :class:`jaxcrl.crl.nets.LULinear`) or ``dense`` (a plain matrix with ``slogdet``,
+        :class:`jaxcrl.crl.nets.DenseLinear`). An LU layer without pivoting cannot pass
+        from ``I`` to a matrix that routes input ``i`` to output ``j != i`` without crossing a
+        singular leading minor; a dense one has no such barrier.
       warm_steps, warm_scm: a warm start (``method="latent_scm"``): before the ``steps``
         of the fit, ``warm_steps`` steps with the prior family ``warm_scm`` (same encoder,
         data, keys and optimizer settings, its own learning-rate schedule); the fit then
@@ -135,6 +140,7 @@ class CRLConfig:
     targets: str = "known"
     flow_layers: int = 4
     flow_terms: int = 4
+    flow_linear: str = "lu"
     hidden: tuple[int, ...] = (64, 64)
     scm_hidden: int = 16
     beta: float = 1.0
@@ -192,6 +198,7 @@ class CRLConfig:
         if self.screen_restarts < 0:
             raise ValueError(f"CRLConfig.screen_restarts must be >= 0, got "
                              f"{self.screen_restarts}")
+        _choice("flow_linear", self.flow_linear, ("lu", "dense"))
         if self.flow_layers < 0:
             raise ValueError(f"CRLConfig.flow_layers must be >= 0, got {self.flow_layers}")
         _choice("reduce", self.reduce, ("pca", "envs"))

@@ -95,7 +95,7 @@ def _targets(cfg: CRLConfig, targets):
 
 def latent_scm_model(x, env, targets, penalty, *, cfg: CRLConfig, n_total: int):
     """Exact-likelihood latent SCM model (flow encoder; guide is :func:`empty_guide`)."""
-    flow = flax_module("encoder", FlowEncoder(cfg.flow_layers, cfg.flow_terms),
+    flow = flax_module("encoder", flow_encoder(cfg),
                        input_shape=(1, x.shape[-1]))
     prior = _prior_params(cfg)
     z, logdet = flow(x)
@@ -108,6 +108,11 @@ def latent_scm_model(x, env, targets, penalty, *, cfg: CRLConfig, n_total: int):
                                 soft=soft) + logdet
     numpyro.factor("log_likelihood", lp.sum() * (n_total / x.shape[0]))
     _graph_penalty(prior, penalty, cfg, n_total)
+
+
+def flow_encoder(cfg: CRLConfig) -> FlowEncoder:
+    """The ``latent_scm`` flow encoder network of ``cfg``."""
+    return FlowEncoder(cfg.flow_layers, cfg.flow_terms, cfg.flow_linear)
 
 
 def flow_order(cfg: CRLConfig, z, env, targets):

@@ -6,6 +6,11 @@ can be maximized (the change-of-variables route of CauCA, Liang et al. 2023). La
 
 * :class:`LULinear`: ``x @ (L U) + b`` with ``L`` unit lower-triangular and ``U`` upper-
   triangular with diagonal ``exp(s)`` (Kingma & Dhariwal 2018), ``log|det| = sum s``.
+* :class:`DenseLinear`: ``x @ W + b`` with ``W`` a plain ``[d, d]`` matrix (initialized at
+  ``I`` plus noise), ``log|det W|`` by ``slogdet`` once per call (``O(d^3)`` per step, not per
+  sample). Without pivoting, ``L U`` can only represent matrices whose leading principal
+  minors are nonzero, so an LU layer starting near ``I`` meets a singular barrier before it
+  can route input ``i`` to output ``j != i``; a dense ``W`` only meets ``det W = 0``.
 * :class:`MonotoneElementwise`: per dimension
   ``y = exp(a) relu(x) - exp(c) relu(-x) + sum_k softplus(u_k) tanh(exp(v_k) x + o_k)``,
   strictly increasing (every term is), so invertible; it contains leaky-ReLU (any slope on
@@ -41,6 +46,27 @@ class LULinear(nn.Module):
         return y, jnp.broadcast_to(jnp.sum(log_diag), x.shape[:-1])
 
 
+class DenseLinear(nn.Module):
+    """Invertible linear layer ``x @ W + b`` with a dense ``W``; returns ``(y, log|det W|)``.
+
+    ``W = I + N(0, init_scale^2)`` at initialization. ``log|det W|`` comes from
+    ``jnp.linalg.slogdet`` (an LU factorization with pivoting of the ``[d, d]`` matrix), so
+    its gradient ``W^{-T}`` pushes ``W`` away from singular matrices.
+    """
+
+    init_scale: float = 0.1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        d = x.shape[-1]
+        w = jnp.eye(d) + self.param("w", nn.initializers.normal(self.init_scale), (d, d))
+        bias = self.param("bias", nn.initializers.zeros, (d,))
+        return x @ w + bias, jnp.broadcast_to(jnp.linalg.slogdet(w)[1], x.shape[:-1])
+
+
+LINEAR_LAYERS = {"lu": LULinear, "dense": DenseLinear}
+
+
 class MonotoneElementwise(nn.Module):
     """Strictly increasing elementwise map (leaky-ReLU + positive tanh terms)."""
 
@@ -66,23 +92,29 @@ class MonotoneElementwise(nn.Module):
 
 
 class FlowEncoder(nn.Module):
-    """Invertible encoder ``z = g(x)``: (LULinear -> MonotoneElementwise) x n_layers -> LULinear.
+    """Invertible encoder ``z = g(x)``: (linear -> MonotoneElementwise) x n_layers -> linear.
 
-    Returns ``(z [n, d], log|det dg/dx| [n])``.
+    ``linear``: the invertible linear layers, ``"lu"`` (:class:`LULinear`) or ``"dense"``
+    (:class:`DenseLinear`). Returns ``(z [n, d], log|det dg/dx| [n])``.
     """
 
     n_layers: int = 4
     n_terms: int = 4
+    linear: str = "lu"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.linear not in LINEAR_LAYERS:
+            raise ValueError(f"FlowEncoder.linear must be one of {sorted(LINEAR_LAYERS)}, "
+                             f"got {self.linear!r}")
+        layer = LINEAR_LAYERS[self.linear]
         logdet = jnp.zeros(x.shape[:-1])
         for _ in range(self.n_layers):
-            x, ld = LULinear()(x)
+            x, ld = layer()(x)
             logdet = logdet + ld
             x, ld = MonotoneElementwise(self.n_terms)(x)
             logdet = logdet + ld
-        x, ld = LULinear()(x)
+        x, ld = layer()(x)
         return x, logdet + ld
 
 

@@ -36,8 +36,8 @@ from numpyro.optim import optax_to_numpyro
 from jaxcrl import checkpoint as ckpt
 from jaxcrl.crl import prior as prior_lib
 from jaxcrl.crl.config import CRLConfig
-from jaxcrl.crl.models import MODELS, contrastive_encoder
-from jaxcrl.crl.nets import FlowEncoder, GaussianEncoder
+from jaxcrl.crl.models import MODELS, contrastive_encoder, flow_encoder
+from jaxcrl.crl.nets import GaussianEncoder
 from jaxcrl.crl.targets import canonical_targets
 from jaxcrl.train import driver
 from jaxcrl.train.mesh import constrain_batch, place_state, resolve_mesh
@@ -254,7 +254,7 @@ def penalty_schedule(cfg: CRLConfig, step: jax.Array) -> jax.Array:
 
 def _encode_fn(cfg: CRLConfig):
     if cfg.method == "latent_scm":
-        net = FlowEncoder(cfg.flow_layers, cfg.flow_terms)
+        net = flow_encoder(cfg)
         return lambda params, x: net.apply({"params": params["encoder$params"]}, x)[0]
     if cfg.method == "contrastive":
         mlp = contrastive_encoder(cfg)
