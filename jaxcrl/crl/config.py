@@ -55,9 +55,9 @@ class CRLConfig:
         ``latent_scm`` this is linear ICA-like CRL with the latent SCM prior).
       flow_linear: the flow encoder's invertible linear layers: ``lu`` (LU-factored,
         :class:`jaxcrl.crl.nets.LULinear`) or ``dense`` (a plain matrix with ``slogdet``,
-        :class:`jaxcrl.crl.nets.DenseLinear`). An LU layer without pivoting cannot pass
-        from ``I`` to a matrix that routes input ``i`` to output ``j != i`` without crossing a
-        singular leading minor; a dense one has no such barrier.
+        :class:`jaxcrl.crl.nets.DenseLinear`). The LU layer (no permutation, positive
+        diagonal) can only represent matrices whose leading principal minors are all
+        positive; a dense one can represent any invertible matrix.
       warm_steps, warm_scm: a warm start (``method="latent_scm"``): before the ``steps``
         of the fit, ``warm_steps`` steps with the prior family ``warm_scm`` (same encoder,
         data, keys and optimizer settings, its own learning-rate schedule); the fit then

@@ -8,9 +8,10 @@ can be maximized (the change-of-variables route of CauCA, Liang et al. 2023). La
   triangular with diagonal ``exp(s)`` (Kingma & Dhariwal 2018), ``log|det| = sum s``.
 * :class:`DenseLinear`: ``x @ W + b`` with ``W`` a plain ``[d, d]`` matrix (initialized at
   ``I`` plus noise), ``log|det W|`` by ``slogdet`` once per call (``O(d^3)`` per step, not per
-  sample). Without pivoting, ``L U`` can only represent matrices whose leading principal
-  minors are nonzero, so an LU layer starting near ``I`` meets a singular barrier before it
-  can route input ``i`` to output ``j != i``; a dense ``W`` only meets ``det W = 0``.
+  sample). With no permutation and a positive diagonal, ``L U`` represents only matrices
+  whose leading principal minors are all positive (the ``k``-th is
+  ``exp(s_1 + ... + s_k)``): e.g. none with ``W[0, 0] <= 0``, none that routes input 0
+  away from output 0 alone. A dense ``W`` has no such limit; it only meets ``det W = 0``.
 * :class:`MonotoneElementwise`: per dimension
   ``y = exp(a) relu(x) - exp(c) relu(-x) + sum_k softplus(u_k) tanh(exp(v_k) x + o_k)``,
   strictly increasing (every term is), so invertible; it contains leaky-ReLU (any slope on
