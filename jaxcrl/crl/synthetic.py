@@ -51,7 +51,10 @@ class SyntheticConfig:
       methods: CRL methods to fit (:data:`jaxcrl.crl.config.METHODS`).
       seeds: data sets / runs per method (vmapped in one program).
       seed: root seed.
-      crl: shared fit settings (steps, batch size, learning rate, restarts, ...); the fields
+      crl: shared fit settings (steps, batch size, learning rate, restarts, ...). The default
+        (10k steps at batch 512, peak learning rate 3e-2, a flow encoder of 8 dense-linear +
+        monotone layers with 8 tanh terms) was chosen on the default data (BENCHMARKS.md,
+        "The flow encoder"); the library's ``CRLConfig()`` keeps the earlier settings. The fields
         that describe the data (``method``, ``latent_dim``, ``n_envs``, ``scm``,
         ``intervention``, ``targets``) are filled in per method from ``data``;
         ``warm_steps`` applies to ``latent_scm`` only (0 for the other methods).
@@ -70,7 +73,8 @@ class SyntheticConfig:
     methods: tuple[str, ...] = ("latent_scm", "beta_vae", "ivae")
     seeds: int = 5
     seed: int = 0
-    crl: CRLConfig = CRLConfig()
+    crl: CRLConfig = CRLConfig(steps=10_000, batch_size=512, lr=3e-2, flow_layers=8,
+                               flow_terms=8, flow_linear="dense")
     baseline_restarts: int | None = 1
     scm_prior: str | None = None
 
