@@ -235,3 +235,30 @@ def test_causal_features_crl_table_matches_its_results_file():
             probe, obs = (float(c) for c in row[5].split("/"))
             assert probe == pytest.approx(res["probe"][layer[row[0]]]["mcc_pooled"], abs=5e-4)
             assert obs == pytest.approx(res["probe_obs"][layer[row[0]]], abs=5e-4)
+
+
+def test_crl_default_v2_tables_match_their_results_files():
+    rows = _table_after("### The default since issue 13")
+    res = _load("crl_synthetic_v2.json")["methods"]
+    cols = ["mcc_pearson_oos", "mcc_spearman", "r2"]
+    assert [r[0].strip("`") for r in rows] == ["latent_scm", "beta_vae", "ivae"]
+    for row in rows:
+        m = res[row[0].strip("`")]
+        for cell, key in zip(row[1:4], cols, strict=True):
+            mean, std = _mean_std(cell)
+            assert mean == pytest.approx(m[key]["mean"], abs=5e-4), (row[0], key)
+            assert std == pytest.approx(m[key]["std"], abs=5e-4), (row[0], key)
+    assert _mean_std(rows[0][4]) == pytest.approx((res["latent_scm"]["shd"]["mean"],
+                                                   res["latent_scm"]["shd"]["std"]), abs=0.05)
+    roots = _table_after("The same default on held-out root seeds")
+    files = ["crl_synthetic_v2.json", *(f"crl_synthetic_v2_seed{s}.json" for s in (1, 2, 3))]
+    assert len(roots) == len(files)
+    for row, name in zip(roots, files, strict=True):
+        m = _load(name)["methods"]["latent_scm"]
+        assert _mean_std(row[1]) == pytest.approx((m["mcc_pearson_oos"]["mean"],
+                                                   m["mcc_pearson_oos"]["std"]), abs=5e-4)
+        assert _num(row[2]) == pytest.approx(m["shd"]["mean"], abs=0.05)
+        per_mcc, per_shd = row[3].split(";")
+        assert [float(v) for v in per_mcc.split()] == pytest.approx(
+            m["mcc_pearson_oos"]["per_seed"], abs=5e-4)
+        assert [float(v) for v in per_shd.split()] == m["shd"]["per_seed"]
