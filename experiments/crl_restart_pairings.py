@@ -33,25 +33,26 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxcrl.config import parse_config
 from jaxcrl.crl import fit
 from jaxcrl.crl.synthetic import SyntheticConfig
 from jaxcrl.scm import make_dataset
 
 
+ALIASES = {"--steps": "crl.steps", "--restarts": "crl.restarts",
+           "--batch-size": "crl.batch_size", "--seeds": "seeds", "--seed": "seed"}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/crl_restart_pairings")
-    p.add_argument("--steps", type=int, default=10_000)
-    p.add_argument("--restarts", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0, help="root seed of the data sets")
     p.add_argument("--arms", default="same,permuted", help="same, permuted or both")
     p.add_argument("--only", default=None, help="comma-separated data-set indices")
     p.add_argument("--screen-steps", type=int, default=0)
     p.add_argument("--screen-keep", type=int, default=4)
-    args = p.parse_args(argv)
-    cfg = SyntheticConfig(seed=args.seed, seeds=args.seeds)
+    base = SyntheticConfig()
+    base = dataclasses.replace(base, crl=dataclasses.replace(base.crl, restarts=4))
+    args, cfg = parse_config(p, base, argv, aliases=ALIASES)
     keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
     data = jax.jit(jax.vmap(lambda k: make_dataset(k, cfg.data)))(keys)
     run_keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), 1), cfg.seeds)
@@ -61,12 +62,10 @@ def main(argv=None):
     n = len(sets)
     arms = {}
     for permute in [a == "permuted" for a in args.arms.split(",")]:
-        mcfg = dataclasses.replace(cfg.method_config("latent_scm"), steps=args.steps,
-                                   batch_size=args.batch_size, restarts=args.restarts,
-                                   permute_restarts=permute)
+        mcfg = dataclasses.replace(cfg.method_config("latent_scm"), permute_restarts=permute)
         r = fit(mcfg, data.x, data.env, targets=data.targets, key=run_keys,
-                z_true=data.z, eval_every=max(args.steps // 4, 1), progress=False)
-        tail = max(args.steps // 20, 1)
+                z_true=data.z, eval_every=max(mcfg.steps // 4, 1), progress=False)
+        tail = max(mcfg.steps // 20, 1)
         loss = np.asarray(r.history["loss_restarts"])[-tail:].mean(0)
         mcc = np.asarray(r.history["mcc_restarts"])[-1]
         chosen = np.asarray(r.history["restart_chosen"])
@@ -95,7 +94,7 @@ def main(argv=None):
               f"{a['mean_mcc_restarts_after_first']:.3f}", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.out, "results.json").write_text(json.dumps(
-        {"setup": vars(args), "arms": arms}, indent=2))
+        {"setup": {**vars(args), "config": dataclasses.asdict(cfg)}, "arms": arms}, indent=2))
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ MUTATIONS = [
     M("lm-probe-posterior-off-by-one", "lm", "jaxcrl/analysis/probes.py",
       '"post": post[rows, pos].reshape(-1, d * K),',
       '"post": post[rows, np.maximum(pos - 2, 0)].reshape(-1, d * K),',
-      ("tests/test_lm_train.py::test_train_lm_experiment_learns_and_writes_results",),
+      ("tests/test_analysis_probes.py",),
       "probe targets the posterior one report too early"),
     # ------------------------------------------------------------------ sae
     M("sae-topk-strict", "sae", "jaxcrl/sae/architectures.py",

@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+# The experiments' default encoder (8 dense flow layers x 8 terms) compiles for ~10 s per
+# program at -O0; the scripts' contracts do not depend on its size.
+SMALL_ENCODER = ("--set", "crl.flow_layers=2", "--set", "crl.flow_terms=2")
 
 def _run(script, argv, monkeypatch):
     monkeypatch.setattr(sys, "argv", [script, *argv])
@@ -33,6 +36,7 @@ def test_crl_synthetic_writes_the_results_contract(tmp_path, monkeypatch):
     _run("experiments/crl_synthetic.py",
          ["--latent-dim", "2", "--samples-per-env", "300", "--seeds", "2", "--steps", "60",
           "--batch-size", "128", "--methods", "latent_scm,beta_vae,ivae", "--no-progress",
+          *SMALL_ENCODER,
           "--out", str(out)], monkeypatch)
     res = json.loads((out / "results.json").read_text())
     assert res["setup"]["data"]["scm"]["latent_dim"] == 2 and res["setup"]["seeds"] == 2
@@ -56,6 +60,7 @@ def test_crl_generalization_runs_config_variants(tmp_path, monkeypatch):
     _run("experiments/crl_generalization.py",
          ["--rows", "d=3|unknown targets", "--seeds", "1", "--steps", "20", "--set",
           "data.n_per_env=200", "--set", "crl.batch_size=64", "--set", "crl.restarts=1",
+          *SMALL_ENCODER,
           "--out", str(out), "--tag", "_t"], monkeypatch)
     res = json.loads((out / "generalization_t.json").read_text())
     assert list(res["rows"]) == ["d=3", "unknown targets"]
@@ -70,7 +75,7 @@ def test_crl_restart_pairings_records_every_restart(tmp_path, monkeypatch):
     out = tmp_path / "pairings"
     _run("experiments/crl_restart_pairings.py",
          ["--steps", "8", "--restarts", "2", "--seeds", "2", "--batch-size", "64",
-          "--out", str(out)], monkeypatch)
+          *SMALL_ENCODER, "--out", str(out)], monkeypatch)
     res = json.loads((out / "results.json").read_text())
     for arm in ("same order", "permuted"):
         a = res["arms"][arm]
@@ -87,7 +92,7 @@ def test_crl_restart_pairings_records_every_restart(tmp_path, monkeypatch):
     _run("experiments/crl_restart_pairings.py",
          ["--steps", "8", "--restarts", "3", "--seeds", "2", "--batch-size", "64",
           "--arms", "same", "--only", "1", "--screen-steps", "4", "--screen-keep", "2",
-          "--out", str(out1)], monkeypatch)
+          *SMALL_ENCODER, "--out", str(out1)], monkeypatch)
     a = json.loads((out1 / "results.json").read_text())["arms"]["same order"]
     assert list(json.loads((out1 / "results.json").read_text())["arms"]) == ["same order"]
     assert a["data_sets"] == [1]
@@ -108,7 +113,7 @@ def test_crl_flow_diag_scores_every_unpooled_run_against_the_truth(tmp_path, mon
     _run("experiments/crl_flow_diag.py",
          ["--row", "default", "--seeds", "1", "--steps", "20", "--prior-steps", "1500",
           "--unpooled", "2", "--set", "data.n_per_env=2000", "--set", "crl.batch_size=128",
-          "--out", str(out)], monkeypatch)
+          *SMALL_ENCODER, "--out", str(out)], monkeypatch)
     rows = json.loads(out.read_text())
     assert [(r["seed"], r["run"]) for r in rows] == [(0, 0), (0, 1)]
     assert rows[0]["nll_fit"] != rows[1]["nll_fit"]  # two independent fits
@@ -139,7 +144,7 @@ def test_crl_swap_diag_scores_every_transposition(tmp_path, monkeypatch):
     _run("experiments/crl_synthetic.py",
          ["--latent-dim", "3", "--samples-per-env", "300", "--seeds", "1", "--steps", "30",
           "--batch-size", "64", "--restarts", "1", "--methods", "latent_scm", "--save",
-          "--no-progress", "--out", str(fit_dir)], monkeypatch)
+          *SMALL_ENCODER, "--no-progress", "--out", str(fit_dir)], monkeypatch)
     for frozen, lr in ((False, "1e-3"), (True, "1e-3"), (False, "1e-9")):
         out = tmp_path / f"swap_{frozen}_{lr}.json"
         _run("experiments/crl_swap_diag.py",
