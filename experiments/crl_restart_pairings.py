@@ -38,7 +38,6 @@ from jaxcrl.crl import fit
 from jaxcrl.crl.synthetic import SyntheticConfig
 from jaxcrl.scm import make_dataset
 
-
 ALIASES = {"--steps": "crl.steps", "--restarts": "crl.restarts",
            "--batch-size": "crl.batch_size", "--seeds": "seeds", "--seed": "seed"}
 

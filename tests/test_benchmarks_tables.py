@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,3 +263,25 @@ def test_crl_default_v2_tables_match_their_results_files():
         assert [float(v) for v in per_mcc.split()] == pytest.approx(
             m["mcc_pearson_oos"]["per_seed"], abs=5e-4)
         assert [float(v) for v in per_shd.split()] == m["shd"]["per_seed"]
+
+
+def test_crl_flow_rows_v2_and_graph_search_tables_match_their_results_files():
+    rows = _table_after("**The flow-prior rows at the new default**")
+    res = _load("crl_gen_v2_flow_prior.json")["rows"]
+    assert [r[0] for r in rows] == list(res)
+    for row in rows:
+        m = res[row[0]]["latent_scm"]
+        assert _mean_std(row[1]) == pytest.approx((m["mcc_pearson_oos"]["mean"],
+                                                   m["mcc_pearson_oos"]["std"]), abs=5e-4)
+        assert [float(v) for v in row[2].split()] == pytest.approx(
+            m["mcc_pearson_oos"]["per_seed"], abs=5e-4)
+        assert _num(row[3]) == pytest.approx(m["shd"]["mean"], abs=0.05)
+        assert _num(row[4]) == pytest.approx(m["shd_svi"]["mean"], abs=0.05)
+    search = _table_after("python experiments/crl_graph_search.py --seeds 5")
+    ls, nl = _load("crl_graph_search_ls_flow.json"), _load("crl_graph_search_nl_truth.json")
+    for row, recs, part in ((search[0], ls, "true_latents"), (search[1], nl, "true_latents"),
+                            (search[2], ls, "fit")):
+        got = [np.mean([r[part]["shd_linear"] for r in recs])]
+        got += [np.mean([r[part]["shd_nonlinear"][t] for r in recs])
+                for t in ("0.0", "0.02", "0.05", "0.1")]
+        assert [_num(c) for c in row[1:]] == pytest.approx(got, abs=0.05), row[0]

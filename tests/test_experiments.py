@@ -163,3 +163,23 @@ def test_crl_swap_diag_scores_every_transposition(tmp_path, monkeypatch):
             for c in cands:
                 assert abs(c["mcc"] - rec["fitted_mcc"]) < 1e-5
                 assert c["perm"] == rec["fitted_perm"]
+
+
+def test_crl_graph_search_scores_both_searches_on_the_true_latents(tmp_path, monkeypatch):
+    out = tmp_path / "graph.json"
+    _run("experiments/crl_graph_search.py",
+         ["--seeds", "2", "--set", "data.scm.latent_dim=3", "--set", "data.n_per_env=400",
+          "--set", "data.scm.mechanism=nonlinear", "--taus", "0,0.05", "--out", str(out)],
+         monkeypatch)
+    rows = json.loads(out.read_text())
+    assert [r["seed"] for r in rows] == [0, 1]
+    for r in rows:
+        t = r["true_latents"]
+        assert set(t["shd_nonlinear"]) == {"0.0", "0.05"}
+        # pruning only removes edges: the SHD of a pruned graph differs by at most the
+        # number of edges it removes
+        import numpy as np
+        eff = np.asarray(t["effects"])
+        assert ((eff >= 0) & (eff <= 1)).all() and (np.diag(eff) == 0).all()
+        removed = int(((eff > 0) & (eff < 0.05)).sum())
+        assert abs(t["shd_nonlinear"]["0.05"] - t["shd_nonlinear"]["0.0"]) <= removed

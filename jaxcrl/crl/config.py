@@ -103,7 +103,14 @@ class CRLConfig:
         on a ``d``-dimensional manifold in ``R^D`` have most of their variance in few
         directions; whitening them conditions the encoder's first layer.
       edge_threshold: |standardized weight| above which an edge counts as learned (for the
-        continuous ``W`` and to prune the exact-search DAG).
+        continuous ``W`` and to prune the linear exact-search DAG).
+      graph_search: the exact search of :meth:`FitResult.discover_graph`: ``"linear"``
+        (linear-Gaussian interventional BIC, :func:`jaxcrl.crl.discovery.exact_dag_search`),
+        ``"nonlinear"`` (random-feature regressions,
+        :func:`jaxcrl.crl.discovery.nonlinear_dag_search`) or ``"auto"``: nonlinear when the
+        prior is (``scm`` not ``"linear"``).
+      effect_threshold: nonlinear search only: an edge's partial R² (the fraction of the
+        child's residual variance it explains) below which it is pruned.
       restarts: random restarts per seed (trained together by vmap); the one with the best
         final training loss is kept (with ``holdout > 0``: the best held-out loss). Flow
         maximum likelihood has label-swap local optima; the likelihood tells some of them
@@ -163,6 +170,8 @@ class CRLConfig:
     encoder_skip: bool = False
     pca_dim: int = 0
     edge_threshold: float = 0.3
+    graph_search: str = "auto"
+    effect_threshold: float = 0.05
     restarts: int = 2
     holdout: float = 0.0
     screen_restarts: int = 0
@@ -176,6 +185,9 @@ class CRLConfig:
         _choice("method", self.method, METHODS)
         _choice("scm", self.scm, ("linear", "nonlinear", "flow"))
         _choice("scm_order", self.scm_order, ("targets", "index"))
+        _choice("graph_search", self.graph_search, ("auto", "linear", "nonlinear"))
+        if not 0.0 <= self.effect_threshold < 1.0:
+            raise ValueError(f"effect_threshold must be in [0, 1), got {self.effect_threshold}")
         if self.scm == "flow" and self.method != "latent_scm":
             raise ValueError(f"CRLConfig.scm='flow' is implemented for method='latent_scm' "
                              f"only, got method={self.method!r}")

@@ -340,14 +340,17 @@ class FitResult:
 
     def discover_graph(self, x: jax.Array, env: jax.Array,
                        targets: jax.Array | None = None) -> np.ndarray | None:
-        """[S, d, d] DAG weights from an exact interventional-BIC search over the encoded
-        latents (:func:`jaxcrl.crl.discovery.exact_dag_search`), edges with standardized
-        weight below ``cfg.edge_threshold`` pruned: the discrete refinement of
-        :meth:`graph`. Uses the known ``targets`` ([E, d] or [S, E, d]) or, for unknown
-        targets, the maximum-likelihood assignment of :meth:`assign_targets`."""
+        """[S, d, d] DAG from an exact interventional-BIC search over the encoded latents:
+        the discrete refinement of :meth:`graph`. With ``cfg.graph_search`` linear
+        (:func:`jaxcrl.crl.discovery.exact_dag_search`): OLS weights, edges with
+        standardized weight below ``cfg.edge_threshold`` pruned; nonlinear (``"auto"`` with a
+        nonlinear or flow prior; :func:`jaxcrl.crl.discovery.nonlinear_dag_search`, fixed
+        features key): each edge's partial R², edges below ``cfg.effect_threshold`` pruned.
+        Uses the known ``targets`` ([E, d] or [S, E, d]) or, for unknown targets, the
+        maximum-likelihood assignment of :meth:`assign_targets`."""
         if not self.cfg.learns_graph:
             return None
-        from jaxcrl.crl.discovery import exact_dag_search
+        from jaxcrl.crl.discovery import exact_dag_search, nonlinear_dag_search
 
         z = np.asarray(self.encode(x))
         if self.cfg.targets == "unknown":
@@ -357,9 +360,15 @@ class FitResult:
         else:
             t = np.asarray(self.targets(jnp.asarray(targets)))
         env = np.asarray(env)
+        nonlinear = self.cfg.graph_search == "nonlinear" or (
+            self.cfg.graph_search == "auto" and self.cfg.scm != "linear")
         out = []
         for r in range(self.n_runs):
             e = env[r] if env.ndim == 2 else env
+            if nonlinear:
+                eff, _ = nonlinear_dag_search(z[r], e, t[r], key=jax.random.key(0))
+                out.append(np.where(eff >= self.cfg.effect_threshold, eff, 0.0))
+                continue
             w, _ = exact_dag_search(z[r], e, t[r])
             # Prune weak edges: imperfectly recovered latents leak into each other, and at
             # large n the BIC keeps every leak as an edge.
