@@ -18,3 +18,19 @@ def load_experiment(rel: str):
     sys.modules[spec.name] = mod  # dataclasses and typing.get_type_hints look the module up
     spec.loader.exec_module(mod)
     return mod
+
+
+# The slowest files first (their summed test times on the 2-core CI machine, longest first):
+# `make test` hands whole files to its workers in collection order, so a long file collected
+# last would run alone at the end while the other worker idles.
+_SLOWEST_FIRST = (
+    "test_notebooks.py", "test_mesh.py", "test_experiments.py", "test_crl_fit.py",
+    "test_analysis_causal_features.py", "test_sae_experiments.py", "test_sae_train.py",
+    "test_lm_train.py", "test_analysis_sae_probe.py", "test_crl_recovery.py",
+    "test_crl_unknown_distinct.py", "test_sae_lm_experiment.py", "test_sae_clt.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable otherwise
