@@ -31,6 +31,23 @@ _SLOWEST_FIRST = (
 )
 
 
+# Marked ``slow`` (`make test` skips them, `make test-all` runs them): the notebooks, each
+# executed in its own kernel, and the 8-device SPMD checks, each in its own subprocess. On
+# this 2-core host the whole suite needs ~61 CPU-minutes, over the 30-minute CI budget; these
+# two files are ~13 of them and re-run code the rest of the suite also covers.
+_SLOW_FILES = ("test_notebooks.py", "test_mesh.py")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: notebooks and 8-device subprocesses "
+                            "(run by `make test-all`)")
+
+
 def pytest_collection_modifyitems(config, items):
+    import pytest
+
     rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable otherwise
+    for item in items:
+        if item.path.name in _SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
