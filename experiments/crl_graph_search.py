@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxcrl.config import parse_config
 from jaxcrl.crl.discovery import exact_dag_search, nonlinear_dag_search
+from jaxcrl.crl.evaluate import standardized_graph
 from jaxcrl.crl.svi import load_fit
 from jaxcrl.crl.synthetic import SyntheticConfig
 from jaxcrl.metrics import mcc, shd
@@ -35,9 +36,7 @@ from jaxcrl.scm import make_dataset
 
 
 def _searches(z, env, t, true, perm, taus) -> dict:
-    w, _ = exact_dag_search(z, env, t)
-    sd = z[env == 0].std(0) + 1e-12
-    w_std = w * sd[:, None] / sd[None, :]
+    w_std = standardized_graph(exact_dag_search(z, env, t)[0], z[env == 0])
     eff, _ = nonlinear_dag_search(z, env, t, key=jax.random.key(0))
     return {"shd_linear": int(shd(true, np.abs(w_std) >= 0.3, perm=perm)),
             "shd_nonlinear": {str(tau): int(shd(true, np.where(eff >= tau, eff, 0.0), perm=perm))
