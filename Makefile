@@ -28,12 +28,18 @@ TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0
 # turns it off.
 TEST_JAX_DISABLE_OPT ?= 1
 
+# One BLAS thread per pytest worker: with a worker per core busy, OpenBLAS's own threads
+# spin against each other (the nonlinear DAG search on 60k rows: 64 s with the default
+# threads beside a busy core, 6 s with one).
+TEST_BLAS_THREADS ?= 1
+
 # `make test` skips the tests marked slow (the notebooks and the 8-device subprocesses, see
 # tests/conftest.py) to fit CI's 30 minutes on 2 cores; `make test-all` runs every test.
 TEST_MARKS ?= not slow
 
 test: $(STAMP)
 	XLA_FLAGS="$(TEST_XLA_FLAGS) $$XLA_FLAGS" JAX_DISABLE_MOST_OPTIMIZATIONS=$(TEST_JAX_DISABLE_OPT) \
+		OPENBLAS_NUM_THREADS=$(TEST_BLAS_THREADS) OMP_NUM_THREADS=$(TEST_BLAS_THREADS) \
 		$(PY) -m pytest -q $(PYTEST_FLAGS) -m "$(TEST_MARKS)" tests
 
 test-all:

@@ -3,11 +3,12 @@
 Per data set of a setting: SHD of the linear interventional-BIC search
 (:func:`jaxcrl.crl.discovery.exact_dag_search`, pruned at |standardized weight| >= 0.3, the
 default ``CRLConfig.edge_threshold``) and of the random-feature search
-(:func:`jaxcrl.crl.discovery.nonlinear_dag_search`, pruned at partial R² >= tau for every
-``--taus`` value), first on the true latents with the true targets (what the search alone
-can do), then, with ``--fit``, on the latents of a fit saved by
-``crl_synthetic.py --save`` on the same setting (SHD after MCC matching). Commands (the
-location-scale row of BENCHMARKS; the fit first, about 20 min on the 2 cores)::
+(:func:`jaxcrl.crl.discovery.nonlinear_dag_search`, with additive and with location-scale
+noise, pruned at partial R² >= tau for every ``--taus`` value), first on the true latents
+with the true targets (what the search alone can do), then, with ``--fit``, on the latents
+of a fit saved by ``crl_synthetic.py --save`` on the same setting (SHD after MCC
+matching). Commands (the location-scale row of BENCHMARKS; the fit first, about 20 min on
+the 2 cores)::
 
     python experiments/crl_synthetic.py --out out/ls --seeds 5 --methods latent_scm --save \
         --set data.scm.mechanism=location_scale --set scm_prior=flow --set crl.warm_steps=3000
@@ -37,11 +38,13 @@ from jaxcrl.scm import make_dataset
 
 def _searches(z, env, t, true, perm, taus) -> dict:
     w_std = standardized_graph(exact_dag_search(z, env, t)[0], z[env == 0])
-    eff, _ = nonlinear_dag_search(z, env, t, key=jax.random.key(0))
-    return {"shd_linear": int(shd(true, np.abs(w_std) >= 0.3, perm=perm)),
-            "shd_nonlinear": {str(tau): int(shd(true, np.where(eff >= tau, eff, 0.0), perm=perm))
-                              for tau in taus},
-            "effects": eff.tolist()}
+    out = {"shd_linear": int(shd(true, np.abs(w_std) >= 0.3, perm=perm))}
+    for noise, name in (("homoscedastic", "additive"), ("heteroscedastic", "location_scale")):
+        eff, _ = nonlinear_dag_search(z, env, t, key=jax.random.key(0), noise=noise)
+        out[f"shd_{name}"] = {str(tau): int(shd(true, np.where(eff >= tau, eff, 0.0), perm=perm))
+                              for tau in taus}
+        out[f"effects_{name}"] = eff.tolist()
+    return out
 
 
 def main(argv=None):
@@ -65,14 +68,16 @@ def main(argv=None):
             rec["fit"] = {"mcc": float(m.value),
                           **_searches(z_fit[s], env, t, true, m.perm, taus)}
         rows.append(rec)
-        print(s, {k: {kk: vv for kk, vv in v.items() if kk != "effects"}
+        print(s, {k: {kk: vv for kk, vv in v.items() if not kk.startswith("effects")}
                   for k, v in rec.items() if k != "seed"}, flush=True)
     for part in ("true_latents", "fit"):
         if part in rows[0]:
             lin = np.mean([r[part]["shd_linear"] for r in rows])
-            nl = {t: float(np.mean([r[part]["shd_nonlinear"][t] for r in rows]))
-                  for t in rows[0][part]["shd_nonlinear"]}
-            print(f"{part}: mean SHD linear (0.3) {lin:.1f}; nonlinear by tau {nl}")
+            print(f"{part}: mean SHD linear (0.3) {lin:.1f}")
+            for name in ("additive", "location_scale"):
+                by_tau = {t: float(np.mean([r[part][f"shd_{name}"][t] for r in rows]))
+                          for t in rows[0][part][f"shd_{name}"]}
+                print(f"  nonlinear search, {name} noise, mean SHD by tau {by_tau}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
 

@@ -4,6 +4,7 @@ import json
 import runpy
 import sys
 
+import numpy as np
 import pytest
 
 # The experiments' default encoder (8 dense flow layers x 8 terms) compiles for ~10 s per
@@ -107,7 +108,6 @@ def test_crl_flow_diag_scores_every_unpooled_run_against_the_truth(tmp_path, mon
     """The linear-prior diagnostic: every run of every data set is scored; the truth's
     latent NLL (the linear prior fitted on z_true) is close to, and not below, that of an
     unrestricted Gaussian per environment (a superset family, independent route)."""
-    import numpy as np
 
     out = tmp_path / "diag.json"
     _run("experiments/crl_flow_diag.py",
@@ -175,11 +175,11 @@ def test_crl_graph_search_scores_both_searches_on_the_true_latents(tmp_path, mon
     assert [r["seed"] for r in rows] == [0, 1]
     for r in rows:
         t = r["true_latents"]
-        assert set(t["shd_nonlinear"]) == {"0.0", "0.05"}
-        # pruning only removes edges: the SHD of a pruned graph differs by at most the
-        # number of edges it removes
-        import numpy as np
-        eff = np.asarray(t["effects"])
-        assert ((eff >= 0) & (eff <= 1)).all() and (np.diag(eff) == 0).all()
-        removed = int(((eff > 0) & (eff < 0.05)).sum())
-        assert abs(t["shd_nonlinear"]["0.05"] - t["shd_nonlinear"]["0.0"]) <= removed
+        for name in ("additive", "location_scale"):
+            assert set(t[f"shd_{name}"]) == {"0.0", "0.05"}
+            # pruning only removes edges: the SHD of a pruned graph differs by at most the
+            # number of edges it removes
+            eff = np.asarray(t[f"effects_{name}"])
+            assert ((eff >= 0) & (eff <= 1)).all() and (np.diag(eff) == 0).all()
+            removed = int(((eff > 0) & (eff < 0.05)).sum())
+            assert abs(t[f"shd_{name}"]["0.05"] - t[f"shd_{name}"]["0.0"]) <= removed

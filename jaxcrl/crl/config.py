@@ -106,11 +106,12 @@ class CRLConfig:
         continuous ``W`` and to prune the linear exact-search DAG).
       graph_search: the exact search of :meth:`FitResult.discover_graph`: ``"linear"``
         (linear-Gaussian interventional BIC, :func:`jaxcrl.crl.discovery.exact_dag_search`),
-        ``"nonlinear"`` (random-feature regressions,
+        ``"nonlinear"`` (location-scale random-feature regressions,
         :func:`jaxcrl.crl.discovery.nonlinear_dag_search`) or ``"auto"``: nonlinear when the
         prior is (``scm`` not ``"linear"``).
       effect_threshold: nonlinear search only: an edge's partial R² (the fraction of the
-        child's residual variance it explains) below which it is pruned.
+        child's residual variance it explains; for the location-scale model its likelihood
+        analogue) below which it is pruned.
       restarts: random restarts per seed (trained together by vmap); the one with the best
         final training loss is kept (with ``holdout > 0``: the best held-out loss). Flow
         maximum likelihood has label-swap local optima; the likelihood tells some of them

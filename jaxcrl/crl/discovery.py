@@ -16,9 +16,9 @@ Myllymäki 2006): best parent sets within every candidate set, then the best ord
 Cost: ``d 2^(d-1)`` least-squares fits on ``(d+1) x (d+1)`` Gram blocks; fine up to d ~ 12.
 
 :func:`nonlinear_dag_search` runs the same dynamic programme with a nonlinear local model
-(a regression on random tanh features of the parent set), for nonlinear mechanisms whose
-parents leave little linear trace: it returns each chosen edge's partial R² instead of a
-weight.
+(a location-scale regression on random tanh features of the parent set), for nonlinear
+mechanisms whose parents leave little linear trace, or act on the child's spread: it returns
+each chosen edge's (likelihood) partial R² instead of a weight.
 """
 
 from __future__ import annotations
@@ -145,64 +145,119 @@ def _best_dag(d: int, local: Callable[[int, tuple[int, ...]], float]
 
 def nonlinear_dag_search(
     z: np.ndarray, env: np.ndarray, targets: np.ndarray, *, key: jax.Array,
-    n_features: int = 16, penalty: float = 1.0
+    n_features: int = 16, penalty: float = 1.0, noise: str = "heteroscedastic"
 ) -> tuple[np.ndarray, float]:
     """The BIC-optimal DAG over ``z`` for *nonlinear* mechanisms, by the same exact search.
 
-    The local model of ``z_j`` given parents ``S`` is a regression on random features,
-    ``[1, z_S, tanh(z_S A_S + b_S)]`` with ``n_features`` tanh units per parent set
-    (``A_S ~ N(0, 1.5² / |S|)``, ``b_S ~ U(-2, 2)``, drawn from ``key``; ``z`` standardized
-    first), Gaussian residuals, fitted on the samples where ``j`` is not intervened;
-    BIC penalty ``(columns + 1)/2 log n_j``. A linear score misreads nonlinear mechanisms:
-    on the true latents of the location-scale rows it needs a pruning threshold that also
-    removes weak true edges (BENCHMARKS, "The flow prior at the new default").
+    The local model of ``z_j`` given parents ``S`` is a regression on random features
+    ``phi_S = [1, z_S, tanh(z_S A_S + b_S)]`` (``c`` columns, ``n_features`` tanh units per
+    parent set, ``A_S ~ N(0, 1.5² / |S|)``, ``b_S ~ U(-2, 2)``, drawn from ``key``; ``z``
+    standardized first), fitted by maximum likelihood on the samples where ``j`` is not
+    intervened, with Gaussian noise:
+
+    - ``noise="homoscedastic"``: ``z_j = phi_S beta + sigma eps`` (an additive-noise model),
+      least squares from per-environment Gram matrices; ``c + 1`` parameters.
+    - ``noise="heteroscedastic"`` (default): ``z_j = phi_S beta + exp(phi_S gamma / 2) eps``,
+      the location-scale family, which contains the additive one: a parent may act through
+      the child's spread as well as its mean. Fitted by alternating weighted least squares
+      for ``beta`` and Fisher scoring for ``gamma`` (10 rounds, from the homoscedastic fit;
+      the homoscedastic likelihood is a floor); ``2c`` parameters.
+
+    BIC penalty ``penalty * (parameters)/2 log n_j``. A linear score misreads nonlinear
+    mechanisms: on the true latents of the location-scale rows it needs a pruning threshold
+    that also removes weak true edges (BENCHMARKS, "The flow-prior rows at the new default").
 
     Returns:
-      ``(effects [d, d], score)``: ``effects[i, j]`` for a chosen edge ``i -> j`` is the
-      fraction of ``z_j``'s residual variance (given its other parents) that ``i`` explains,
-      ``1 - RSS(pa_j) / RSS(pa_j \\ {i})`` in ``[0, 1]`` (a nonlinear partial R²); zero off the
-      chosen edges.
+      ``(effects [d, d], score)``: ``effects[i, j]`` for a chosen edge ``i -> j`` is
+      ``1 - exp(-2 (l(pa_j) - l(pa_j \\ {i})) / n_j)`` in ``[0, 1]`` with ``l`` the fitted
+      log-likelihood: for the homoscedastic model exactly the partial R²
+      ``1 - RSS(pa_j) / RSS(pa_j \\ {i})``, in general its likelihood analogue (Cox-Snell);
+      zero off the chosen edges.
     """
+    if noise not in ("homoscedastic", "heteroscedastic"):
+        raise ValueError(f"noise must be 'homoscedastic' or 'heteroscedastic', got {noise!r}")
     z, env, targets = _check(z, env, targets)
     n, d = z.shape
     z = (z - z.mean(0)) / (z.std(0) + 1e-12)
     envs = np.unique(env)
     keep_env = ~targets[envs]  # [E', d]: env e informs node j's mechanism
     subsets = [s for k in range(d) for s in itertools.combinations(range(d), k)]
-    keys = jax.random.split(key, len(subsets))
-    stats = {}  # subset -> per-env Gram of [features, z]: [E', c + d, c + d]
-    for s, k in zip(subsets, keys, strict=True):
-        cols = [np.ones((n, 1))]
+    draws = {}  # subset -> (A, b)
+    for s, k in zip(subsets, jax.random.split(key, len(subsets)), strict=True):
         if s:
             ka, kb = jax.random.split(k)
-            a = np.asarray(jax.random.normal(ka, (len(s), n_features))) * 1.5 / math.sqrt(len(s))
-            b = np.asarray(jax.random.uniform(kb, (n_features,), minval=-2.0, maxval=2.0))
-            cols += [z[:, s], np.tanh(z[:, s] @ a + b)]
-        m = np.concatenate([*cols, z], axis=1)
-        stats[s] = np.stack([m[env == e].T @ m[env == e] for e in envs])
-    counts = keep_env.T @ np.bincount(env)[envs]  # [d] samples informing node j
+            draws[s] = (
+                np.asarray(jax.random.normal(ka, (len(s), n_features))) * 1.5 / math.sqrt(len(s)),
+                np.asarray(jax.random.uniform(kb, (n_features,), minval=-2.0, maxval=2.0)))
 
+    def features(rows, s):
+        cols = [np.ones((int(rows.sum()), 1))]
+        if s:
+            a, b = draws[s]
+            cols += [z[rows][:, s], np.tanh(z[rows][:, s] @ a + b)]
+        return np.concatenate(cols, axis=1)
+
+    if noise == "homoscedastic":
+        stats = {}  # subset -> per-env Gram of [features, z]: [E', c + d, c + d]
+        for s in subsets:
+            grams = []
+            for e in envs:
+                m = np.concatenate([features(env == e, s), z[env == e]], axis=1)
+                grams.append(m.T @ m)
+            stats[s] = np.stack(grams)
+    counts = keep_env.T @ np.bincount(env)[envs]  # [d] samples informing node j
     cache: dict[tuple[int, tuple[int, ...]], tuple[float, float]] = {}
 
-    def fit(j, parents):
+    def fit(j, parents):  # -> (penalized score, log-likelihood)
         if (j, parents) not in cache:
-            g_all = np.tensordot(keep_env[:, j].astype(float), stats[parents], 1)
-            c = g_all.shape[0] - d
-            g, b, yy = g_all[:c, :c], g_all[:c, c + j], g_all[c + j, c + j]
-            coef = np.linalg.solve(g + 1e-9 * np.trace(g) / c * np.eye(c), b)
-            rss = max(yy - 2 * coef @ b + coef @ g @ coef, 1e-12 * yy)
             nj = counts[j]
-            loglik = -0.5 * nj * (math.log(2 * math.pi * rss / nj) + 1.0)
-            cache[(j, parents)] = (loglik - penalty * 0.5 * (c + 1) * math.log(nj), rss)
+            if noise == "homoscedastic":
+                g_all = np.tensordot(keep_env[:, j].astype(float), stats[parents], 1)
+                c = g_all.shape[0] - d
+                g, b, yy = g_all[:c, :c], g_all[:c, c + j], g_all[c + j, c + j]
+                coef = np.linalg.solve(g + 1e-9 * np.trace(g) / c * np.eye(c), b)
+                rss = max(yy - 2 * coef @ b + coef @ g @ coef, 1e-12 * yy)
+                loglik, n_par = -0.5 * nj * (math.log(2 * math.pi * rss / nj) + 1.0), c + 1
+            else:
+                rows = ~targets[env, j]
+                x = features(rows, parents)
+                loglik, n_par = _location_scale_loglik(x, z[rows, j]), 2 * x.shape[1]
+            cache[(j, parents)] = (loglik - penalty * 0.5 * n_par * math.log(nj), loglik)
         return cache[(j, parents)]
 
     score, parents = _best_dag(d, lambda j, pa: fit(j, pa)[0])
     effects = np.zeros((d, d))
     for j, pa in enumerate(parents):
-        rss = fit(j, pa)[1]
+        loglik = fit(j, pa)[1]
         for i in pa:
-            effects[i, j] = 1.0 - rss / fit(j, tuple(p for p in pa if p != i))[1]
+            gain = loglik - fit(j, tuple(p for p in pa if p != i))[1]
+            effects[i, j] = -math.expm1(-2.0 * gain / counts[j])
     return np.clip(effects, 0.0, 1.0), score
+
+
+def _location_scale_loglik(x: np.ndarray, y: np.ndarray, rounds: int = 10) -> float:
+    """Maximized Gaussian log-likelihood of ``y ~ N(x beta, exp(x gamma))`` ([n, c] design
+    ``x`` with an intercept column first, [n] ``y``): alternating weighted least squares for
+    ``beta`` and Fisher scoring for ``gamma`` (its expected information is ``x^T x / 2``),
+    started at the homoscedastic fit, whose likelihood is returned if that is higher."""
+    n, c = x.shape
+    gram = x.T @ x
+    ridge = 1e-9 * np.trace(gram) / c * np.eye(c)
+    beta = np.linalg.solve(gram + ridge, x.T @ y)
+    r2 = (y - x @ beta) ** 2
+    var0 = max(r2.mean(), 1e-12 * float(y @ y) / n + 1e-300)
+    homo = -0.5 * n * (math.log(2 * math.pi * var0) + 1.0)
+    gamma = np.zeros(c)
+    gamma[0] = math.log(var0)
+    scoring = np.linalg.inv(gram + 1e-6 * np.trace(gram) / c * np.eye(c))
+    for _ in range(rounds):
+        gamma = gamma + scoring @ (x.T @ (r2 * np.exp(-np.clip(x @ gamma, -30, 30)) - 1.0))
+        w = np.exp(-np.clip(x @ gamma, -30, 30))
+        beta = np.linalg.solve((x * w[:, None]).T @ x + ridge, (x * w[:, None]).T @ y)
+        r2 = (y - x @ beta) ** 2
+    log_var = np.clip(x @ gamma, -30, 30)
+    hetero = -0.5 * float(np.sum(math.log(2 * math.pi) + log_var + r2 * np.exp(-log_var)))
+    return max(hetero, homo) if np.isfinite(hetero) else homo
 
 
 def _penalized(bic: float, parents: tuple[int, ...], n: int, penalty: float) -> float:

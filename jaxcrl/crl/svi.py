@@ -344,8 +344,9 @@ class FitResult:
         the discrete refinement of :meth:`graph`. With ``cfg.graph_search`` linear
         (:func:`jaxcrl.crl.discovery.exact_dag_search`): OLS weights, edges with
         standardized weight below ``cfg.edge_threshold`` pruned; nonlinear (``"auto"`` with a
-        nonlinear or flow prior; :func:`jaxcrl.crl.discovery.nonlinear_dag_search`, fixed
-        features key): each edge's partial R², edges below ``cfg.effect_threshold`` pruned.
+        nonlinear or flow prior; :func:`jaxcrl.crl.discovery.nonlinear_dag_search`, its
+        location-scale local model, fixed features key): each edge's (likelihood) partial
+        R², edges below ``cfg.effect_threshold`` pruned.
         Uses the known ``targets`` ([E, d] or [S, E, d]) or, for unknown targets, the
         maximum-likelihood assignment of :meth:`assign_targets`."""
         if not self.cfg.learns_graph:
