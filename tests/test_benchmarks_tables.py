@@ -278,10 +278,14 @@ def test_crl_flow_rows_v2_and_graph_search_tables_match_their_results_files():
         assert _num(row[3]) == pytest.approx(m["shd"]["mean"], abs=0.05)
         assert _num(row[4]) == pytest.approx(m["shd_svi"]["mean"], abs=0.05)
     search = _table_after("python experiments/crl_graph_search.py --seeds 5")
-    ls, nl = _load("crl_graph_search_ls_flow.json"), _load("crl_graph_search_nl_truth.json")
+    ls, nl = _load("crl_graph_search_ls_flow.json"), _load("crl_graph_search_nl_flow.json")
+    taus = ("0.0", "0.02", "0.05", "0.1")
     for row, recs, part in ((search[0], ls, "true_latents"), (search[1], nl, "true_latents"),
-                            (search[2], ls, "fit")):
-        got = [np.mean([r[part]["shd_linear"] for r in recs])]
-        got += [np.mean([r[part]["shd_nonlinear"][t] for r in recs])
-                for t in ("0.0", "0.02", "0.05", "0.1")]
+                            (search[2], ls, "fit"), (search[3], nl, "fit")):
+        got = [np.mean([r[part]["shd_linear"] for r in recs]),
+               np.mean([r[part]["shd_additive"]["0.05"] for r in recs])]
+        got += [np.mean([r[part]["shd_location_scale"][t] for r in recs]) for t in taus]
         assert [_num(c) for c in row[1:]] == pytest.approx(got, abs=0.05), row[0]
+    for row, recs in ((search[2], ls), (search[3], nl)):
+        assert _num(row[0].split("MCC ")[1]) == pytest.approx(
+            np.mean([r["fit"]["mcc"] for r in recs]), abs=5e-4)
