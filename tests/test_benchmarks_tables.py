@@ -293,7 +293,7 @@ def test_crl_flow_rows_v2_and_graph_search_tables_match_their_results_files():
 
 def test_crl_nonparametric_held_out_roots_table_matches_its_results_files():
     rows = _table_after("**Held-out roots for the two nonparametric rows**")
-    assert len(rows) == 7
+    assert len(rows) == 8
     for row in rows:
         mech = {"location-scale": "ls", "nonlinear": "nl"}[row[0]]
         root = int(row[1].split()[0])
