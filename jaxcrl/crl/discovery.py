@@ -194,7 +194,8 @@ def nonlinear_dag_search(
         cols = [np.ones((int(rows.sum()), 1))]
         if s:
             a, b = draws[s]
-            cols += [z[rows][:, s], np.tanh(z[rows][:, s] @ a + b)]
+            zs = z[rows][:, s]
+            cols += [zs, np.tanh(zs @ a + b)]
         return np.concatenate(cols, axis=1)
 
     if noise == "homoscedastic":
