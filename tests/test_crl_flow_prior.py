@@ -97,6 +97,38 @@ def test_weights_against_the_order_do_not_change_the_density():
     assert np.abs(np.asarray(a - c)).max() > 1e-2
 
 
+@pytest.mark.parametrize("soft", [False, True])
+def test_training_log_prob_is_every_environment_density_at_the_samples_own(soft):
+    """The loss's log_prob (own environment only, parameters picked by one-hot matmuls)
+    equals env_log_probs (every environment) read at each sample's environment, with
+    a two-node target set among the environments."""
+    d, e = 3, 4
+    p = _wild_params(d=d, e=e, key=3)
+    p = dataclasses.replace(p, w=jax.random.normal(jax.random.key(5), (d, d)))  # cyclic
+    z = jax.random.normal(jax.random.key(4), (50, d)) * 1.5
+    env = jnp.arange(50) % e
+    targets = jnp.array([[0, 0, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1]], bool)
+    pos = jnp.array([1, 2, 0])
+    got = F.log_prob(p, z, env, pos, targets=targets, soft=soft)
+    want = env_log_probs(p, z, pos, targets=targets, soft=soft)[jnp.arange(50), env]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_gated_pre_activations_equal_the_mlps_on_explicitly_gated_parents():
+    """pre[n, j, k] = sum_i (z[n, i] W[i, j]) w1[j, i, k], written as loops in numpy."""
+    from jaxcrl.crl.prior import gated_pre_activations
+    rng = np.random.default_rng(0)
+    n, d, h = 7, 4, 3
+    z, w, w1 = (rng.normal(size=s).astype(np.float32) for s in ((n, d), (d, d), (d, d, h)))
+    want = np.zeros((n, d, h), np.float32)
+    for j in range(d):
+        gated = z * w[:, j]  # node j's parents, gated by W[:, j]
+        want[:, j] = gated @ w1[j]
+    np.testing.assert_allclose(gated_pre_activations(jnp.asarray(z), jnp.asarray(w),
+                                                     jnp.asarray(w1)), want, rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_noise_flow_is_strictly_increasing_and_its_log_derivative_is_exact():
     p = _wild_params()
     e = jnp.linspace(-6, 6, 2001)

@@ -37,7 +37,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxcrl.crl.prior import env_onehot
+from jaxcrl.crl.prior import env_onehot, gated_pre_activations
 
 _LOG_2PI = math.log(2 * math.pi)
 _SCALE_BOUND = 3.0
@@ -149,8 +149,8 @@ def ordered_weights(params: FlowPriorParams, pos: jax.Array) -> jax.Array:
     return params.w * order_mask(pos).astype(params.w.dtype)
 
 
-def _centred_mlp(gated, w1, b1, w2):
-    pre = jnp.einsum("nji,jik->njk", gated, w1)
+def _centred_mlp(z, w, w1, b1, w2):
+    pre = gated_pre_activations(z, w, w1)  # [n, j, k]: node j's MLP on its gated parents
     return jnp.einsum("njk,jk->nj", jnp.tanh(pre + b1) - jnp.tanh(b1), w2)
 
 
@@ -158,9 +158,8 @@ def node_loc_scale(params: FlowPriorParams, z: jax.Array, pos: jax.Array
                    ) -> tuple[jax.Array, jax.Array]:
     """Observational ``(loc [n, d], log scale [n, d])`` of every node given ``z [n, d]``."""
     w = ordered_weights(params, pos)
-    gated = z[:, None, :] * w.T[None]  # [n, j, i]: node j's gated parents
-    loc = z @ w + _centred_mlp(gated, params.loc_w1, params.loc_b1, params.loc_w2)
-    g = _centred_mlp(gated, params.scale_w1, params.scale_b1, params.scale_w2)
+    loc = z @ w + _centred_mlp(z, w, params.loc_w1, params.loc_b1, params.loc_w2)
+    g = _centred_mlp(z, w, params.scale_w1, params.scale_b1, params.scale_w2)
     return loc, params.log_scale + _SCALE_BOUND * jnp.tanh(g / _SCALE_BOUND)
 
 
@@ -212,9 +211,30 @@ def env_log_probs(params: FlowPriorParams, z: jax.Array, pos: jax.Array, *,
 def log_prob(params: FlowPriorParams, z: jax.Array, env: jax.Array, pos: jax.Array, *,
              targets: jax.Array, soft: bool = False) -> jax.Array:
     """``log p_{env_n}(z_n)`` for each sample: [n] (z [n, d], env [n], pos [d],
-    targets [E, d])."""
-    lp = env_log_probs(params, z, pos, targets=targets, soft=soft)
-    return jnp.sum(lp * env_onehot(env, targets.shape[0], z.dtype), -1)
+    targets [E, d]).
+
+    Equal to :func:`env_log_probs` at each sample's own environment, but evaluates the
+    intervened densities only there (the training loss's cost is ``[n, d]`` terms, not
+    ``[n, E, d]``): each environment's parameters are selected by a one-hot matmul, whose
+    gradient is a matmul too.
+    """
+    onehot = env_onehot(env, targets.shape[0], z.dtype)  # [n, E]
+
+    def own(a):  # [E, ...] -> [n, ...]: each sample's environment's entry
+        return (onehot @ a.reshape(a.shape[0], -1)).reshape(z.shape[0], *a.shape[1:])
+
+    loc, log_sc = node_loc_scale(params, z, pos)
+    lp_obs = noise_log_prob(params.noise, (z - loc) * jnp.exp(-log_sc)) - log_sc
+    if soft:
+        log_sc_i = log_sc + own(params.int_log_scale)
+        eps = (z - own(params.int_factor) * loc - own(params.int_mean)) * jnp.exp(-log_sc_i)
+        lp_int = noise_log_prob(params.noise, eps) - log_sc_i
+    else:
+        log_sc_i = own(params.int_log_scale)
+        eps = (z - own(params.int_mean)) * jnp.exp(-log_sc_i)
+        lp_int = noise_log_prob(jax.tree.map(own, params.int_noise), eps) - log_sc_i
+    t = own(targets.astype(z.dtype))  # [n, d]: the sample's own targets
+    return jnp.sum(lp_obs + t * (lp_int - lp_obs), -1)
 
 
 def intervention_effects(z: jax.Array, env: jax.Array, targets: jax.Array) -> jax.Array:

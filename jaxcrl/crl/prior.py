@@ -92,14 +92,33 @@ def masked_weights(params: PriorParams) -> jax.Array:
     return params.w * (1.0 - jnp.eye(d, dtype=params.w.dtype))
 
 
+def gated_pre_activations(z: jax.Array, w: jax.Array, w1: jax.Array) -> jax.Array:
+    """First-layer pre-activations of per-node MLPs that see their parents gated by ``W``.
+
+    ``pre[n, j, k] = sum_i (z[n, i] w[i, j]) w1[j, i, k]``, computed as one matmul of ``z``
+    with the folded weights ``w[i, j] w1[j, i, k]`` rather than by materializing the gated
+    inputs ``[n, d, d]`` (a batched contraction of size ``d``: ~3x slower on CPU, forward
+    and backward, under vmap).
+
+    Args:
+      z: [n, d] latents; w: [d, d] edge weights (``w[i, j]``: ``i -> j``);
+      w1: [d, d, h] node ``j``'s weights from input ``i`` to hidden unit ``k``.
+
+    Returns:
+      [n, d, h].
+    """
+    d, _, h = w1.shape
+    folded = w[:, :, None] * jnp.swapaxes(w1, 0, 1)  # [i, j, k]
+    return (z @ folded.reshape(d, d * h)).reshape(*z.shape[:-1], d, h)
+
+
 def node_loc(params: PriorParams, z: jax.Array) -> jax.Array:
     """Observational mechanism means ``loc_j(z)`` for every node. z: [n, d] -> [n, d]."""
     w = masked_weights(params)
     if params.mlp_w1.shape[-1] == 0:
         return z @ w
     # Nonlinear: node j's MLP sees its parents gated by W[:, j]; MLP_j(0) = 0 by centring.
-    gated = z[:, None, :] * w.T[None]  # [n, j, i]
-    pre = jnp.einsum("nji,jik->njk", gated, params.mlp_w1)
+    pre = gated_pre_activations(z, w, params.mlp_w1)
     hidden = jnp.tanh(pre + params.mlp_b1) - jnp.tanh(params.mlp_b1)
     return jnp.einsum("njk,jk->nj", hidden, params.mlp_w2) + z @ w
 
