@@ -39,8 +39,8 @@ _SLOW_FILES = ("test_notebooks.py", "test_mesh.py")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: notebooks and 8-device subprocesses "
-                            "(run by `make test-all`)")
+    config.addinivalue_line("markers", "slow: notebooks, 8-device subprocesses and the "
+                            "TopK SAELens speed smoke test (run by `make test-all`)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,6 +20,7 @@ def test_sae_toy_tiny(tmp_path):
     assert (tmp_path / "sae_toy.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # ~70 s of CI's 2 cores; the JumpReLU test below runs both libraries too
 def test_sae_speed_tiny(tmp_path):
     """The SAELens comparison end to end at a tiny shape: one jaxcrl worker (auto: the
     sparse path here) and one SAELens worker, AuxK active, and the vmapped sweep."""
