@@ -46,6 +46,10 @@ def test_crl_synthetic_writes_the_results_contract(tmp_path, monkeypatch):
         assert len(lat[key]["per_seed"]) == 2, key
         assert set(lat[key]) == {"mean", "std", "per_seed"}
     assert lat["wall_s"] > 0 and lat["steps_per_s"] > 0
+    rs = lat["restarts"]  # every restart, per seed; the kept one has the lowest final loss
+    loss = np.asarray(rs["final_loss"])
+    assert loss.shape == np.shape(rs["mcc"]) == (2, res["setup"]["crl"]["restarts"])
+    np.testing.assert_array_equal(rs["chosen"], np.argmin(loss, 1))
     assert "shd" not in res["methods"]["beta_vae"]  # graph metrics only where a graph is learned
     for png in ("graphs.png", "mcc_matrix.png", "training.png"):
         assert (out / png).stat().st_size > 0

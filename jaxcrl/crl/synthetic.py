@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxcrl.checkpoint import register_config
 from jaxcrl.config import apply_overrides
@@ -120,6 +121,20 @@ class SyntheticConfig:
             warm_steps=self.crl.warm_steps if method == "latent_scm" else 0)
 
 
+def _restart_diagnostics(history: dict) -> dict:
+    """Every restart's final training loss and last MCC (and the warm start's last MCC),
+    ``[seeds, restarts]``, with the restart kept: diagnostics, never used to choose."""
+    if "final_loss_restarts" not in history:
+        return {}
+    shape = np.shape(history["final_loss_restarts"])
+    out = {"final_loss": history["final_loss_restarts"], "chosen": history["restart_chosen"]}
+    if "mcc_restarts" in history:
+        out["mcc"] = np.asarray(history["mcc_restarts"])[-1]
+    if "warm_mcc" in history:
+        out["warm_mcc"] = np.asarray(history["warm_mcc"])[-1].reshape(shape)
+    return {"restarts": out}
+
+
 def run(cfg: SyntheticConfig, *, progress: bool = True, save_dir: str | Path | None = None
         ) -> dict[str, Any]:
     """Simulates ``cfg.seeds`` data sets, fits and scores every method.
@@ -149,7 +164,8 @@ def run(cfg: SyntheticConfig, *, progress: bool = True, save_dir: str | Path | N
                            targets_true=data.targets)
         summary = summarize_seeds(scores)
         methods[method] = {**summary, "wall_s": wall,
-                           "steps_per_s": mcfg.steps / result.wall_s, "config": mcfg}
+                           "steps_per_s": mcfg.steps / result.wall_s, "config": mcfg,
+                           **_restart_diagnostics(result.history)}
         fits[method] = result
         if save_dir is not None:
             result.save(f"{save_dir}/ckpt_{method}", overwrite=True,
