@@ -43,10 +43,33 @@ def test_warm_start_begins_from_the_linear_fits_encoder(data):
     np.testing.assert_array_equal(warm.history["warm_loss"], lin.history["loss"])
 
 
+def test_warm_restarts_start_each_run_from_its_lowest_loss_warm_candidate(data):
+    """warm_restarts=2: the flow phase starts (stop_at=0) from the encoder of a separate
+    2-restart linear fit, which keeps each run's candidate with the lower final training
+    loss; every candidate's loss is recorded and the chosen one is its argmin."""
+    key = jax.random.key(5)
+    cfg = dataclasses.replace(CFG, warm_restarts=2)
+    warm = fit(cfg, data.x, data.env, targets=data.targets, key=key, seeds=2, stop_at=0,
+               progress=False)
+    lin = fit(dataclasses.replace(CFG, scm="linear", steps=CFG.warm_steps, warm_steps=0,
+                                  restarts=2),
+              data.x, data.env, targets=data.targets,
+              key=jax.vmap(lambda k: jax.random.fold_in(k, 2))(jax.random.split(key, 2)),
+              progress=False)
+    for a, b in zip(_enc(warm), _enc(lin), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    losses = warm.history["warm_final_loss_restarts"]
+    assert losses.shape == (2, 2) and np.all(np.isfinite(losses))
+    np.testing.assert_array_equal(warm.history["warm_restart_chosen"], np.argmin(losses, 1))
+    np.testing.assert_array_equal(losses, lin.history["final_loss_restarts"])
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(warm_steps=-1), "warm_steps"),
     (dict(warm_steps=10, method="ivae", scm="linear"), "latent_scm"),
     (dict(warm_scm="spline"), "warm_scm"),
+    (dict(warm_restarts=0, warm_steps=10), "warm_restarts"),
+    (dict(warm_restarts=2), "warm_restarts"),
 ])
 def test_warm_start_rejects_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -68,6 +68,10 @@ class CRLConfig:
         starts from the warm encoder and a fresh prior. For ``scm="flow"`` a linear warm
         start moves the flow encoder near the true latents before the flexible prior can
         settle into a local optimum with a latent stuck (issue 13). 0: no warm start.
+      warm_restarts: candidate warm starts per run (``warm_steps > 0``): each run's warm
+        phase trains ``warm_restarts`` restarts in the same program and the run starts
+        from the one with the lowest final training loss under ``warm_scm`` (no ground
+        truth). 1: one warm start per run.
       reduce: how ``latent_scm`` maps ``D > d`` observations to the flow's ``d`` inputs
         (:func:`jaxcrl.crl.svi.make_preprocess`): ``pca`` (whitened top-``d`` variance
         directions; the default) or ``envs`` (the ``d`` directions that best separate the
@@ -181,6 +185,7 @@ class CRLConfig:
     reduce: str = "pca"
     warm_steps: int = 0
     warm_scm: str = "linear"
+    warm_restarts: int = 1
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -224,6 +229,11 @@ class CRLConfig:
         _choice("warm_scm", self.warm_scm, ("linear", "nonlinear", "flow"))
         if self.warm_steps < 0:
             raise ValueError(f"CRLConfig.warm_steps must be >= 0, got {self.warm_steps}")
+        if self.warm_restarts < 1:
+            raise ValueError(f"CRLConfig.warm_restarts must be >= 1, got {self.warm_restarts}")
+        if self.warm_restarts > 1 and self.warm_steps == 0:
+            raise ValueError(f"CRLConfig.warm_restarts={self.warm_restarts} needs a warm start "
+                             f"(warm_steps > 0)")
         if self.warm_steps > 0 and self.method != "latent_scm":
             raise ValueError(f"CRLConfig.warm_steps > 0 (a warm start of the flow encoder) "
                              f"needs method='latent_scm', got method={self.method!r}")

@@ -569,7 +569,7 @@ def fit(
     warm_wall, warm_hist = 0.0, None
     if cfg.warm_steps > 0:  # warm start: the encoder of a short fit with cfg.warm_scm
         wcfg = dataclasses.replace(cfg, scm=cfg.warm_scm, steps=cfg.warm_steps, warm_steps=0,
-                                   restarts=1)
+                                   warm_restarts=1, restarts=cfg.warm_restarts)
         zw = None if z_true is None else _per_run(z_true, n_runs, n_rep)
         warm = fit(wcfg, x, env, key=jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys),
                    targets=tgt, z_true=zw, eval_every=min(eval_every, cfg.warm_steps),
@@ -735,6 +735,9 @@ def fit(
         history["warm_loss"] = warm_hist["loss"]
         if "mcc" in warm_hist:
             history["warm_mcc"] = warm_hist["mcc"]
+        for k in ("final_loss_restarts", "mcc_restarts", "restart_chosen"):
+            if k in warm_hist:  # warm_restarts > 1: every candidate warm start, per run
+                history[f"warm_{k}"] = warm_hist[k]
     if n_heldout > 0:
         penalty = penalty_schedule(cfg, jnp.asarray(cfg.steps))
 
