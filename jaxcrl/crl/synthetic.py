@@ -122,8 +122,9 @@ class SyntheticConfig:
 
 
 def _restart_diagnostics(history: dict) -> dict:
-    """Every restart's final training loss and last MCC (and the warm start's last MCC),
-    ``[seeds, restarts]``, with the restart kept: diagnostics, never used to choose."""
+    """Every restart's final training loss and last MCC (and its warm start's last MCC and
+    final loss), ``[seeds, restarts]``, with the restart kept: diagnostics, never used to
+    choose."""
     if "final_loss_restarts" not in history:
         return {}
     shape = np.shape(history["final_loss_restarts"])
@@ -132,6 +133,9 @@ def _restart_diagnostics(history: dict) -> dict:
         out["mcc"] = np.asarray(history["mcc_restarts"])[-1]
     if "warm_mcc" in history:
         out["warm_mcc"] = np.asarray(history["warm_mcc"])[-1].reshape(shape)
+    if "warm_loss" in history:  # the warm phase's mean loss over its last 5% of steps
+        wl = np.asarray(history["warm_loss"])
+        out["warm_final_loss"] = wl[-max(len(wl) // 20, 1):].mean(0).reshape(shape)
     return {"restarts": out}
 
 
