@@ -323,3 +323,44 @@ def test_crl_nonparametric_held_out_roots_table_matches_its_results_files():
         met_mcc, met_shd = mcc["mean"] >= 0.90, np.mean(shd05) <= 2
         assert ("both" in row[10]) == (met_mcc and met_shd), row[:2]
         assert (row[10] == "neither") == (not met_mcc and not met_shd), row[:2]
+
+
+def test_crl_nonparametric_rows_with_the_faster_prior_match_their_results_files():
+    """The re-run with the faster flow prior: MCC, the fit's own SHD, the fit wall (the
+    10-minute bar) and how often the restart kept by training loss has the higher MCC."""
+    rows = _table_after("**The nonparametric rows re-run with the faster flow prior**")
+    assert len(rows) == 8
+    for row in rows:
+        mech = {"location-scale": "ls", "nonlinear": "nl"}[row[0]]
+        root = int(row[1].split()[0])
+        m = _load(f"crl_synthetic_{mech}_flow_v3{'' if root == 0 else f'_seed{root}'}.json"
+                  )["methods"]["latent_scm"]
+        mcc, shd_ = m["mcc_pearson_oos"], m["shd"]
+        assert _mean_std(row[2]) == pytest.approx((mcc["mean"], mcc["std"]), abs=5e-4)
+        assert [float(v) for v in row[3].split()] == pytest.approx(mcc["per_seed"], abs=5e-4)
+        assert _num(row[4]) == pytest.approx(shd_["mean"], abs=0.05)
+        assert [float(v) for v in row[5].split()] == shd_["per_seed"]
+        assert _num(row[6]) == pytest.approx(m["wall_s"], abs=0.5)
+        rs = m.get("restarts")  # (root 0's location-scale fit ran before they were recorded)
+        if rs is None:
+            assert row[7] == "–", row[:2]
+        else:
+            best = [int(np.argmax(mc) == ch)
+                    for mc, ch in zip(rs["mcc"], rs["chosen"], strict=True)]
+            assert row[7] == f"{sum(best)}/{len(best)}", row[:2]
+        met_mcc, met_shd = mcc["mean"] >= 0.90, shd_["mean"] <= 2
+        assert ("both" in row[-1]) == (met_mcc and met_shd), row[:2]
+        assert (row[-1] == "neither") == (not met_mcc and not met_shd), row[:2]
+
+
+def test_crl_prior_step_table_matches_its_benchmark_file():
+    rows = _table_after("`python experiments/bench/crl_prior_step.py")
+    res = _load("bench_crl_prior_step.json")["results"]
+    assert [r[0] for r in rows] == ["perfect", "soft"]
+    for row in rows:
+        a = res[row[0]]
+        want = (a["reference"]["prior_grad_ms"], a["library"]["prior_grad_ms"],
+                a["speedup_prior"], a["reference"]["model_grad_ms"],
+                a["library"]["model_grad_ms"], a["speedup_model"])
+        assert [_num(c) for c in row[1:]] == pytest.approx(want, abs=0.06)
+        assert a["max_rel_diff"] < 1e-5
