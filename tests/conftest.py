@@ -39,8 +39,9 @@ _SLOW_FILES = ("test_notebooks.py", "test_mesh.py")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: notebooks, 8-device subprocesses and the "
-                            "TopK SAELens speed smoke test (run by `make test-all`)")
+    config.addinivalue_line("markers", "slow: notebooks, 8-device subprocesses, benchmark "
+                            "smoke tests and one-off diagnostic scripts (run by "
+                            "`make test-all`)")
 
 
 def pytest_collection_modifyitems(config, items):

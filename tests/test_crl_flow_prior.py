@@ -190,6 +190,7 @@ def test_benchmark_setting_rejects_a_flow_prior_it_cannot_fit():
         SyntheticConfig(scm_prior="flow", targets="unknown")
 
 
+@pytest.mark.slow  # a benchmark smoke test; the equality is tested above
 def test_prior_step_benchmark_arms_compute_the_same_likelihood(tmp_path):
     """The speed benchmark's two arms (every environment's density with explicitly gated
     MLP inputs vs the library's own-environment form) agree (soft: the intervened density

@@ -76,6 +76,7 @@ def test_crl_generalization_runs_config_variants(tmp_path, monkeypatch):
     assert len(res["rows"]["d=3"]["latent_scm"]["mcc_pearson_oos"]["per_seed"]) == 1
 
 
+@pytest.mark.slow  # a one-off diagnostic script (CI's 30 minutes)
 def test_crl_restart_pairings_records_every_restart(tmp_path, monkeypatch):
     out = tmp_path / "pairings"
     _run("experiments/crl_restart_pairings.py",
@@ -108,6 +109,7 @@ def test_crl_restart_pairings_records_every_restart(tmp_path, monkeypatch):
     assert a["first_k_chosen"][0] == min(range(2), key=loss.__getitem__)
 
 
+@pytest.mark.slow  # a one-off diagnostic script (CI's 30 minutes)
 def test_crl_flow_diag_scores_every_unpooled_run_against_the_truth(tmp_path, monkeypatch):
     """The linear-prior diagnostic: every run of every data set is scored; the truth's
     latent NLL (the linear prior fitted on z_true) is close to, and not below, that of an
@@ -143,6 +145,7 @@ def test_crl_flow_diag_scores_every_unpooled_run_against_the_truth(tmp_path, mon
     assert gauss - 0.01 <= rows[0]["nll_true_latents"] < gauss + 0.1
 
 
+@pytest.mark.slow  # a one-off diagnostic script (CI's 30 minutes)
 def test_crl_swap_diag_scores_every_transposition(tmp_path, monkeypatch):
     fit_dir = tmp_path / "crl"
     _run("experiments/crl_synthetic.py",

@@ -40,6 +40,7 @@ def test_sae_speed_tiny(tmp_path):
     assert res["sweep"]["S"] == 2 and res["sweep"]["speedup"] > 0
 
 
+@pytest.mark.slow  # a benchmark smoke test (CI's 30 minutes)
 def test_sae_speed_jumprelu_tiny_fires_about_k_latents_in_both_libraries(tmp_path):
     """The JumpReLU comparison: both libraries start at the threshold where ~k of d_sae
     standard-normal pre-activations fire, jaxcrl on its sparse path (auto: d_sae >= 64 x 4k)."""

@@ -28,7 +28,7 @@ def _has_from_pretrained() -> bool:
 
 
 @pytest.mark.parametrize("family", [
-    "gpt2",
+    pytest.param("gpt2", marks=pytest.mark.slow),  # CI time; the llama run covers the script
     pytest.param("llama", marks=pytest.mark.skipif(
         not _has_from_pretrained(), reason="needs jaxcrl.lm.from_pretrained")),
 ])
