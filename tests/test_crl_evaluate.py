@@ -162,6 +162,24 @@ def test_score_run_reports_per_latent_mcc_by_index_and_by_causal_position():
     assert np.mean(per) == pytest.approx(out["mcc_pearson"])
 
 
+def test_score_run_reports_the_soft_shear_class_r2_only_for_soft_data():
+    """Chain 2 -> 0 -> 1: learned latent 1 is true 1 sheared by its single parent 0 (inside
+    the soft class: class R² 1, MCC below 1); learned 0 is true 0 sheared by 1, its child
+    (outside: class R² = MCC², nothing more is allowed for a single-parent node's child)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3000, 3))
+    z_hat = z.copy()
+    z_hat[:, 1] = z[:, 1] + 0.8 * z[:, 0]
+    z_hat[:, 0] = z[:, 0] + 0.5 * z[:, 1]
+    adj = np.array([[0, 1, 0], [0, 0, 0], [1, 0, 0]])
+    assert "class_r2" not in score_run(z, z_hat, np.zeros(3000, int), adj_true=adj)
+    out = score_run(z, z_hat, np.zeros(3000, int), adj_true=adj, soft=True)
+    per, mcc2 = out["class_r2_per_latent"], np.square(out["mcc_per_latent"])
+    assert per[1] == pytest.approx(1) and mcc2[1] < 0.7
+    assert per[0] == pytest.approx(mcc2[0], abs=0.01) and per[0] < 0.9
+    assert per[2] == pytest.approx(1) and out["class_r2"] == pytest.approx(np.mean(per))
+
+
 def test_summarize_seeds_keeps_per_latent_lists_position_by_position():
     from jaxcrl.results import summarize_seeds
 

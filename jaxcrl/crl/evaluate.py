@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxcrl.crl.equivalence import class_r2
 from jaxcrl.crl.svi import FitResult
 from jaxcrl.metrics import graph_metrics, mcc, score_latents, shd
 from jaxcrl.scm import topological_order
@@ -27,7 +28,8 @@ def standardized_graph(w: np.ndarray, z_obs: np.ndarray) -> np.ndarray:
 
 
 def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
-              edge_threshold=0.3, targets_true=None, targets_hat=None, seed: int = 0) -> dict:
+              edge_threshold=0.3, targets_true=None, targets_hat=None, seed: int = 0,
+              soft: bool = False) -> dict:
     """All metrics of one run as floats.
 
     Args:
@@ -43,6 +45,9 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
         the observational row is right by construction, so only the latter measures the
         assignment).
       seed: split seed of the out-of-sample metrics.
+      soft: the data's interventions are soft: with ``adj_true``, also ``class_r2_per_latent``
+        and its mean ``class_r2`` (:func:`jaxcrl.crl.equivalence.class_r2`: is each matched
+        latent inside the shear class the soft likelihood cannot resolve?).
 
     Returns:
       Scalars, plus ``mcc_per_latent`` (a list of d in-sample |Pearson| correlations of the
@@ -62,6 +67,10 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
     if adj_true is not None and len(matched.matched) == z_true.shape[-1]:
         order = np.asarray(topological_order(np.asarray(adj_true)))
         out["mcc_per_latent_topo"] = [float(matched.matched[i]) for i in order]
+        if soft:
+            per = class_r2(z_true, z_hat, perm, adj_true)
+            out["class_r2_per_latent"] = per
+            out["class_r2"] = float(np.mean(per))
     if adj_true is not None and w_hat is not None:
         w_std = standardized_graph(w_hat, z_hat[env == 0])
         g = graph_metrics(np.asarray(adj_true), w_std, perm=perm, threshold=edge_threshold)
@@ -96,7 +105,8 @@ def score_fit(result: FitResult, x, z_true, env, *, adj_true=None, targets_true=
             w_hat=None if w is None else np.asarray(w[r]),
             w_dag=None if w_dag is None else w_dag[r],
             edge_threshold=result.cfg.edge_threshold, targets_true=_take(targets_true, r, 3),
-            targets_hat=None if t_hat is None else np.asarray(t_hat[r]), seed=r))
+            targets_hat=None if t_hat is None else np.asarray(t_hat[r]), seed=r,
+            soft=result.cfg.intervention == "soft"))
     return scores
 
 
