@@ -87,12 +87,17 @@ def test_only_the_listed_shears_keep_the_intervened_mechanism_in_the_family(soft
             assert resid > INT_SCALE[j] ** 2 * 1.01, (j, k, resid)
 
 
-def _params(dtype=jnp.float32):
-    e = 6
+def _params(per_node=1, dtype=jnp.float32):
+    """The SCM above as linear-prior parameters; environment 1 + r * 5 + j intervenes on node
+    j (r < per_node; the second round with other factors, means and scales)."""
+    e = 1 + 5 * per_node
     f = np.ones((e, 5))
     m, ls = np.zeros((e, 5)), np.zeros((e, 5))
-    for j in range(5):
-        f[j + 1, j], m[j + 1, j], ls[j + 1, j] = FACTOR[j], MEAN[j], np.log(INT_SCALE[j])
+    for r, j in itertools.product(range(per_node), range(5)):
+        i = 1 + 5 * r + j
+        f[i, j] = FACTOR[j] * (1 - 1.6 * r)
+        m[i, j] = MEAN[j] - 1.3 * r
+        ls[i, j] = np.log(INT_SCALE[j]) + 0.4 * r
     p = P.init_prior(jax.random.key(0), 5, e)
     return P.PriorParams(
         w=jnp.asarray(W, dtype), log_scale=jnp.asarray(np.log(SCALE), dtype),
@@ -101,12 +106,15 @@ def _params(dtype=jnp.float32):
         mlp_w1=p.mlp_w1, mlp_b1=p.mlp_b1, mlp_w2=p.mlp_w2)
 
 
+@pytest.mark.parametrize("per_node", [1, 2])
 @pytest.mark.parametrize("j,k", [(4, 0), (4, 3), (0, 4), (1, 0), (3, 2)])
-def test_shear_prior_gives_every_soft_environment_the_same_density(j, k):
-    params = _params()
-    targets = jnp.concatenate([jnp.zeros((1, 5)), jnp.eye(5)]).astype(bool)
-    z = jax.random.normal(jax.random.key(1), (600, 5)) * 2.0
-    env = jnp.arange(600) % 6
+def test_shear_prior_gives_every_soft_environment_the_same_density(j, k, per_node):
+    """Two soft interventions per node do not remove the shears either: each environment
+    gets its own factor."""
+    params = _params(per_node)
+    targets = jnp.concatenate([jnp.zeros((1, 5)), *[jnp.eye(5)] * per_node]).astype(bool)
+    z = jax.random.normal(jax.random.key(1), (660, 5)) * 2.0
+    env = jnp.arange(660) % (1 + 5 * per_node)
     c = 0.7
     z_new = z.at[:, j].add(c * z[:, k])
     sheared = shear_prior(params, j, k, c)
