@@ -5,6 +5,7 @@
   contrastive (exact-log-ratio environment classifier), β-VAE, iVAE);
   :mod:`jaxcrl.crl.prior` — the learnable latent SCM density.
 * :mod:`jaxcrl.crl.targets` — unknown targets by likelihood over assignments.
+* :mod:`jaxcrl.crl.equivalence` — what soft interventions leave unidentified (shears).
 * :mod:`jaxcrl.crl.evaluate` — score fits against simulated ground truth.
 * :func:`pca`, :func:`fast_ica` — linear reference unmixings.
 """
