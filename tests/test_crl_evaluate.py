@@ -178,6 +178,15 @@ def test_score_run_reports_the_soft_shear_class_r2_only_for_soft_data():
     assert per[1] == pytest.approx(1) and mcc2[1] < 0.7
     assert per[0] == pytest.approx(mcc2[0], abs=0.01) and per[0] < 0.9
     assert per[2] == pytest.approx(1) and out["class_r2"] == pytest.approx(np.mean(per))
+    # Labelled (known targets): a shear so strong that MCC matching pairs learned 1 with
+    # true 0 is still scored against true 1, inside the class.
+    z_hat[:, 1] = z[:, 1] + 5.0 * z[:, 0]
+    out = score_run(z, z_hat, np.zeros(3000, int), adj_true=adj, soft=True)
+    assert out["mcc_labelled_per_latent"][0] > 0.97  # matching paired true 0 with learned 1
+    out = score_run(z, z_hat, np.zeros(3000, int), adj_true=adj, soft=True, labelled=True)
+    assert out["class_r2_per_latent"][1] == pytest.approx(1)
+    assert out["mcc_labelled_per_latent"][1] == pytest.approx(1 / np.sqrt(26), abs=0.03)
+    assert out["mcc_labelled_per_latent"][0] == pytest.approx(2 / np.sqrt(5), abs=0.03)
 
 
 def test_summarize_seeds_keeps_per_latent_lists_position_by_position():

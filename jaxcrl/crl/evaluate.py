@@ -29,7 +29,7 @@ def standardized_graph(w: np.ndarray, z_obs: np.ndarray) -> np.ndarray:
 
 def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
               edge_threshold=0.3, targets_true=None, targets_hat=None, seed: int = 0,
-              soft: bool = False) -> dict:
+              soft: bool = False, labelled: bool = False) -> dict:
     """All metrics of one run as floats.
 
     Args:
@@ -46,8 +46,12 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
         assignment).
       seed: split seed of the out-of-sample metrics.
       soft: the data's interventions are soft: with ``adj_true``, also ``class_r2_per_latent``
-        and its mean ``class_r2`` (:func:`jaxcrl.crl.equivalence.class_r2`: is each matched
-        latent inside the shear class the soft likelihood cannot resolve?).
+        and its mean ``class_r2`` (:func:`jaxcrl.crl.equivalence.class_r2`: is each
+        latent inside the shear class the soft likelihood cannot resolve?), and
+        ``mcc_labelled_per_latent`` (|Pearson| of each latent with its own true latent).
+      labelled: learned latent ``j`` *is* true latent ``j`` (known targets fix the labels):
+        ``class_r2`` and ``mcc_labelled_per_latent`` pair latents by index, not by the MCC
+        matching (which a shear ``z_j + c z_k`` with large ``c`` can pair with ``z_k``).
 
     Returns:
       Scalars, plus ``mcc_per_latent`` (a list of d in-sample |Pearson| correlations of the
@@ -68,9 +72,13 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
         order = np.asarray(topological_order(np.asarray(adj_true)))
         out["mcc_per_latent_topo"] = [float(matched.matched[i]) for i in order]
         if soft:
-            per = class_r2(z_true, z_hat, perm, adj_true)
+            pair = np.arange(z_true.shape[-1]) if labelled else perm
+            per = class_r2(z_true, z_hat, pair, adj_true)
             out["class_r2_per_latent"] = per
             out["class_r2"] = float(np.mean(per))
+            out["mcc_labelled_per_latent"] = [
+                float(abs(np.corrcoef(z_true[:, j], z_hat[:, k])[0, 1])) if k >= 0
+                else float("nan") for j, k in enumerate(pair)]
     if adj_true is not None and w_hat is not None:
         w_std = standardized_graph(w_hat, z_hat[env == 0])
         g = graph_metrics(np.asarray(adj_true), w_std, perm=perm, threshold=edge_threshold)
@@ -106,7 +114,8 @@ def score_fit(result: FitResult, x, z_true, env, *, adj_true=None, targets_true=
             w_dag=None if w_dag is None else w_dag[r],
             edge_threshold=result.cfg.edge_threshold, targets_true=_take(targets_true, r, 3),
             targets_hat=None if t_hat is None else np.asarray(t_hat[r]), seed=r,
-            soft=result.cfg.intervention == "soft"))
+            soft=result.cfg.intervention == "soft",
+            labelled=result.cfg.targets == "known" and z_hat.shape[-1] == np.shape(z_true)[-1]))
     return scores
 
 
