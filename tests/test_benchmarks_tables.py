@@ -364,3 +364,37 @@ def test_crl_prior_step_table_matches_its_benchmark_file():
                 a["library"]["model_grad_ms"], a["speedup_model"])
         assert [_num(c) for c in row[1:]] == pytest.approx(want, abs=0.06)
         assert a["max_rel_diff"] < 1e-5
+
+
+def _latent_scm(fname: str, setting: str) -> dict:
+    """The latent_scm summary of ``setting`` in a results file of either layout (a
+    generalization summary with ``rows``, or one run with ``methods``)."""
+    res = _load(fname)
+    if "rows" in res:
+        return res["rows"][re.sub(r"\s*\(.*\)$", "", setting)]["latent_scm"]
+    return res["methods"]["latent_scm"]
+
+
+def test_crl_generalization_rerun_table_matches_its_results_files():
+    rows = _table_after("#### The table re-run with the final code")
+    assert len(rows) >= 14
+    for row in rows:
+        m = _latent_scm(row[-1].strip("`"), row[0])
+        mcc = m["mcc_pearson_oos"]
+        assert _mean_std(row[1]) == pytest.approx((mcc["mean"], mcc["std"]), abs=5e-4), row[0]
+        assert _num(row[2]) == pytest.approx(m["shd"]["mean"], abs=0.05), row[0]
+        if "targets right" in row[4]:
+            got = float(re.search(r"targets right (\d\.\d+)", row[4]).group(1))
+            assert got == pytest.approx(m["targets_right"]["mean"], abs=5e-3), row[0]
+
+
+def test_crl_soft_class_table_matches_its_results_file():
+    rows = _table_after("### Soft interventions identify the latents only up to shears")
+    res = _load("crl_soft_classes.json")
+    want = []
+    for v in res.values():
+        which = "two per node" if "two per node" in v["row"] else "one per node"
+        for name, g in v["groups"].items():
+            want.append([which, f"{v['l1']:g}", f"{name} ({g['n']})", f"{g['class_r2']:.3f}",
+                         str(g["class_r2_ge_0.9"]), f"{g['corr']:.3f}", str(g["corr_ge_0.9"])])
+    assert rows == want
