@@ -31,6 +31,7 @@ import dataclasses
 import numpy as np
 
 from jaxcrl.crl.prior import PriorParams, masked_weights
+from jaxcrl.metrics.regression import fit_ridge, predict_linear, r2_score
 from jaxcrl.scm.graphs import descendants
 
 
@@ -94,7 +95,7 @@ def class_r2(z_true, z_hat, perm, adj) -> list[float]:
     1 for a fit inside the soft-intervention equivalence class (a linear-Gaussian SCM: the
     class members are these linear combinations); the plain ``R² = MCC²`` regresses on
     ``z_j`` alone. ``z_true`` [n, d], ``z_hat`` [n, d'], ``perm`` [d] (``perm[j] = -1``:
-    unmatched, reported as nan).
+    unmatched, and a constant learned latent, are reported as nan).
     """
     z_true, z_hat = np.asarray(z_true, np.float64), np.asarray(z_hat, np.float64)
     sets = shear_sets(adj)
@@ -107,8 +108,10 @@ def class_r2(z_true, z_hat, perm, adj) -> list[float]:
             out.append(float("nan"))
             continue
         y = z_hat[:, perm[j]]
-        x = np.column_stack([np.ones(len(y)), z_true[:, [j, *allowed]]])
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        resid = y - x @ coef
-        out.append(float(1.0 - resid.var() / max(y.var(), 1e-300)))
+        if not y.std() > 0:  # a dead learned latent: R² is undefined
+            out.append(float("nan"))
+            continue
+        x = z_true[:, [j, *allowed]]
+        pred = predict_linear(fit_ridge(x, y, alpha=0.0), x)
+        out.append(float(r2_score(y, pred)[0]))
     return out
