@@ -7,7 +7,7 @@ latent? (issue 13)
 
 Reads summary files of ``experiments/crl_generalization.py`` (rows with soft interventions,
 fitted with known targets, so learned latent ``j`` is true latent ``j``), rebuilds each row's
-true graphs from its configuration (the data are simulated from the root seed, nothing is
+true graphs from its configuration and root seed (no data are simulated, nothing is
 refitted) and groups the latents by their number of true parents: roots (a shear by any
 non-descendant keeps the likelihood), single-parent nodes (by the parent), two or more
 parents (identified). Per group: the count, the mean R² inside the class, the mean |corr|
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from jaxcrl.crl.synthetic import variant
-from jaxcrl.scm import make_dataset
+from jaxcrl.scm import dataset_scm
 
 _spec = importlib.util.spec_from_file_location(
     "crl_generalization", Path(__file__).with_name("crl_generalization.py"))
@@ -44,7 +44,7 @@ def true_graphs(setup_base: dict, row: str) -> np.ndarray:
                                seeds=int(setup_base["seeds"]))
     cfg = variant(base, row)
     keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
-    return np.asarray(jax.vmap(lambda k: make_dataset(k, cfg.data).adj)(keys))
+    return np.asarray(jax.vmap(lambda k: dataset_scm(k, cfg.data).adj)(keys))
 
 
 def by_group(adj: np.ndarray, class_r2, labelled) -> dict:

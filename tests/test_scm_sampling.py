@@ -400,6 +400,16 @@ def test_dataset_layout_and_ground_truth() -> None:
         scm.env_slice(ds, 4)
 
 
+def test_dataset_scm_is_the_scm_make_dataset_draws() -> None:
+    for seed in range(4):
+        key = jax.random.key(seed)
+        ds, truth = scm.make_dataset(key, SMALL), scm.dataset_scm(key, SMALL)
+        np.testing.assert_array_equal(np.asarray(truth.adj), np.asarray(ds.adj))
+        np.testing.assert_array_equal(np.asarray(truth.weights), np.asarray(ds.weights))
+    assert not np.array_equal(np.asarray(scm.dataset_scm(jax.random.key(0), SMALL).weights),
+                              np.asarray(scm.dataset_scm(jax.random.key(1), SMALL).weights))
+
+
 def test_dataset_multi_target_soft_environments() -> None:
     cfg = dataclasses.replace(
         SMALL, intervention=scm.InterventionConfig(kind="soft", n_targets=2), n_envs=5

@@ -4,7 +4,14 @@ Convention: ``adj[i, j] = 1`` and ``weights[i, j]`` describe the edge ``i -> j``
 latents ``z`` are ``[n, d]``, observations ``x`` are ``[n, D]``.
 """
 
-from jaxcrl.scm.data import Dataset, DatasetConfig, env_slice, env_targets, make_dataset
+from jaxcrl.scm.data import (
+    Dataset,
+    DatasetConfig,
+    dataset_scm,
+    env_slice,
+    env_targets,
+    make_dataset,
+)
 from jaxcrl.scm.graphs import (
     GraphConfig,
     ancestors,
@@ -67,6 +74,7 @@ __all__ = [
     "children",
     "conditioned_matrix",
     "descendants",
+    "dataset_scm",
     "env_slice",
     "env_targets",
     "erdos_renyi",
