@@ -388,6 +388,26 @@ def test_crl_generalization_rerun_table_matches_its_results_files():
             assert got == pytest.approx(m["targets_right"]["mean"], abs=5e-3), row[0]
 
 
+def test_crl_two_per_node_held_out_roots_table_matches_its_results_files():
+    rows = _table_after("#### Two perfect interventions per node on held-out roots")
+    assert len(rows) >= 6
+    for row in rows:
+        res = _load(row[-1].strip("`"))
+        assert res["setup"]["base"]["seed"] == int(row[1]), row[:2]
+        m = res["rows"][row[0]]["latent_scm"]
+        mcc, shd = m["mcc_pearson_oos"], m["shd"]
+        assert _mean_std(row[2]) == pytest.approx((mcc["mean"], mcc["std"]), abs=5e-4), row[:2]
+        assert _num(row[3]) == pytest.approx(shd["mean"], abs=0.05), row[:2]
+        per = (" ".join(f"{x:.3f}" for x in mcc["per_seed"]) + "; "
+               + " ".join(str(int(x)) for x in shd["per_seed"]))
+        assert row[4] == per, row[:2]
+        met = (mcc["mean"] >= 0.90, shd["mean"] <= 2)
+        want = {(True, True): "both met", (True, False): "MCC met, SHD not",
+                (False, True): "SHD met, MCC not", (False, False): "neither"}[met]
+        assert row[5] == want, row[:2]
+        assert _num(row[6]) == pytest.approx(m["wall_s"], abs=0.5), row[:2]
+
+
 def test_crl_soft_class_table_matches_its_results_file():
     rows = _table_after("### Soft interventions identify the latents only up to shears")
     res = _load("crl_soft_classes.json")
