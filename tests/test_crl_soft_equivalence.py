@@ -155,3 +155,14 @@ def test_class_r2_is_one_inside_the_class_and_below_outside():
     zh[:, perm] = outside
     r2 = class_r2(z, zh, perm, ADJ)
     assert r2[2] < 0.7 and np.allclose(np.delete(r2, 2), 1.0)
+
+
+def test_class_r2_is_nan_for_unmatched_and_dead_learned_latents():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(2000, 5))
+    zh = z.copy()
+    zh[:, 3] = 7.0 + 1e-15 * rng.normal(size=2000)  # dead up to float noise
+    perm = np.array([0, 1, -1, 3, 4])
+    r2 = np.asarray(class_r2(z, zh, perm, ADJ))
+    assert np.isnan(r2[[2, 3]]).all()
+    np.testing.assert_allclose(np.delete(r2, [2, 3]), 1.0, atol=1e-9)

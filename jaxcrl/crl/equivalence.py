@@ -31,7 +31,7 @@ import dataclasses
 import numpy as np
 
 from jaxcrl.crl.prior import PriorParams, masked_weights
-from jaxcrl.metrics.regression import fit_ridge, predict_linear, r2_score
+from jaxcrl.metrics.regression import constant_columns, fit_ridge, predict_linear, r2_score
 from jaxcrl.scm.graphs import descendants
 
 
@@ -108,7 +108,7 @@ def class_r2(z_true, z_hat, perm, adj) -> list[float]:
             out.append(float("nan"))
             continue
         y = z_hat[:, perm[j]]
-        if not y.std() > 0:  # a dead learned latent: R² is undefined
+        if constant_columns(y[:, None], y.std(keepdims=True))[0]:  # dead: R² is undefined
             out.append(float("nan"))
             continue
         x = z_true[:, [j, *allowed]]
