@@ -138,10 +138,15 @@ def env_targets(key: jax.Array, d: int, n_interventional: int, n_targets: int) -
     return jnp.concatenate([jnp.zeros((1, d), dtype=bool), rows.reshape(-1, d)], axis=0)
 
 
+def _dataset_keys(key: jax.Array) -> jax.Array:
+    """[5] keys of a data set: SCM, mixing, targets, intervention parameters, samples."""
+    return jax.random.split(key, 5)
+
+
 def dataset_scm(key: jax.Array, cfg: DatasetConfig) -> SCMParams:
     """The ground-truth SCM (graph, weights) that ``make_dataset(key, cfg)`` draws, without
     the mixing or any samples: e.g. the true graphs of a stored run, from its seeds."""
-    return init_scm(jax.random.split(key, 5)[0], cfg.scm)
+    return init_scm(_dataset_keys(key)[0], cfg.scm)
 
 
 def make_dataset(key: jax.Array, cfg: DatasetConfig) -> Dataset:
@@ -157,8 +162,8 @@ def make_dataset(key: jax.Array, cfg: DatasetConfig) -> Dataset:
     d, n = cfg.scm.latent_dim, cfg.n_per_env
     n_envs = cfg.n_total_envs
     kind = cfg.intervention.kind
-    _, k_mix, k_targets, k_iv, k_sample = jax.random.split(key, 5)
-    scm = dataset_scm(key, cfg)
+    k_scm, k_mix, k_targets, k_iv, k_sample = _dataset_keys(key)
+    scm = init_scm(k_scm, cfg.scm)
     mixing = init_mixing(k_mix, cfg.mixing, d)
     targets = env_targets(k_targets, d, cfg.n_interventional_envs, cfg.intervention.n_targets)
     interventions = jax.vmap(lambda k, t: sample_intervention(k, cfg.intervention, t))(
