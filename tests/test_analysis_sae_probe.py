@@ -3,9 +3,12 @@ their definitions."""
 
 import json
 
+import pytest
 from conftest import load_experiment as _load
 
 
+# About 2 CPU-minutes: `make test-all` runs it (CI's 30-minute budget for `make test`).
+@pytest.mark.slow
 def test_sae_probe_tiny_end_to_end(tmp_path):
     _load("experiments/sae_probe.py").main(["--tiny", "--out", str(tmp_path), "--no-progress"])
     res = json.loads((tmp_path / "results.json").read_text())
