@@ -53,6 +53,9 @@ def main(argv):
     res = {"tag": tag, "ov": ov, "wall": wall,
            "mcc_hist": np.asarray(r.history["mcc"]).round(3).tolist(),
            "final_loss": np.asarray(r.history["loss"][-100:]).mean(0).round(4).tolist()}
+    for k in ("mcc_restarts", "final_loss_restarts"):  # every restart (diagnostics)
+        if k in r.history:
+            res[k] = np.asarray(r.history[k])[-1 if k == "mcc_restarts" else ...].round(4).tolist()
     d, n = cfg.latent_dim, cfg.data.n_per_env
     for s in range(cfg.seeds):
         ds = jax.tree.map(lambda a, s=s: a[s], data)
