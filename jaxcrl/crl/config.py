@@ -113,6 +113,19 @@ class CRLConfig:
         ``"nonlinear"`` (location-scale random-feature regressions,
         :func:`jaxcrl.crl.discovery.nonlinear_dag_search`) or ``"auto"``: nonlinear when the
         prior is (``scm`` not ``"linear"``).
+      encoder_freeze: the encoder's parameters get no updates for the first
+        ``encoder_freeze`` steps, while the prior (and decoder) adapt to it. For a fit that
+        starts from a given encoder (``init_params``, the consensus refit): without it the
+        random prior's first gradients pull a good encoder away (on d = 10, D = 100 a start
+        at the true latents fell from MCC 0.999 to 0.79 in 1000 steps; with 2000 frozen
+        steps it ends at 0.99). From a random encoder it hurts (BENCHMARKS.md).
+      consensus_runs, consensus_steps: ``method="contrastive"`` with ``consensus_runs = R
+        >= 2`` (other methods ignore it) is fitted by :func:`jaxcrl.crl.consensus.consensus_fit`: R independent fits
+        of ``consensus_steps`` steps, a per-latent consensus of their latents (each slot
+        from the run that agrees best with the others' same slot; the known or canonical
+        targets align the slots), an encoder regressed onto it, and a refit of ``steps``
+        steps from that encoder with ``encoder_freeze`` frozen steps. No ground truth is
+        used. 0: an ordinary fit.
       effect_threshold: nonlinear search only: an edge's partial R² (the fraction of the
         child's residual variance it explains; for the location-scale model its likelihood
         analogue) below which it is pruned.
@@ -186,6 +199,9 @@ class CRLConfig:
     warm_steps: int = 0
     warm_scm: str = "linear"
     warm_restarts: int = 1
+    encoder_freeze: int = 0
+    consensus_runs: int = 0
+    consensus_steps: int = 5000
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -248,6 +264,15 @@ class CRLConfig:
                              f"n_envs - 1 environment-mean differences span the d-dim "
                              f"subspace), got n_envs={self.n_envs}, "
                              f"latent_dim={self.latent_dim}")
+        if not 0 <= self.encoder_freeze < self.steps:
+            raise ValueError(f"CRLConfig.encoder_freeze must be in [0, steps = {self.steps}), "
+                             f"got {self.encoder_freeze}")
+        if self.consensus_runs and not (self.consensus_runs >= 2 and self.trains_with_targets
+                                        and self.consensus_steps >= 1):
+            raise ValueError(f"CRLConfig.consensus_runs={self.consensus_runs} needs >= 2 runs "
+                             f"of consensus_steps >= 1 (got {self.consensus_steps}) and targets "
+                             f"that align the runs' latents, 'known' or 'unknown_distinct' "
+                             f"(got {self.targets!r})")
         if not 0.0 <= self.holdout < 0.5:
             raise ValueError(f"CRLConfig.holdout must be in [0, 0.5), got {self.holdout}")
         if self.lr <= 0 or self.beta < 0:

@@ -233,11 +233,27 @@ def _svi(cfg: CRLConfig, n_total: int) -> SVI:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps, end_value=0.05 * cfg.lr
     )
-    optim = optax_to_numpyro(build_optimizer(
+    optimizer = build_optimizer(
         learning_rate=schedule, clip=cfg.clip, weight_decay=cfg.weight_decay,
-        decay_mask=_network_mask if cfg.weight_decay else None))
+        decay_mask=_network_mask if cfg.weight_decay else None)
+    if cfg.encoder_freeze:
+        optimizer = optax.chain(optimizer, freeze_encoder(cfg.encoder_freeze))
+    optim = optax_to_numpyro(optimizer)
     kw = dict(cfg=cfg, n_total=n_total)
     return SVI(lambda *a: model(*a, **kw), lambda *a: guide(*a, **kw), optim, Trace_ELBO())
+
+
+def freeze_encoder(steps: int) -> optax.GradientTransformation:
+    """Zero the updates of the ``encoder$params`` site for the first ``steps`` updates
+    (``CRLConfig.encoder_freeze``); every other site is untouched."""
+
+    def update(updates, count, params=None):
+        on = (count >= steps).astype(jnp.float32)
+        updates = {k: jax.tree.map(lambda u: u * on, v) if k == "encoder$params" else v
+                   for k, v in updates.items()}
+        return updates, count + 1
+
+    return optax.GradientTransformation(lambda params: jnp.zeros([], jnp.int32), update)
 
 
 def _network_mask(params: dict) -> dict:
@@ -515,6 +531,9 @@ def fit(
         Not with ``cfg.warm_steps`` (which chooses the starting encoder itself) nor
         ``cfg.permute_restarts`` (whose restarts see permuted inputs).
 
+    With ``cfg.consensus_runs >= 2`` and ``method="contrastive"`` the fit is :func:`jaxcrl.crl.consensus.consensus_fit`
+    (no ``workdir``, ``stop_at`` or ``init_params`` then).
+
     Returns:
       A :class:`FitResult` (``history`` covers the steps run by this call).
 
@@ -524,6 +543,14 @@ def fit(
       jaxcrl.train.NonFiniteError: the loss became NaN/inf (names the step and run).
     """
     _check_inputs(cfg, x, env, targets, z_true)
+    if cfg.consensus_runs and cfg.method == "contrastive":
+        if workdir is not None or stop_at is not None or init_params is not None:
+            raise ValueError("cfg.consensus_runs > 0 (a consensus refit of several fits) "
+                             "does not take workdir, stop_at or init_params")
+        from jaxcrl.crl.consensus import consensus_fit  # consensus calls fit: import here
+        return consensus_fit(cfg, x, env, key=key, targets=targets, seeds=seeds,
+                             z_true=z_true, eval_every=eval_every, progress=progress,
+                             mesh=mesh)
     keys = jnp.asarray(key)
     if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) and keys.ndim == 1:
         if seeds is not None and seeds != keys.shape[0]:

@@ -1,0 +1,118 @@
+"""The consensus refit of the contrastive route (issue 13): the per-slot consensus against a
+loop written out, the frozen encoder, the distilled encoder, and the refit's key schedule."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcrl.crl import CRLConfig, fit
+from jaxcrl.crl.consensus import distill_encoder, slot_consensus
+from jaxcrl.crl.svi import Preprocess
+
+
+def _loop_consensus(zs):
+    runs, _, d = zs.shape
+    chosen = []
+    for i in range(d):
+        agree = [np.mean([abs(np.corrcoef(zs[r, :, i], zs[q, :, i])[0, 1])
+                          for q in range(runs) if q != r]) for r in range(runs)]
+        chosen.append(int(np.argmax(agree)))
+    return np.stack([zs[c, :, i] for i, c in enumerate(chosen)], 1), chosen
+
+
+def test_slot_consensus_takes_each_slot_from_the_run_the_others_agree_with():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(500, 3))
+    zs = np.stack([truth + 0.3 * rng.normal(size=truth.shape) for _ in range(4)])
+    zs[0, :, 1] = rng.normal(size=500)  # run 0 lost latent 1, run 2 lost latent 0
+    zs[2, :, 0] = rng.normal(size=500)
+    zs[3, :, 2] *= -5.0  # sign and scale do not matter
+    z, chosen = slot_consensus(jnp.asarray(zs, jnp.float32))
+    want_z, want = _loop_consensus(zs)
+    assert np.asarray(chosen).tolist() == want
+    assert want[0] != 2 and want[1] != 0
+    np.testing.assert_allclose(np.asarray(z), want_z, rtol=1e-5)
+
+
+def test_slot_consensus_rejects_one_run_and_nan():
+    with pytest.raises(ValueError, match="R >= 2"):
+        slot_consensus(jnp.zeros((1, 10, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        slot_consensus(jnp.full((2, 10, 2), jnp.nan))
+
+
+def test_distill_encoder_regresses_the_encoder_onto_the_target_latents():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2000, 6)), jnp.float32)
+    z = jnp.tanh(x[:, :2] @ jnp.array([[1.0, 0.5], [-0.5, 1.0]])) * 3.0 + 1.0
+    cfg = CRLConfig(method="contrastive", latent_dim=2, hidden=(32,))
+    pre = Preprocess(x.mean(0), jnp.eye(6))
+    params = distill_encoder(cfg, pre, x, z, jax.random.key(0), steps=1500, lr=3e-3)
+    from jaxcrl.crl.models import contrastive_encoder
+
+    out = np.asarray(contrastive_encoder(cfg).apply({"params": params}, pre(x)))
+    for i in range(2):
+        assert np.corrcoef(out[:, i], np.asarray(z[:, i]))[0, 1] > 0.98
+
+
+def _tiny():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 2))
+    z[100:200, 0] = 2.0 + 0.3 * rng.normal(size=100)
+    z[200:, 1] = -2.0 + 0.3 * rng.normal(size=100)
+    x = np.tanh(z @ rng.normal(size=(2, 5))).astype(np.float32)
+    env = np.repeat(np.arange(3), 100)
+    targets = np.array([[0, 0], [1, 0], [0, 1]], bool)
+    cfg = CRLConfig(method="contrastive", latent_dim=2, n_envs=3, steps=30, batch_size=64,
+                    warmup=1, hidden=(8,), restarts=1, recon=1.0)
+    return cfg, x, env, targets, z
+
+
+def test_a_frozen_encoder_is_not_updated_while_the_prior_is():
+    cfg, x, env, targets, _ = _tiny()
+    start = fit(dataclasses.replace(cfg, steps=2), x, env, targets=targets,
+                key=jax.random.key(3), progress=False)
+    init = {"encoder$params": start.params["encoder$params"]}
+    kw = dict(targets=targets, key=jax.random.key(0), progress=False, init_params=init)
+    frozen = fit(dataclasses.replace(cfg, encoder_freeze=20), x, env, stop_at=20, **kw)
+    moved = fit(cfg, x, env, stop_at=20, **kw)
+    for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(frozen.params["encoder$params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(frozen.params["prior"].w),
+                           np.asarray(start.params["prior"].w))
+    assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(init), jax.tree.leaves(moved.params["encoder$params"])))
+
+
+def test_consensus_refit_runs_its_first_fits_with_their_own_keys_and_records_them():
+    cfg, x, env, targets, z = _tiny()
+    ccfg = dataclasses.replace(cfg, consensus_runs=2, consensus_steps=20, encoder_freeze=5)
+    key = jax.random.key(7)
+    r = fit(ccfg, x, env, targets=targets, key=key, z_true=z, progress=False)
+    h = r.history
+    assert h["consensus_loss"].shape == (2, 1) and h["consensus_chosen"].shape == (1, 2)
+    assert h["consensus_run_mcc"].shape == (2, 1) and h["consensus_mcc"].shape == (1,)
+    first = dataclasses.replace(cfg, steps=20)
+    for k in range(2):  # run k is the ordinary fit with key fold_in(key, 100 + k)
+        alone = fit(first, x, env, targets=targets, key=jax.random.fold_in(key, 100 + k),
+                    progress=False)
+        np.testing.assert_allclose(h["consensus_loss"][k], alone.history["final_loss"],
+                                   rtol=1e-5)
+    assert r.cfg.consensus_runs == 2 and np.isfinite(h["loss"]).all()
+    assert r.encode(x).shape == (1, 300, 2)
+
+
+def test_consensus_and_freeze_settings_are_checked():
+    with pytest.raises(ValueError, match="encoder_freeze"):
+        CRLConfig(steps=10, encoder_freeze=10)
+    with pytest.raises(ValueError, match="consensus_runs"):
+        CRLConfig(consensus_runs=1)
+    with pytest.raises(ValueError, match="align"):
+        CRLConfig(consensus_runs=2, targets="unknown")
+    cfg, x, env, targets, _ = _tiny()
+    with pytest.raises(ValueError, match="workdir"):
+        fit(dataclasses.replace(cfg, consensus_runs=2), x, env, targets=targets,
+            key=jax.random.key(0), progress=False, stop_at=3)
