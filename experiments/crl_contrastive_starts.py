@@ -17,6 +17,9 @@ nothing below is overfitting), weight decay 0.1, 10k steps, seeds 0 and 1:
   steps, MCC 0.999), then the same contrastive fit from there (prior and decoder random):
   does the fit keep the true latents, and at what loss?
 
+``--freeze K``: every fit keeps its encoder frozen for its first K steps
+(``CRLConfig.encoder_freeze``) while the prior and decoder adapt.
+
 Both also report the classification loss of the true latents under the true SCM (``truth``).
 Writes ``OUT/results.json``; about 5 + 2 minutes on 2 idle CPU cores.
 """
@@ -45,10 +48,11 @@ ROW = "contrastive, d=10, D=100, unknown targets"
 SETTINGS = ("targets=known", "data.n_per_env=50000", "crl.weight_decay=0.1")
 
 
-def _setup(seeds: int, steps: int):
+def _setup(seeds: int, steps: int, freeze: int = 0):
     base = SyntheticConfig(seeds=seeds, crl=dataclasses.replace(SyntheticConfig().crl,
                                                                 steps=steps, restarts=1))
-    cfg = apply_overrides(variant(base, ROW), SETTINGS)
+    cfg = apply_overrides(variant(base, ROW), [*SETTINGS, "crl.consensus_runs=0",
+                                               f"crl.encoder_freeze={freeze}"])
     keys = jax.random.split(jax.random.key(cfg.seed), seeds)
     data = jax.jit(jax.vmap(lambda k: make_dataset(k, cfg.data)))(keys)
     return cfg, data, cfg.method_config("contrastive")
@@ -76,8 +80,8 @@ def _truth_ce(data, s: int) -> float:
     return _ce(_true_prior(ds, ds.z.shape[-1]), ds.z, ds.env, ds.targets)
 
 
-def random_starts(seeds: int, steps: int, runs: int) -> dict:
-    cfg, data, m = _setup(seeds, steps)
+def random_starts(seeds: int, steps: int, runs: int, freeze: int = 0) -> dict:
+    cfg, data, m = _setup(seeds, steps, freeze)
     zs, losses = [], []
     for k in range(runs):
         r = fit(m, data.x, data.env, targets=data.targets, seeds=seeds, progress=False,
@@ -97,12 +101,12 @@ def random_starts(seeds: int, steps: int, runs: int) -> dict:
     return out
 
 
-def true_start(seeds: int, steps: int, sup_steps: int = 4000) -> dict:
-    cfg, data, m = _setup(seeds, steps)
+def true_start(seeds: int, steps: int, freeze: int = 0, sup_steps: int = 4000) -> dict:
+    cfg, data, m = _setup(seeds, steps, freeze)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     # a 2-step fit gives the encoder's parameter tree and the fit's input preprocessing
-    r0 = fit(dataclasses.replace(m, steps=2), data.x, data.env, targets=data.targets,
-             key=key, seeds=seeds, progress=False)
+    r0 = fit(dataclasses.replace(m, steps=2, encoder_freeze=0), data.x, data.env,
+             targets=data.targets, key=key, seeds=seeds, progress=False)
     mlp = contrastive_encoder(m)
     xs = jax.vmap(lambda p, x: p(x))(r0.preprocess, data.x)
     zs = (data.z - data.z.mean(1, keepdims=True)) / data.z.std(1, keepdims=True)
@@ -149,12 +153,15 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--freeze", type=int, default=0,
+                   help="crl.encoder_freeze of the fits (steps with the encoder frozen)")
     args = p.parse_args(argv)
-    res = {"settings": [ROW, *SETTINGS, f"crl.steps={args.steps}"]}
+    res = {"settings": [ROW, *SETTINGS, f"crl.steps={args.steps}",
+                        f"crl.encoder_freeze={args.freeze}"]}
     if "random" in args.parts:
-        res["random"] = random_starts(args.seeds, args.steps, args.runs)
+        res["random"] = random_starts(args.seeds, args.steps, args.runs, args.freeze)
     if "true_start" in args.parts:
-        res["true_start"] = true_start(args.seeds, args.steps)
+        res["true_start"] = true_start(args.seeds, args.steps, args.freeze)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.out, "results.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

@@ -418,3 +418,21 @@ def test_crl_soft_class_table_matches_its_results_file():
             want.append([which, f"{v['l1']:g}", f"{name} ({g['n']})", f"{g['class_r2']:.3f}",
                          str(g["class_r2_ge_0.9"]), f"{g['corr']:.3f}", str(g["corr_ge_0.9"])])
     assert rows == want
+
+
+def test_crl_contrastive_consensus_tables_match_their_results_file():
+    m = _load("crl_contrastive_d10_D100_consensus.json")["methods"]["contrastive"]
+    assert m["config"]["consensus_runs"] == 4 and m["config"]["encoder_freeze"] == 2000
+    (row,) = _table_after("--tag _consensus --rows")
+    cols = ["mcc_pearson_oos", "mcc_spearman", "r2", "shd", "shd_svi", "edge_auroc"]
+    for cell, key in zip(row[1:7], cols, strict=True):
+        mean, std = _mean_std(cell)
+        tol = 5e-4 if key.startswith(("mcc", "r2", "edge")) else 0.05
+        assert (mean, std) == pytest.approx((m[key]["mean"], m[key]["std"]), abs=tol), key
+    assert _num(row[7]) == pytest.approx(m["target_accuracy"]["mean"], abs=5e-3)
+    assert _num(row[8]) == pytest.approx(m["wall_s"], abs=0.5)
+    c = m["consensus"]
+    stages = _table_after("Per seed, the MCC of each stage (first-stage runs")
+    want = [[str(s), " ".join(f"{r[s]:.3f}" for r in c["run_mcc"]), f"{c['mcc'][s]:.3f}",
+             f"{m['mcc_pearson']['per_seed'][s]:.3f}"] for s in range(len(c["mcc"]))]
+    assert stages == want

@@ -79,12 +79,13 @@ def test_a_frozen_encoder_is_not_updated_while_the_prior_is():
     kw = dict(targets=targets, key=jax.random.key(0), progress=False, init_params=init)
     frozen = fit(dataclasses.replace(cfg, encoder_freeze=20), x, env, stop_at=20, **kw)
     moved = fit(cfg, x, env, stop_at=20, **kw)
-    for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(frozen.params["encoder$params"])):
+    for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(frozen.params["encoder$params"]),
+                    strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not np.allclose(np.asarray(frozen.params["prior"].w),
                            np.asarray(start.params["prior"].w))
     assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(
-        jax.tree.leaves(init), jax.tree.leaves(moved.params["encoder$params"])))
+        jax.tree.leaves(init), jax.tree.leaves(moved.params["encoder$params"]), strict=True))
 
 
 def test_consensus_refit_runs_its_first_fits_with_their_own_keys_and_records_them():

@@ -5,6 +5,8 @@
   contrastive (exact-log-ratio environment classifier), β-VAE, iVAE);
   :mod:`jaxcrl.crl.prior` — the learnable latent SCM density.
 * :mod:`jaxcrl.crl.targets` — unknown targets by likelihood over assignments.
+* :mod:`jaxcrl.crl.consensus` — the contrastive route's consensus refit (many starts,
+  agreement per latent, one refit; ``CRLConfig.consensus_runs``).
 * :mod:`jaxcrl.crl.equivalence` — what soft interventions leave unidentified (shears).
 * :mod:`jaxcrl.crl.evaluate` — score fits against simulated ground truth.
 * :func:`pca`, :func:`fast_ica` — linear reference unmixings.

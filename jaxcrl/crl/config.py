@@ -120,10 +120,11 @@ class CRLConfig:
         at the true latents fell from MCC 0.999 to 0.79 in 1000 steps; with 2000 frozen
         steps it ends at 0.99). From a random encoder it hurts (BENCHMARKS.md).
       consensus_runs, consensus_steps: ``method="contrastive"`` with ``consensus_runs = R
-        >= 2`` (other methods ignore it) is fitted by :func:`jaxcrl.crl.consensus.consensus_fit`: R independent fits
-        of ``consensus_steps`` steps, a per-latent consensus of their latents (each slot
-        from the run that agrees best with the others' same slot; the known or canonical
-        targets align the slots), an encoder regressed onto it, and a refit of ``steps``
+        >= 2`` (other methods ignore it) is fitted by
+        :func:`jaxcrl.crl.consensus.consensus_fit`: R independent fits of
+        ``consensus_steps`` steps, a per-latent consensus of their latents (each slot from
+        the run that agrees best with the others' same slot; the known or canonical targets
+        align the slots), an encoder regressed onto it, and a refit of ``steps``
         steps from that encoder with ``encoder_freeze`` frozen steps. No ground truth is
         used. 0: an ordinary fit.
       effect_threshold: nonlinear search only: an edge's partial R² (the fraction of the

@@ -102,12 +102,13 @@ def consensus_fit(cfg: CRLConfig, x: jax.Array, env: jax.Array, *, key: jax.Arra
     4. the final fit of ``cfg.steps`` steps from the distilled encoder (fresh prior and
        decoder, the encoder frozen for ``cfg.encoder_freeze`` steps), key ``key``.
 
-    Arguments as :func:`jaxcrl.crl.fit` (``x``/``env``/``targets``/``z_true`` shared or
-    with a leading seed axis; ``fit_kw``: ``eval_every``, ``progress``, ``mesh``). Returns the final fit's :class:`FitResult`; its ``history``
-    adds ``consensus_loss`` [R, S] (each first-stage run's final loss), ``consensus_chosen``
-    [S, d] (the run of each slot), ``consensus_wall_s``, and with ``z_true`` the MCC of
-    every first-stage run ``consensus_run_mcc`` [R, S] and of the consensus
-    ``consensus_mcc`` [S] (diagnostics, never used to choose).
+    Arguments as :func:`jaxcrl.crl.fit` (``x``/``env``/``targets``/``z_true`` shared or with
+    a leading seed axis; ``fit_kw``: ``eval_every``, ``progress``, ``mesh``). Returns the
+    final fit's :class:`FitResult`; its ``history`` adds ``consensus_loss`` [R, S] (each
+    first-stage run's final loss), ``consensus_chosen`` [S, d] (the run of each slot),
+    ``consensus_wall_s``, and with ``z_true`` the MCC of every first-stage run
+    ``consensus_run_mcc`` [R, S] and of the consensus ``consensus_mcc`` [S] (diagnostics,
+    never used to choose).
     """
     if cfg.consensus_runs < 2 or cfg.method != "contrastive":
         raise ValueError(f"consensus_fit needs cfg.consensus_runs >= 2 and method="

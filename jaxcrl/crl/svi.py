@@ -531,8 +531,9 @@ def fit(
         Not with ``cfg.warm_steps`` (which chooses the starting encoder itself) nor
         ``cfg.permute_restarts`` (whose restarts see permuted inputs).
 
-    With ``cfg.consensus_runs >= 2`` and ``method="contrastive"`` the fit is :func:`jaxcrl.crl.consensus.consensus_fit`
-    (no ``workdir``, ``stop_at`` or ``init_params`` then).
+    With ``cfg.consensus_runs >= 2`` and ``method="contrastive"`` the fit is
+    :func:`jaxcrl.crl.consensus.consensus_fit` (no ``workdir``, ``stop_at`` or
+    ``init_params`` then).
 
     Returns:
       A :class:`FitResult` (``history`` covers the steps run by this call).
