@@ -104,6 +104,12 @@ def test_consensus_refit_runs_its_first_fits_with_their_own_keys_and_records_the
                                    rtol=1e-5)
     assert r.cfg.consensus_runs == 2 and np.isfinite(h["loss"]).all()
     assert r.encode(x).shape == (1, 300, 2)
+    from jaxcrl.crl.synthetic import _consensus_diagnostics  # what results files record
+
+    rec = _consensus_diagnostics(h)["consensus"]
+    np.testing.assert_array_equal(rec["run_mcc"], h["consensus_run_mcc"])
+    assert set(rec) == {"final_loss", "chosen", "wall_s", "run_mcc", "mcc"}
+    assert _consensus_diagnostics({"loss": h["loss"]}) == {}
 
 
 def test_consensus_and_freeze_settings_are_checked():
