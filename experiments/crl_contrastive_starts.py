@@ -11,11 +11,13 @@ nothing below is overfitting), weight decay 0.1, 10k steps, seeds 0 and 1:
 * ``random``: ``--runs`` independent fits from random starts (fit keys ``fold_in(key, 100 +
   k)``) on the same data: each run's MCC and final training loss, the run the loss would
   choose, and a per-latent *consensus* of the runs (for each latent slot, the run whose slot
-  correlates best on average with the other runs' same slot; slots are aligned by the known
-  targets). No ground truth is used to choose.
-* ``true_start``: the encoder first regressed onto the standardized true latents (4000 Adam
-  steps, MCC 0.999), then the same contrastive fit from there (prior and decoder random):
-  does the fit keep the true latents, and at what loss?
+  correlates best on average with the other runs' same slot, :func:`jaxcrl.crl.consensus.
+  slot_consensus`; slots are aligned by the known targets). No ground truth is used to
+  choose.
+* ``true_start``: the encoder first regressed onto the standardized true latents
+  (:func:`jaxcrl.crl.consensus.distill_encoder`, 4000 Adam steps, MCC 0.999), then the
+  same contrastive fit from there (prior and decoder random): does the fit keep the true
+  latents, and at what loss?
 
 ``--freeze K``: every fit keeps its encoder frozen for its first K steps
 (``CRLConfig.encoder_freeze``) while the prior and decoder adapt.
@@ -34,12 +36,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from crl_contrastive_diagnostics import _ce, _true_prior
 
 from jaxcrl.config import apply_overrides
 from jaxcrl.crl import fit
+from jaxcrl.crl.consensus import distill_encoder, slot_consensus
 from jaxcrl.crl.models import contrastive_encoder
+from jaxcrl.crl.svi import make_preprocess
 from jaxcrl.crl.synthetic import SyntheticConfig, variant
 from jaxcrl.metrics import mcc
 from jaxcrl.scm import make_dataset
@@ -56,23 +59,6 @@ def _setup(seeds: int, steps: int, freeze: int = 0):
     keys = jax.random.split(jax.random.key(cfg.seed), seeds)
     data = jax.jit(jax.vmap(lambda k: make_dataset(k, cfg.data)))(keys)
     return cfg, data, cfg.method_config("contrastive")
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(abs(np.corrcoef(a, b)[0, 1]))
-
-
-def consensus(zs: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
-    """[N, d] latents taking each slot ``i`` from the run whose slot ``i`` has the highest
-    mean |correlation| with the other runs' slot ``i``; and the chosen run of each slot."""
-    runs, d = len(zs), zs[0].shape[1]
-    out, chosen = np.empty_like(zs[0]), []
-    for i in range(d):
-        agree = [np.mean([_corr(zs[r][:, i], zs[q][:, i]) for q in range(runs) if q != r])
-                 for r in range(runs)]
-        chosen.append(int(np.argmax(agree)))
-        out[:, i] = zs[chosen[-1]][:, i]
-    return out, chosen
 
 
 def _truth_ce(data, s: int) -> float:
@@ -93,42 +79,27 @@ def random_starts(seeds: int, steps: int, runs: int, freeze: int = 0) -> dict:
         zt = np.asarray(data.z[s])
         run_mcc = [float(mcc(zt, z[s]).value) for z in zs]
         loss = [float(v[s]) for v in losses]
-        zc, chosen = consensus([z[s] for z in zs])
+        zc, chosen = slot_consensus(jnp.stack([z[s] for z in zs]))
         out[f"seed{s}"] = {"mcc": run_mcc, "final_loss": loss,
                            "by_loss_mcc": run_mcc[int(np.argmin(loss))],
-                           "consensus_mcc": float(mcc(zt, zc).value),
-                           "consensus_runs": chosen, "truth_loss": _truth_ce(data, s)}
+                           "consensus_mcc": float(mcc(zt, np.asarray(zc)).value),
+                           "consensus_runs": np.asarray(chosen).tolist(),
+                           "truth_loss": _truth_ce(data, s)}
     return out
 
 
 def true_start(seeds: int, steps: int, freeze: int = 0, sup_steps: int = 4000) -> dict:
     cfg, data, m = _setup(seeds, steps, freeze)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    # a 2-step fit gives the encoder's parameter tree and the fit's input preprocessing
-    r0 = fit(dataclasses.replace(m, steps=2, encoder_freeze=0), data.x, data.env,
-             targets=data.targets, key=key, seeds=seeds, progress=False)
+    # the fit's own input preprocessing, and an encoder regressed onto the true latents
+    pre = jax.vmap(lambda x: make_preprocess(x, m.latent_dim, flow=False, pca_dim=m.pca_dim))(
+        data.x)
+    p_sup = jax.jit(jax.vmap(lambda p, x, z: distill_encoder(m, p, x, z, jax.random.key(5),
+                                                             steps=sup_steps)))(
+        pre, data.x, data.z)
     mlp = contrastive_encoder(m)
-    xs = jax.vmap(lambda p, x: p(x))(r0.preprocess, data.x)
-    zs = (data.z - data.z.mean(1, keepdims=True)) / data.z.std(1, keepdims=True)
-    opt = optax.adam(1e-3)
-
-    def mse(p, xb, zb):
-        return jnp.mean((mlp.apply({"params": p}, xb) - zb) ** 2)
-
-    @jax.jit
-    def regress(p, k):
-        def step(c, k):
-            p, st = c
-            i = jax.random.randint(k, (1024,), 0, xs.shape[1])
-            loss, g = jax.vmap(jax.value_and_grad(mse))(p, xs[:, i], zs[:, i])
-            u, st = jax.vmap(opt.update)(g, st)
-            return (optax.apply_updates(p, u), st), loss
-        (p, _), losses = jax.lax.scan(step, (p, jax.vmap(opt.init)(p)),
-                                      jax.random.split(k, sup_steps))
-        return p, losses
-
-    p_sup, _ = regress(r0.params["encoder$params"], jax.random.key(5))
-    z_sup = np.asarray(jax.vmap(lambda p, x: mlp.apply({"params": p}, x))(p_sup, xs))
+    z_sup = np.asarray(jax.vmap(lambda p, q, x: mlp.apply({"params": p}, q(x)))(
+        p_sup, pre, data.x))
     r = fit(m, data.x, data.env, targets=data.targets, key=key, seeds=seeds, progress=False,
             init_params={"encoder$params": p_sup}, z_true=data.z, eval_every=steps // 10)
     z = np.asarray(r.encode(data.x))

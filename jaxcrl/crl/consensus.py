@@ -45,6 +45,11 @@ def slot_consensus(zs: jax.Array) -> tuple[jax.Array, jax.Array]:
         raise ValueError(f"slot_consensus needs [R >= 2, N, d] latents, got {zs.shape}")
     if not bool(jnp.all(jnp.isfinite(zs))):
         raise ValueError("slot_consensus: the latents contain NaN or inf")
+    return _slot_consensus(zs)
+
+
+@jax.jit
+def _slot_consensus(zs: jax.Array) -> tuple[jax.Array, jax.Array]:
     std = zs.std(1, keepdims=True)
     u = (zs - zs.mean(1, keepdims=True)) / jnp.where(std > 0, std, 1.0)
     corr = jnp.abs(jnp.einsum("rni,qni->irq", u, u) / zs.shape[1])  # [d, R, R]
@@ -97,8 +102,8 @@ def consensus_fit(cfg: CRLConfig, x: jax.Array, env: jax.Array, *, key: jax.Arra
 
     1. R fits of ``cfg.consensus_steps`` steps (run ``k`` with key ``fold_in(key, 100 +
        k)``; every fit vmaps its S seeds);
-    2. per seed, :func:`slot_consensus` of the R runs' latents of ``x``;
-    3. per seed, :func:`distill_encoder` onto the consensus (key ``fold_in(key, 99)``);
+    2. per seed (vmapped), :func:`slot_consensus` of the R runs' latents of ``x``;
+    3. per seed (vmapped), :func:`distill_encoder` onto the consensus (key ``fold_in(key, 99)``);
     4. the final fit of ``cfg.steps`` steps from the distilled encoder (fresh prior and
        decoder, the encoder frozen for ``cfg.encoder_freeze`` steps), key ``key``.
 
@@ -118,29 +123,26 @@ def consensus_fit(cfg: CRLConfig, x: jax.Array, env: jax.Array, *, key: jax.Arra
                                 steps=cfg.consensus_steps)
     fits = [fit(first, x, env, targets=targets, key=jax.random.fold_in(key, 100 + k),
                 seeds=seeds, **fit_kw) for k in range(cfg.consensus_runs)]
-    zs = jnp.stack([f.encode(x) for f in fits])  # [R, S, N, d]
-    n_seeds = zs.shape[1]
-    xs = jnp.broadcast_to(jnp.asarray(x, jnp.float32), (n_seeds, *np.shape(x)[-2:]))
-    pre = fits[0].preprocess
-    init, chosen, consensus = [], [], []
-    for s in range(n_seeds):
-        z_s, c_s = slot_consensus(zs[:, s])
-        consensus.append(z_s)
-        chosen.append(c_s)
-        init.append(distill_encoder(cfg, jax.tree.map(lambda a, s=s: a[s], pre), xs[s], z_s,
-                                    jax.random.fold_in(key, 99)))
-    init = jax.tree.map(lambda *a: jnp.stack(a), *init)
+    zs = jnp.stack([f.encode(x) for f in fits], 1)  # [S, R, N, d]
+    n_seeds = zs.shape[0]
+    if not bool(jnp.all(jnp.isfinite(zs))):
+        raise ValueError("consensus_fit: a first-stage fit encodes x to NaN or inf")
+    consensus, chosen = jax.vmap(_slot_consensus)(zs)  # [S, N, d], [S, d]
+    k_distill = jax.random.fold_in(key, 99)
+    init = jax.jit(jax.vmap(
+        lambda p, xx, z: distill_encoder(cfg, p, xx, z, k_distill),
+        in_axes=(0, 0 if np.ndim(x) == 3 else None, 0)))(fits[0].preprocess, x, consensus)
     wall = time.perf_counter() - t0
     final = fit(dataclasses.replace(cfg, consensus_runs=0), x, env, targets=targets, key=key,
                 seeds=seeds, z_true=z_true, init_params={"encoder$params": init}, **fit_kw)
     hist = dict(final.history)
     hist["consensus_loss"] = np.stack([np.asarray(f.history["final_loss"]) for f in fits])
-    hist["consensus_chosen"] = np.asarray(jnp.stack(chosen))
+    hist["consensus_chosen"] = np.asarray(chosen)
     hist["consensus_wall_s"] = wall
     if z_true is not None:
         zt = np.broadcast_to(np.asarray(z_true), (n_seeds, *np.shape(z_true)[-2:]))
         hist["consensus_run_mcc"] = np.array(
-            [[mcc(zt[s], np.asarray(zs[k, s])).value for s in range(n_seeds)]
+            [[mcc(zt[s], np.asarray(zs[s, k])).value for s in range(n_seeds)]
              for k in range(cfg.consensus_runs)])
         hist["consensus_mcc"] = np.array(
             [mcc(zt[s], np.asarray(consensus[s])).value for s in range(n_seeds)])
