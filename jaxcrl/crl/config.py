@@ -117,7 +117,7 @@ class CRLConfig:
         ``encoder_freeze`` steps, while the prior (and decoder) adapt to it. For a fit that
         starts from a given encoder (``init_params``, the consensus refit): without it the
         random prior's first gradients pull a good encoder away (on d = 10, D = 100 a start
-        at the true latents fell from MCC 0.999 to 0.79 in 1000 steps; with 2000 frozen
+        at the true latents fell from MCC 0.999 to 0.81 in 1000 steps; with 2000 frozen
         steps it ends at 0.99). From a random encoder it hurts (BENCHMARKS.md).
       consensus_runs, consensus_steps: ``method="contrastive"`` with ``consensus_runs = R
         >= 2`` (other methods ignore it) is fitted by
