@@ -36,6 +36,11 @@ BASE = SyntheticConfig(seeds=3, methods=("latent_scm",),
                        crl=dataclasses.replace(SyntheticConfig().crl, steps=10_000))
 
 
+def row_slug(name: str) -> str:
+    """The row's directory name under ``--out``."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", name.replace("=", "")).strip("_")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/crl_gen")
@@ -44,6 +49,9 @@ def main(argv=None):
                    help="override applied after each row's own overrides (repeatable)")
     p.add_argument("--rows", default=None,
                    help=f"'|'-separated row names (default: all of {list(GENERALIZATION_ROWS)})")
+    p.add_argument("--save", action="store_true",
+                   help="save each row's fitted runs to OUT/<row>/ckpt_<method> (for "
+                        "experiments/crl_graph_rescore.py)")
     args, base = parse_config(p, BASE, argv, aliases=ALIASES)
     names = list(GENERALIZATION_ROWS) if args.rows is None else [
         r for r in args.rows.split("|") if r]
@@ -56,9 +64,9 @@ def main(argv=None):
         p.error(str(err))
     table = {}
     for name, cfg in rows.items():
-        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", name.replace("=", "")).strip("_")
+        slug = row_slug(name)
         t = time.perf_counter()
-        out = run(cfg, progress=False)
+        out = run(cfg, progress=False, save_dir=f"{args.out}/{slug}" if args.save else None)
         write_results(f"{args.out}/{slug}", dataclasses.asdict(cfg), out["methods"])
         table[name] = {m: {k: v[k] for k in (*METRICS, *PER_LATENT, "wall_s") if k in v}
                        for m, v in out["methods"].items()}

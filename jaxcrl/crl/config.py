@@ -113,6 +113,9 @@ class CRLConfig:
         ``"nonlinear"`` (location-scale random-feature regressions,
         :func:`jaxcrl.crl.discovery.nonlinear_dag_search`) or ``"auto"``: nonlinear when the
         prior is (``scm`` not ``"linear"``).
+      graph_min_r2: linear search only: the effect size a parent must have to be chosen
+        (``min_r2`` of :func:`jaxcrl.crl.discovery.exact_dag_search`, a charge per parent
+        inside the search, whatever the sample size); 0 is plain BIC.
       encoder_freeze: the encoder's parameters get no updates for the first
         ``encoder_freeze`` steps, while the prior (and decoder) adapt to it. For a fit that
         starts from a given encoder (``init_params``, the consensus refit): without it the
@@ -190,6 +193,7 @@ class CRLConfig:
     pca_dim: int = 0
     edge_threshold: float = 0.3
     graph_search: str = "auto"
+    graph_min_r2: float = 0.0
     effect_threshold: float = 0.05
     restarts: int = 2
     holdout: float = 0.0
@@ -209,6 +213,8 @@ class CRLConfig:
         _choice("scm", self.scm, ("linear", "nonlinear", "flow"))
         _choice("scm_order", self.scm_order, ("targets", "index"))
         _choice("graph_search", self.graph_search, ("auto", "linear", "nonlinear"))
+        if not 0.0 <= self.graph_min_r2 < 1.0:
+            raise ValueError(f"graph_min_r2 must be in [0, 1), got {self.graph_min_r2}")
         if not 0.0 <= self.effect_threshold < 1.0:
             raise ValueError(f"effect_threshold must be in [0, 1), got {self.effect_threshold}")
         if self.scm == "flow" and self.method != "latent_scm":

@@ -358,8 +358,9 @@ class FitResult:
                        targets: jax.Array | None = None) -> np.ndarray | None:
         """[S, d, d] DAG from an exact interventional-BIC search over the encoded latents:
         the discrete refinement of :meth:`graph`. With ``cfg.graph_search`` linear
-        (:func:`jaxcrl.crl.discovery.exact_dag_search`): OLS weights, edges with
-        standardized weight below ``cfg.edge_threshold`` pruned; nonlinear (``"auto"`` with a
+        (:func:`jaxcrl.crl.discovery.exact_dag_search`, each parent charged for
+        ``cfg.graph_min_r2``): OLS weights, edges with standardized weight below
+        ``cfg.edge_threshold`` pruned; nonlinear (``"auto"`` with a
         nonlinear or flow prior; :func:`jaxcrl.crl.discovery.nonlinear_dag_search`, its
         location-scale local model, fixed features key): each edge's (likelihood) partial
         R², edges below ``cfg.effect_threshold`` pruned.
@@ -386,7 +387,7 @@ class FitResult:
                 eff, _ = nonlinear_dag_search(z[r], e, t[r], key=jax.random.key(0))
                 out.append(np.where(eff >= self.cfg.effect_threshold, eff, 0.0))
                 continue
-            w, _ = exact_dag_search(z[r], e, t[r])
+            w, _ = exact_dag_search(z[r], e, t[r], min_r2=self.cfg.graph_min_r2)
             # Prune weak edges: imperfectly recovered latents leak into each other, and at
             # large n the BIC keeps every leak as an edge.
             sd = z[r][e == 0].std(0) + 1e-12
