@@ -110,3 +110,52 @@ def test_restarts_are_chosen_by_heldout_loss():
     held = r.history["heldout_loss"].reshape(2, 3)
     assert np.all(np.isfinite(held))
     np.testing.assert_array_equal(r.history["restart_chosen"], held.argmin(1))
+
+
+def test_jarque_bera_equals_scipy_per_environment_and_pools_gaussian_environments():
+    from scipy.stats import jarque_bera as scipy_jb
+
+    from jaxcrl.crl.models import jarque_bera
+
+    rng = np.random.default_rng(3)
+    one = rng.gamma(2.0, size=(4000, 1))  # skewed: a large statistic
+    got = float(jarque_bera(jnp.asarray(one), jnp.ones((4000, 1)))) * 4000
+    assert got == pytest.approx(scipy_jb(one[:, 0]).statistic, rel=1e-3)
+    # Three environments of Gaussians with their own means and scales: each standardized
+    # in its environment, so the pool is Gaussian; a fold |z - c| in one latent is not.
+    env = np.repeat(np.arange(3), 4000)
+    z = rng.normal(size=(12000, 2)) * np.array([1.0, 5.0, 0.3])[env, None] + 4.0 * env[:, None]
+    onehot = jax.nn.one_hot(env, 3)
+    gauss = float(jarque_bera(jnp.asarray(z, jnp.float32), onehot)) * len(z)
+    assert gauss < 20.0  # chi-squared, 4 degrees of freedom: P(> 20) ~ 5e-4
+    folded = z.copy()
+    folded[:, 1] = np.abs(folded[:, 1] - 4.0 * env + 0.2)
+    assert float(jarque_bera(jnp.asarray(folded, jnp.float32), onehot)) * len(z) > 1000.0
+
+
+def test_gauss_moments_enters_the_contrastive_objective_as_the_jarque_bera_term():
+    from numpyro.handlers import seed, trace
+
+    from jaxcrl.crl.models import contrastive_model, jarque_bera
+
+    x = jax.random.normal(jax.random.key(0), (64, 5))
+    env = jnp.arange(64) % 3
+    base = CRLConfig(method="contrastive", latent_dim=2, n_envs=3, hidden=(8,), targets="known")
+    targets = jnp.asarray([[0, 0], [1, 0], [0, 1]], bool)
+
+    def factor_and_z(cfg):
+        tr = trace(seed(contrastive_model, jax.random.key(1))).get_trace(
+            x, env, targets, 0.0, cfg=cfg, n_total=640)
+        return float(tr["log_likelihood"]["fn"].log_factor), tr
+
+    plain, tr = factor_and_z(base)
+    with_term, _ = factor_and_z(dataclasses.replace(base, gauss_moments=0.5))
+    enc = tr["encoder$params"]["value"]
+    from jaxcrl.crl.models import contrastive_encoder
+
+    z = contrastive_encoder(base).apply({"params": enc}, x)
+    expected = 0.5 * 640 * float(jarque_bera(z, jax.nn.one_hot(env, 3)))
+    assert plain - with_term == pytest.approx(expected, rel=1e-4)
+    assert expected > 0
+    with pytest.raises(ValueError, match="gauss_moments"):
+        dataclasses.replace(base, gauss_moments=-1.0)

@@ -139,8 +139,33 @@ def contrastive_model(x, env, targets, penalty, *, cfg: CRLConfig, n_total: int)
         decoder = flax_module("decoder", MLP(cfg.hidden, x.shape[-1]),
                               input_shape=(1, cfg.latent_dim))
         ll = ll - cfg.recon * jnp.sum(jnp.mean((decoder(z) - x) ** 2, -1))
+    if cfg.gauss_moments > 0:  # the latents' marginals are Gaussian (see CRLConfig)
+        onehot = prior_lib.env_onehot(env, cfg.n_envs)
+        ll = ll - cfg.gauss_moments * x.shape[0] * jarque_bera(z, onehot)
     numpyro.factor("log_likelihood", ll * (n_total / x.shape[0]))
     _graph_penalty(prior, penalty, cfg, n_total)
+
+
+def jarque_bera(z: jax.Array, onehot: jax.Array) -> jax.Array:
+    """Jarque-Bera statistic per sample, summed over latents: ``sum_i (S_i^2 + K_i^2/4) / 6``.
+
+    Args:
+      z: [B, d] latents; onehot: [B, E] environment of each row.
+
+    Each latent is standardized within each environment (the environment's mean and
+    standard deviation in the batch), then skewness ``S_i`` and excess kurtosis ``K_i`` are
+    taken over the pooled standardized rows: a mixture of environments whose latents are
+    each Gaussian is then Gaussian too. Multiplied by ``B`` it is the JB test statistic
+    (asymptotically chi-squared with 2 degrees of freedom per latent under Gaussianity).
+    """
+    count = jnp.maximum(onehot.sum(0), 1.0)  # [E]
+    mean = (onehot.T @ z) / count[:, None]  # [E, d]
+    centred = z - onehot @ mean
+    var = (onehot.T @ centred**2) / count[:, None]
+    u = centred * jax.lax.rsqrt(onehot @ var + 1e-6)
+    skew = jnp.mean(u**3, 0)
+    kurt = jnp.mean(u**4, 0) - 3.0
+    return jnp.sum(skew**2 + kurt**2 / 4.0) / 6.0
 
 
 def empty_guide(*args, **kwargs):
