@@ -28,7 +28,7 @@ import numpy as np
 from crl_generalization import ALIASES, BASE, row_slug
 
 from jaxcrl.config import apply_overrides, parse_config
-from jaxcrl.crl.discovery import exact_dag_search
+from jaxcrl.crl.discovery import pruned_dag_search
 from jaxcrl.crl.svi import load_fit
 from jaxcrl.crl.synthetic import GENERALIZATION_ROWS, variant
 from jaxcrl.metrics import mcc, shd
@@ -60,10 +60,8 @@ def rescore(cfg, fit_dir: Path, min_r2s, thresholds) -> dict:
                 fitted = [float(shd(adj[r], w[r], perm=perms[r])) for r in range(cfg.seeds)]
                 truth = []
                 for r in range(cfg.seeds):  # the search on the exact latents, same settings
-                    wt, _ = exact_dag_search(z_true[r], env[r], np.asarray(data.targets[r]),
-                                             min_r2=tau)
-                    sd = z_true[r][env[r] == 0].std(0)
-                    wt = np.where(np.abs(wt * sd[:, None] / sd[None, :]) >= th, wt, 0.0)
+                    wt = pruned_dag_search(z_true[r], env[r], np.asarray(data.targets[r]),
+                                           min_r2=tau, edge_threshold=th)
                     truth.append(float(shd(adj[r], wt)))
                 rows.append({"graph_min_r2": tau, "edge_threshold": th,
                              "shd": fitted, "shd_mean": float(np.mean(fitted)),

@@ -98,6 +98,17 @@ def exact_dag_search(
     return weights, score
 
 
+def pruned_dag_search(
+    z: np.ndarray, env: np.ndarray, targets: np.ndarray, *, min_r2: float = 0.0,
+    edge_threshold: float = 0.0,
+) -> np.ndarray:
+    """:func:`exact_dag_search`, then edges with ``|W[i, j]| sd(z_i) / sd(z_j)`` (standard
+    deviations in environment 0) below ``edge_threshold`` set to zero: ``[d, d]`` weights."""
+    w, _ = exact_dag_search(z, env, targets, min_r2=min_r2)
+    sd = np.asarray(z, np.float64)[np.asarray(env) == 0].std(0) + 1e-12
+    return np.where(np.abs(w * sd[:, None] / sd[None, :]) >= edge_threshold, w, 0.0)
+
+
 def _check(z, env, targets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     z = np.asarray(z, np.float64)
     env = np.asarray(env)

@@ -368,7 +368,7 @@ class FitResult:
         maximum-likelihood assignment of :meth:`assign_targets`."""
         if not self.cfg.learns_graph:
             return None
-        from jaxcrl.crl.discovery import exact_dag_search, nonlinear_dag_search
+        from jaxcrl.crl.discovery import nonlinear_dag_search, pruned_dag_search
 
         z = np.asarray(self.encode(x))
         if self.cfg.targets == "unknown":
@@ -387,12 +387,10 @@ class FitResult:
                 eff, _ = nonlinear_dag_search(z[r], e, t[r], key=jax.random.key(0))
                 out.append(np.where(eff >= self.cfg.effect_threshold, eff, 0.0))
                 continue
-            w, _ = exact_dag_search(z[r], e, t[r], min_r2=self.cfg.graph_min_r2)
             # Prune weak edges: imperfectly recovered latents leak into each other, and at
             # large n the BIC keeps every leak as an edge.
-            sd = z[r][e == 0].std(0) + 1e-12
-            w_std = w * sd[:, None] / sd[None, :]
-            out.append(np.where(np.abs(w_std) >= self.cfg.edge_threshold, w, 0.0))
+            out.append(pruned_dag_search(z[r], e, t[r], min_r2=self.cfg.graph_min_r2,
+                                         edge_threshold=self.cfg.edge_threshold))
         return np.stack(out)
 
     def save(self, path, *, step: int | None = None, metrics: dict | None = None,
