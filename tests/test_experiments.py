@@ -76,6 +76,41 @@ def test_crl_generalization_runs_config_variants(tmp_path, monkeypatch):
     assert len(res["rows"]["d=3"]["latent_scm"]["mcc_pearson_oos"]["per_seed"]) == 1
 
 
+def test_crl_graph_rescore_reproduces_the_saved_rows_shd(tmp_path, monkeypatch):
+    """A row fitted with --save, re-scored at its own graph settings: the same SHD per seed
+    as its results file (the data rebuilt from the keys, the fit loaded from its
+    checkpoint); other settings are scored beside it."""
+    monkeypatch.syspath_prepend("experiments")  # the script imports crl_generalization
+    out = tmp_path / "gen"
+    common = ["--rows", "d=3", "--seeds", "2", "--steps", "20", "--set", "data.n_per_env=300",
+              "--set", "crl.batch_size=64", "--set", "crl.restarts=1", *SMALL_ENCODER,
+              "--out", str(out)]
+    _run("experiments/crl_generalization.py", [*common, "--save"], monkeypatch)
+    _run("experiments/crl_graph_rescore.py",
+         [*common, "--min-r2", "0,0.05", "--thresholds", "0.3,0"], monkeypatch)
+    saved = json.loads((out / "d3" / "results.json").read_text())["methods"]["latent_scm"]
+    res = json.loads((out / "d3" / "graph_rescore.json").read_text())["methods"]["latent_scm"]
+    own = [c for c in res["settings"] if c["graph_min_r2"] == 0 and c["edge_threshold"] == 0.3]
+    assert own[0]["shd"] == saved["shd"]["per_seed"]
+    assert len(res["settings"]) == 4 and res["true_edges"] == [
+        int(v) for v in res["true_edges"]]
+
+
+def test_crl_graph_sensitivity_scores_exact_latents_perfectly_without_the_prune(
+        tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend("experiments")
+    out = tmp_path / "sens.json"
+    _run("experiments/crl_graph_sensitivity.py",
+         ["--rows", "d=3", "--seeds", "2", "--min-r2", "0,0.05", "--thresholds", "0",
+          "--out", str(out)], monkeypatch)
+    cells = json.loads(out.read_text())["rows"]["d=3"]["cells"]
+    exact = [c for c in cells if c["perturbation"] == "none"]
+    assert len(exact) == 2 and all(c["shd"] == [0.0, 0.0] for c in exact)
+    assert all(c["corr_mean"] == pytest.approx(1.0) for c in exact)
+    noisy = {(c["perturbation"], c["size"]) for c in cells}
+    assert ("leak", 0.1) in noisy and ("tanh", 1.0) in noisy
+
+
 def test_crl_soft_classes_regroups_a_stored_run_exactly(tmp_path, monkeypatch):
     """The by-node-kind table of BENCHMARKS.md, recomputed from the stored summary (the true
     graphs rebuilt from the root seed): the same numbers as the stored table file."""

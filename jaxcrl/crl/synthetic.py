@@ -239,11 +239,14 @@ GENERALIZATION_ROWS: dict[str, tuple[str, ...]] = {
     # below the true model's, held-out above it); with 50k the two agree. Fits from random
     # starts then still end far apart (MCC 0.66-0.92 on the same data): the consensus refit
     # (jaxcrl.crl.consensus) of 4 runs, with the encoder frozen for 2000 steps of the refit.
+    # The ratios cannot see a fold |z_i - c| of a latent; a Jarque-Bera penalty on the
+    # latents' marginals (crl.gauss_moments: every latent is Gaussian in every environment
+    # under the true SCM) raised MCC from 0.880 to 0.923 on the same data and keys.
     "contrastive, d=10, D=100, unknown targets": (
         *_CONTRASTIVE, "crl.weight_decay=0.1", "data.scm.latent_dim=10",
         "data.mixing.kind=injective", "data.mixing.obs_dim=100", "data.n_per_env=50000",
         "crl.consensus_runs=4", "crl.consensus_steps=5000", "crl.encoder_freeze=2000",
-        "targets=unknown_distinct"),
+        "crl.gauss_moments=1", "targets=unknown_distinct"),
 }
 
 
