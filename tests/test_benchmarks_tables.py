@@ -436,3 +436,81 @@ def test_crl_contrastive_consensus_tables_match_their_results_file():
     want = [[str(s), " ".join(f"{r[s]:.3f}" for r in c["run_mcc"]), f"{c['mcc'][s]:.3f}",
              f"{m['mcc_pearson']['per_seed'][s]:.3f}"] for s in range(len(c["mcc"]))]
     assert stages == want
+
+
+def test_crl_contrastive_gauss_moments_tables_match_their_results_files():
+    m = _load("crl_contrastive_d10_D100_consensus_gm1.json")["methods"]["contrastive"]
+    before = _load("crl_contrastive_d10_D100_consensus.json")["methods"]["contrastive"]
+    assert m["config"]["gauss_moments"] == 1.0 and m["config"]["consensus_runs"] == 4
+    (row,) = _table_after("--tag _consensus_gm1 --rows")
+    cols = ["mcc_pearson_oos", "mcc_spearman", "r2", "shd", "shd_svi", "edge_auroc"]
+    for cell, key in zip(row[1:7], cols, strict=True):
+        mean, std = _mean_std(cell)
+        tol = 5e-4 if key.startswith(("mcc", "r2", "edge")) else 0.05
+        assert (mean, std) == pytest.approx((m[key]["mean"], m[key]["std"]), abs=tol), key
+    assert _num(row[7]) == pytest.approx(m["target_accuracy"]["mean"], abs=5e-3)
+    assert _num(row[8]) == pytest.approx(m["wall_s"], abs=0.5)
+    c = m["consensus"]
+    stages = _table_after("With the penalty, per seed, the MCC of each stage")
+    want = [[str(s), " ".join(f"{r[s]:.3f}" for r in c["run_mcc"]), f"{c['mcc'][s]:.3f}",
+             f"{m['mcc_pearson']['per_seed'][s]:.3f}",
+             f"{before['mcc_pearson']['per_seed'][s]:.3f}"] for s in range(len(c["mcc"]))]
+    assert stages == want
+    sweep = {}
+    for line in (RESULTS / "crl_contrastive_d10_D100_sweep.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        sweep[r["tag"]] = r
+    rows = _table_after("First-stage fits, targets given, 4 restarts of 5k steps")
+    assert [r[0].strip("`") for r in rows] == ["0", "0.3", "1", "5"]
+    for r, tag in zip(rows, ["gm0", "gm03", "gm1", "gm5"], strict=True):
+        s = sweep[tag]
+        assert f"crl.gauss_moments={r[0].strip('`')}" in s["ov"]
+        assert _floats(r[1] + " " + r[2]) == pytest.approx(
+            [v for seed in s["mcc_restarts"] for v in seed], abs=5.01e-4)  # 4 digits kept
+        assert _num(r[3]) == pytest.approx(np.mean(s["mcc_restarts"]), abs=5e-4)
+        assert _floats(r[4]) == pytest.approx(
+            [s["seed0"]["mcc_pearson"], s["seed1"]["mcc_pearson"]], abs=5e-4)
+
+
+def _floats(cell: str) -> list[float]:
+    return [float(v) for v in re.findall(r"-?\d+\.\d+", cell)]
+
+
+def test_crl_graph_sensitivity_table_matches_its_results_file():
+    res = _load("crl_graph_sensitivity.json")["rows"]
+    settings = [(0.0, 0.3), (0.0, 0.0), (0.05, 0.3), (0.05, 0.0)]
+    rows = _table_after("python experiments/crl_graph_sensitivity.py --out experiments")
+    names = {"default, d = 5": "default", "d = 8": "d=8",
+             "contrastive d = 10": "contrastive, d=10, D=100, unknown targets"}
+    name = None
+    for r in rows:
+        if r[0]:
+            label, edges = re.match(r"(.*) \((\d+\.\d)\)", r[0]).groups()
+            name = names[label]
+            assert float(edges) == pytest.approx(np.mean(res[name]["true_edges"]), abs=0.05)
+        kind, *size = r[1].split()
+        size = float(size[0]) if size else (1.0 if kind == "tanh" else 0.0)
+        cells = {(c["min_r2"], c["edge_threshold"]): c for c in res[name]["cells"]
+                 if c["perturbation"] == kind and c["size"] == size}
+        assert _num(r[2]) == pytest.approx(cells[settings[0]]["corr_mean"], abs=5e-4)
+        for cell, key in zip(r[3:], settings, strict=True):
+            assert _num(cell) == pytest.approx(cells[key]["shd_mean"], abs=0.05), (r, key)
+
+
+def test_crl_graph_rescore_table_matches_its_results_files():
+    rows = _table_after("python experiments/crl_graph_rescore.py --out out/crl_gen_graph")
+    files = {"d = 8": ("crl_graph_rescore_d8.json", "latent_scm"),
+             "contrastive d = 10": ("crl_graph_rescore_c10.json", "contrastive"),
+             "contrastive d = 10, `gauss_moments=1`": ("crl_graph_rescore_c10_gm1.json",
+                                                       "contrastive")}
+    assert len(rows) == 3
+    for r in rows:
+        label = r[0].split(" (")[0]
+        fname, method = files[label]
+        settings = {(s["graph_min_r2"], s["edge_threshold"]): s
+                    for s in _load(fname)["methods"][method]["settings"]}
+        assert _num(r[1]) == pytest.approx(settings[(0.0, 0.3)]["shd_mean"], abs=0.05)
+        assert _num(r[2]) == pytest.approx(settings[(0.0, 0.0)]["shd_mean"], abs=0.05)
+        best = min(settings.values(), key=lambda s: s["shd_mean"])
+        assert _num(r[3]) == pytest.approx(best["shd_mean"], abs=0.05)
+        assert _num(r[4]) == pytest.approx(best["shd_true_latents_mean"], abs=0.05)
