@@ -420,10 +420,9 @@ def test_crl_soft_class_table_matches_its_results_file():
     assert rows == want
 
 
-def test_crl_contrastive_consensus_tables_match_their_results_file():
-    m = _load("crl_contrastive_d10_D100_consensus.json")["methods"]["contrastive"]
-    assert m["config"]["consensus_runs"] == 4 and m["config"]["encoder_freeze"] == 2000
-    (row,) = _table_after("--tag _consensus --rows")
+def _check_contrastive_row(m: dict, marker: str) -> None:
+    """The one-row table of a contrastive results summary ``m`` after ``marker``."""
+    (row,) = _table_after(marker)
     cols = ["mcc_pearson_oos", "mcc_spearman", "r2", "shd", "shd_svi", "edge_auroc"]
     for cell, key in zip(row[1:7], cols, strict=True):
         mean, std = _mean_std(cell)
@@ -431,31 +430,35 @@ def test_crl_contrastive_consensus_tables_match_their_results_file():
         assert (mean, std) == pytest.approx((m[key]["mean"], m[key]["std"]), abs=tol), key
     assert _num(row[7]) == pytest.approx(m["target_accuracy"]["mean"], abs=5e-3)
     assert _num(row[8]) == pytest.approx(m["wall_s"], abs=0.5)
+
+
+def _stages(m: dict, before: dict | None = None) -> list[list[str]]:
+    """Per seed: the first-stage runs' MCC, the consensus, the refit (and ``before``'s)."""
     c = m["consensus"]
-    stages = _table_after("Per seed, the MCC of each stage (first-stage runs")
-    want = [[str(s), " ".join(f"{r[s]:.3f}" for r in c["run_mcc"]), f"{c['mcc'][s]:.3f}",
-             f"{m['mcc_pearson']['per_seed'][s]:.3f}"] for s in range(len(c["mcc"]))]
-    assert stages == want
+    rows = []
+    for s in range(len(c["mcc"])):
+        row = [str(s), " ".join(f"{r[s]:.3f}" for r in c["run_mcc"]), f"{c['mcc'][s]:.3f}",
+               f"{m['mcc_pearson']['per_seed'][s]:.3f}"]
+        if before is not None:
+            row.append(f"{before['mcc_pearson']['per_seed'][s]:.3f}")
+        rows.append(row)
+    return rows
+
+
+def test_crl_contrastive_consensus_tables_match_their_results_file():
+    m = _load("crl_contrastive_d10_D100_consensus.json")["methods"]["contrastive"]
+    assert m["config"]["consensus_runs"] == 4 and m["config"]["encoder_freeze"] == 2000
+    _check_contrastive_row(m, "--tag _consensus --rows")
+    assert _table_after("Per seed, the MCC of each stage (first-stage runs") == _stages(m)
 
 
 def test_crl_contrastive_gauss_moments_tables_match_their_results_files():
     m = _load("crl_contrastive_d10_D100_consensus_gm1.json")["methods"]["contrastive"]
     before = _load("crl_contrastive_d10_D100_consensus.json")["methods"]["contrastive"]
     assert m["config"]["gauss_moments"] == 1.0 and m["config"]["consensus_runs"] == 4
-    (row,) = _table_after("--tag _consensus_gm1 --rows")
-    cols = ["mcc_pearson_oos", "mcc_spearman", "r2", "shd", "shd_svi", "edge_auroc"]
-    for cell, key in zip(row[1:7], cols, strict=True):
-        mean, std = _mean_std(cell)
-        tol = 5e-4 if key.startswith(("mcc", "r2", "edge")) else 0.05
-        assert (mean, std) == pytest.approx((m[key]["mean"], m[key]["std"]), abs=tol), key
-    assert _num(row[7]) == pytest.approx(m["target_accuracy"]["mean"], abs=5e-3)
-    assert _num(row[8]) == pytest.approx(m["wall_s"], abs=0.5)
-    c = m["consensus"]
+    _check_contrastive_row(m, "--tag _consensus_gm1 --rows")
     stages = _table_after("With the penalty, per seed, the MCC of each stage")
-    want = [[str(s), " ".join(f"{r[s]:.3f}" for r in c["run_mcc"]), f"{c['mcc'][s]:.3f}",
-             f"{m['mcc_pearson']['per_seed'][s]:.3f}",
-             f"{before['mcc_pearson']['per_seed'][s]:.3f}"] for s in range(len(c["mcc"]))]
-    assert stages == want
+    assert stages == _stages(m, before)
     sweep = {}
     for line in (RESULTS / "crl_contrastive_d10_D100_sweep.jsonl").read_text().splitlines():
         r = json.loads(line)
