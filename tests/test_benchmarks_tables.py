@@ -517,3 +517,23 @@ def test_crl_graph_rescore_table_matches_its_results_files():
         best = min(settings.values(), key=lambda s: s["shd_mean"])
         assert _num(r[3]) == pytest.approx(best["shd_mean"], abs=0.05)
         assert _num(r[4]) == pytest.approx(best["shd_true_latents_mean"], abs=0.05)
+
+
+def test_crl_contrastive_gauss_moments_held_out_root_table_matches_its_results_files():
+    rows = _table_after("**A held-out root** (root seed 1")
+    files = ["crl_contrastive_d10_D100_consensus_seed1.json",
+             "crl_contrastive_d10_D100_consensus_gm1_seed1.json"]
+    assert len(rows) == 2
+    for r, fname, weight in zip(rows, files, [0.0, 1.0], strict=True):
+        res = _load(fname)
+        assert res["setup"]["seed"] == 1
+        m = res["methods"]["contrastive"]
+        assert m["config"]["gauss_moments"] == weight
+        k = m["mcc_pearson_oos"]
+        assert _mean_std(r[1]) == pytest.approx((k["mean"], k["std"]), abs=5e-4)
+        assert r[2] == " ".join(f"{v:.3f}" for v in k["per_seed"])
+        assert r[3] == " ".join(f"{min(v):.2f}" for v in m["mcc_per_latent"]["per_seed"])
+        assert _num(r[4]) == pytest.approx(m["shd"]["mean"], abs=0.05)
+        assert _num(r[5]) == pytest.approx(m["targets_right"]["mean"], abs=5e-3)
+        assert _num(r[6]) == pytest.approx(np.mean(m["consensus"]["run_mcc"]), abs=5e-4)
+        assert _num(r[7]) == pytest.approx(np.mean(m["consensus"]["mcc"]), abs=5e-4)
