@@ -79,7 +79,7 @@ def test_row_set_overrides_a_rows_own_setting(monkeypatch):
 
     seen = {}
 
-    def fake_run(cfg, progress=False):
+    def fake_run(cfg, progress=False, save_dir=None):
         seen["cfg"] = cfg
         raise SystemExit(0)
 
