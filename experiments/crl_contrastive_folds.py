@@ -19,15 +19,13 @@ import argparse
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 from crl_generalization import ALIASES, BASE, row_slug
 
 from jaxcrl.config import apply_overrides, parse_config
 from jaxcrl.crl.svi import load_fit
-from jaxcrl.crl.synthetic import variant
+from jaxcrl.crl.synthetic import simulate, variant
 from jaxcrl.metrics import mcc
-from jaxcrl.scm.data import make_dataset
 
 ROW = "contrastive, d=10, D=100, unknown targets"
 
@@ -56,8 +54,7 @@ def main(argv=None):
     p.add_argument("--row-set", action="append", default=[], metavar="PATH=VALUE")
     args, base = parse_config(p, BASE, argv, aliases=ALIASES)
     cfg = apply_overrides(variant(base, ROW), args.row_set)
-    keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
-    data = jax.jit(jax.vmap(lambda k: make_dataset(k, cfg.data)))(keys)
+    data = simulate(cfg)  # the data jaxcrl.crl.synthetic.run fitted
     z_true = np.asarray(data.z)
     result = {}
     for d in args.fit:

@@ -23,16 +23,14 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from crl_generalization import ALIASES, BASE, row_slug
 
 from jaxcrl.config import apply_overrides, parse_config
 from jaxcrl.crl.discovery import pruned_dag_search
 from jaxcrl.crl.svi import load_fit
-from jaxcrl.crl.synthetic import GENERALIZATION_ROWS, variant
+from jaxcrl.crl.synthetic import GENERALIZATION_ROWS, simulate, variant
 from jaxcrl.metrics import mcc, shd
-from jaxcrl.scm.data import make_dataset
 
 
 def _floats(text: str) -> list[float]:
@@ -40,8 +38,7 @@ def _floats(text: str) -> list[float]:
 
 
 def rescore(cfg, fit_dir: Path, min_r2s, thresholds) -> dict:
-    keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)  # as jaxcrl.crl.synthetic.run
-    data = jax.jit(jax.vmap(lambda k: make_dataset(k, cfg.data)))(keys)
+    data = simulate(cfg)  # the data jaxcrl.crl.synthetic.run fitted
     adj = np.asarray(data.adj) != 0
     env = np.asarray(data.env)
     z_true = np.asarray(data.z)

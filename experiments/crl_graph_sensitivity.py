@@ -22,17 +22,17 @@ latents are the ceiling of the search; nothing here is fitted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from crl_generalization import BASE
 
 from jaxcrl.crl.discovery import pruned_dag_search
-from jaxcrl.crl.synthetic import GENERALIZATION_ROWS, variant
+from jaxcrl.crl.synthetic import GENERALIZATION_ROWS, dataset_keys, variant
 from jaxcrl.metrics import shd
 from jaxcrl.scm.data import make_dataset
 
@@ -69,7 +69,7 @@ def main(argv=None):
         if name not in GENERALIZATION_ROWS:
             p.error(f"unknown row {name!r}")
         cfg = variant(BASE, name)
-        keys = jax.random.split(jax.random.key(cfg.seed), args.seeds)
+        keys = dataset_keys(dataclasses.replace(cfg, seeds=args.seeds))  # the rows' data
         t0 = time.perf_counter()
         cells: dict[str, dict] = {}
         edges = []

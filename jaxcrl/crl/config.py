@@ -99,14 +99,17 @@ class CRLConfig:
         squared error per standardized input dimension). The classifier only sees the
         log-density ratios, which depend on an intervened latent through a quadratic, so
         a *folded* encoder (``|z_i - c|``) fits them as well as the true one; requiring
-        ``x`` to be decodable from ``z`` makes the encoder injective and rules folds out.
+        ``x`` to be decodable from ``z`` makes folds costly. It does not rule them out: a
+        fold survived with ``recon=1`` on d = 10, D = 100 (the latent's information was
+        spread over the other slots; BENCHMARKS.md), which ``gauss_moments`` targets.
       gauss_moments: weight of a penalty on the ``contrastive`` latents' departure from
         Gaussian marginals: within each environment of the minibatch every latent is
         standardized, and the pooled skewness ``S_i`` and excess kurtosis ``K_i`` enter as
         the Jarque-Bera statistic ``sum_i (S_i^2 + K_i^2 / 4) / 6`` per sample. Under the
         linear-Gaussian SCM every latent is Gaussian in every environment, so the truth
         pays nothing; a *fold* ``|z_i - c|`` (skewness near 1) does. The ratio objective
-        alone cannot see it. 0: off.
+        alone cannot see it. 0: off. Other methods ignore it (like ``recon``: a
+        :class:`jaxcrl.crl.synthetic.SyntheticConfig` shares one config across methods).
       encoder_norm, encoder_skip: the ``contrastive`` encoder MLP with LayerNorm before every
         activation, and with a linear path from input to output (:class:`jaxcrl.crl.nets.MLP`).
       pca_dim: methods without a flow encoder: feed the encoder the top-``pca_dim`` principal

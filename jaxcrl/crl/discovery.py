@@ -84,12 +84,10 @@ def exact_dag_search(
     z, env, targets = _check(z, env, targets)
     d = z.shape[1]
     grams, counts = _node_grams(z, env, targets)
-    per_parent = -0.5 * math.log1p(-min_r2)
 
     def local(j, parents):
         score, _ = _local_bic(grams[j], counts[j], j, parents)
-        return _penalized(score, parents, counts[j], penalty) - per_parent * counts[j] * len(
-            parents)
+        return _penalized(score, parents, counts[j], penalty, min_r2)
 
     score, parents = _best_dag(d, local)
     weights = np.zeros((d, d))
@@ -282,8 +280,11 @@ def _location_scale_loglik(x: np.ndarray, y: np.ndarray, rounds: int = 10) -> fl
     return max(hetero, homo) if np.isfinite(hetero) else homo
 
 
-def _penalized(bic: float, parents: tuple[int, ...], n: int, penalty: float) -> float:
-    if penalty == 1.0:
+def _penalized(bic: float, parents: tuple[int, ...], n: int, penalty: float,
+               min_r2: float = 0.0) -> float:
+    """``bic`` with its complexity term scaled by ``penalty`` and, per parent, the
+    effect-size charge ``-(n / 2) log(1 - min_r2)`` of :func:`exact_dag_search`."""
+    if penalty == 1.0 and min_r2 == 0.0:
         return bic
     extra = (penalty - 1.0) * 0.5 * (len(parents) + 2) * math.log(n)
-    return bic - extra
+    return bic - extra + 0.5 * n * math.log1p(-min_r2) * len(parents)

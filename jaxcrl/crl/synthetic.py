@@ -153,6 +153,17 @@ def _consensus_diagnostics(history: dict) -> dict:
     return {"consensus": out}
 
 
+def dataset_keys(cfg: SyntheticConfig) -> jax.Array:
+    """[seeds] keys of the setting's data sets (data set ``s`` uses key ``s``)."""
+    return jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
+
+
+def simulate(cfg: SyntheticConfig):
+    """The setting's ``cfg.seeds`` data sets, stacked (every array ``[seeds, ...]``): the
+    data :func:`run` fits, for scripts that score saved fits on it again."""
+    return jax.jit(jax.vmap(lambda k: make_dataset(k, cfg.data)))(dataset_keys(cfg))
+
+
 def run(cfg: SyntheticConfig, *, progress: bool = True, save_dir: str | Path | None = None
         ) -> dict[str, Any]:
     """Simulates ``cfg.seeds`` data sets, fits and scores every method.
@@ -168,8 +179,7 @@ def run(cfg: SyntheticConfig, *, progress: bool = True, save_dir: str | Path | N
       (mean, std, per-seed values of every score) + wall_s, steps_per_s, config},
       "fits": {method: FitResult}}``.
     """
-    keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
-    data = jax.jit(jax.vmap(lambda k: make_dataset(k, cfg.data)))(keys)
+    data = simulate(cfg)
     methods, fits = {}, {}
     for method in cfg.methods:
         mcfg = cfg.method_config(method)
