@@ -37,11 +37,47 @@ def test_slot_consensus_takes_each_slot_from_the_run_the_others_agree_with():
     np.testing.assert_allclose(np.asarray(z), want_z, rtol=1e-5)
 
 
+def _loop_average(zs, tau):
+    medoid, chosen = _loop_consensus(zs)
+    u = (zs - zs.mean(1, keepdims=True)) / zs.std(1, keepdims=True)
+    cols = []
+    for i, m in enumerate(chosen):
+        members = [(np.sign(np.corrcoef(u[m, :, i], u[r, :, i])[0, 1]), r)
+                   for r in range(zs.shape[0])
+                   if r == m or abs(np.corrcoef(u[m, :, i], u[r, :, i])[0, 1]) >= tau]
+        cols.append(np.mean([sgn * u[r, :, i] for sgn, r in members], 0))
+    return np.stack(cols, 1), chosen
+
+
+def test_slot_consensus_average_means_the_runs_that_found_each_latent():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(2000, 3))
+    zs = np.stack([truth + 0.5 * rng.normal(size=truth.shape) for _ in range(5)])
+    zs[0, :, 1] = rng.normal(size=2000)  # a lost latent must be left out of the mean
+    zs[3, :, 2] *= -5.0  # a flipped, rescaled run must be aligned, not cancel
+    z_med, chosen_med = slot_consensus(jnp.asarray(zs, jnp.float32))
+    z, chosen = slot_consensus(jnp.asarray(zs, jnp.float32), average=0.5)
+    want_z, want = _loop_average(zs, 0.5)
+    assert np.asarray(chosen).tolist() == want == np.asarray(chosen_med).tolist()
+    np.testing.assert_allclose(np.asarray(z), want_z, rtol=1e-4, atol=1e-5)
+    for i in range(3):  # 5 (4 for slot 1) noisy copies beat one: corr 0.89 -> ~0.97
+        r_avg = abs(np.corrcoef(np.asarray(z)[:, i], truth[:, i])[0, 1])
+        r_med = abs(np.corrcoef(np.asarray(z_med)[:, i], truth[:, i])[0, 1])
+        assert r_avg > r_med + 0.04 and r_avg > 0.95, (i, r_avg, r_med)
+    # tau = 1 keeps the medoid alone: its slot, standardized
+    z1, _ = slot_consensus(jnp.asarray(zs, jnp.float32), average=1.0)
+    med = np.asarray(z_med)
+    np.testing.assert_allclose(np.asarray(z1), (med - med.mean(0)) / med.std(0),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_slot_consensus_rejects_one_run_and_nan():
     with pytest.raises(ValueError, match="R >= 2"):
         slot_consensus(jnp.zeros((1, 10, 2)))
     with pytest.raises(ValueError, match="NaN"):
         slot_consensus(jnp.full((2, 10, 2), jnp.nan))
+    with pytest.raises(ValueError, match="average"):
+        slot_consensus(jnp.ones((2, 10, 2)), average=1.5)
 
 
 def test_distill_encoder_regresses_the_encoder_onto_the_target_latents():
@@ -119,6 +155,8 @@ def test_consensus_and_freeze_settings_are_checked():
         CRLConfig(consensus_runs=1)
     with pytest.raises(ValueError, match="align"):
         CRLConfig(consensus_runs=2, targets="unknown")
+    with pytest.raises(ValueError, match="consensus_average"):
+        CRLConfig(consensus_average=-0.1)
     cfg, x, env, targets, _ = _tiny()
     with pytest.raises(ValueError, match="workdir"):
         fit(dataclasses.replace(cfg, consensus_runs=2), x, env, targets=targets,

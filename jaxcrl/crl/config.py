@@ -140,6 +140,9 @@ class CRLConfig:
         align the slots), an encoder regressed onto it, and a refit of ``steps``
         steps from that encoder with ``encoder_freeze`` frozen steps. No ground truth is
         used. 0: an ordinary fit.
+      consensus_average: the consensus's ``average`` (:func:`jaxcrl.crl.consensus.slot_consensus`):
+        0 takes each slot from its medoid run; ``tau`` in (0, 1] averages the medoid's slot
+        with every run's same slot at |Pearson| >= ``tau`` with it.
       effect_threshold: nonlinear search only: an edge's partial R² (the fraction of the
         child's residual variance it explains; for the location-scale model its likelihood
         analogue) below which it is pruned.
@@ -218,6 +221,7 @@ class CRLConfig:
     encoder_freeze: int = 0
     consensus_runs: int = 0
     consensus_steps: int = 5000
+    consensus_average: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -293,6 +297,9 @@ class CRLConfig:
                              f"of consensus_steps >= 1 (got {self.consensus_steps}) and targets "
                              f"that align the runs' latents, 'known' or 'unknown_distinct' "
                              f"(got {self.targets!r})")
+        if not 0.0 <= self.consensus_average <= 1.0:
+            raise ValueError(f"CRLConfig.consensus_average must be in [0, 1], got "
+                             f"{self.consensus_average}")
         if not 0.0 <= self.holdout < 0.5:
             raise ValueError(f"CRLConfig.holdout must be in [0, 0.5), got {self.holdout}")
         if self.lr <= 0 or self.beta < 0:

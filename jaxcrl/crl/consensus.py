@@ -15,6 +15,7 @@ and a final fit starts from it with the encoder frozen while the prior adapts
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -28,35 +29,48 @@ from jaxcrl.crl.svi import FitResult, Preprocess, fit
 from jaxcrl.metrics import mcc
 
 
-def slot_consensus(zs: jax.Array) -> tuple[jax.Array, jax.Array]:
+def slot_consensus(zs: jax.Array, average: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """Per-slot consensus of aligned runs.
 
     Args:
       zs: ``[R, N, d]`` latents of R >= 2 runs on the same N samples, slot ``i`` of every
         run meaning the same latent.
+      average: 0: slot ``i`` of the consensus is slot ``i`` of the medoid run. ``tau`` in
+        (0, 1]: the mean of the standardized, sign-aligned slot ``i`` of the medoid and of
+        every run whose slot ``i`` has |Pearson| >= ``tau`` with the medoid's (runs that
+        found the same latent; their independent errors partly cancel, a lost latent is
+        left out).
 
     Returns:
-      ``(z [N, d], chosen [d])``: slot ``i`` of ``z`` is slot ``i`` of run ``chosen[i]``,
-      the run whose slot ``i`` has the largest mean |Pearson correlation| with the other
-      runs' slot ``i`` (the medoid; ties go to the lower run index).
+      ``(z [N, d], chosen [d])``: ``chosen[i]`` is the medoid of slot ``i``, the run whose
+      slot ``i`` has the largest mean |Pearson correlation| with the other runs' slot ``i``
+      (ties go to the lower run index); ``z[:, i]`` is its slot ``i`` (``average = 0``) or
+      the mean above (standardized runs, so ``z`` has no fixed scale).
     """
     zs = jnp.asarray(zs)
     if zs.ndim != 3 or zs.shape[0] < 2:
         raise ValueError(f"slot_consensus needs [R >= 2, N, d] latents, got {zs.shape}")
     if not bool(jnp.all(jnp.isfinite(zs))):
         raise ValueError("slot_consensus: the latents contain NaN or inf")
-    return _slot_consensus(zs)
+    if not 0.0 <= average <= 1.0:
+        raise ValueError(f"slot_consensus: average must be in [0, 1], got {average}")
+    return _slot_consensus(zs, float(average))
 
 
-@jax.jit
-def _slot_consensus(zs: jax.Array) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnums=1)
+def _slot_consensus(zs: jax.Array, average: float = 0.0) -> tuple[jax.Array, jax.Array]:
     std = zs.std(1, keepdims=True)
     u = (zs - zs.mean(1, keepdims=True)) / jnp.where(std > 0, std, 1.0)
-    corr = jnp.abs(jnp.einsum("rni,qni->irq", u, u) / zs.shape[1])  # [d, R, R]
-    runs = zs.shape[0]
-    agree = (corr.sum(-1) - jnp.diagonal(corr, axis1=1, axis2=2)) / (runs - 1)  # [d, R]
+    corr = jnp.einsum("rni,qni->irq", u, u) / zs.shape[1]  # [d, R, R], signed
+    runs, d = zs.shape[0], zs.shape[2]
+    agree = (jnp.abs(corr).sum(-1) - jnp.abs(jnp.diagonal(corr, axis1=1, axis2=2))) / (runs - 1)
     chosen = jnp.argmax(agree, axis=1)
-    return zs[chosen, :, jnp.arange(zs.shape[2])].T, chosen
+    if average == 0.0:
+        return zs[chosen, :, jnp.arange(d)].T, chosen
+    c = corr[jnp.arange(d), chosen]  # [d, R]: every run's slot against the medoid's
+    keep = (jnp.abs(c) >= average) | (jnp.arange(runs)[None] == chosen[:, None])
+    w = jnp.where(keep, jnp.sign(c), 0.0)
+    return jnp.einsum("ir,rni->ni", w, u) / keep.sum(1), chosen
 
 
 def distill_encoder(cfg: CRLConfig, preprocess: Preprocess, x: jax.Array, z: jax.Array,
@@ -102,7 +116,8 @@ def consensus_fit(cfg: CRLConfig, x: jax.Array, env: jax.Array, *, key: jax.Arra
 
     1. R fits of ``cfg.consensus_steps`` steps (run ``k`` with key ``fold_in(key, 100 +
        k)``; every fit vmaps its S seeds);
-    2. per seed (vmapped), :func:`slot_consensus` of the R runs' latents of ``x``;
+    2. per seed (vmapped), :func:`slot_consensus` of the R runs' latents of ``x``
+       (``average=cfg.consensus_average``);
     3. per seed (vmapped), :func:`distill_encoder` onto the consensus (key ``fold_in(key, 99)``);
     4. the final fit of ``cfg.steps`` steps from the distilled encoder (fresh prior and
        decoder, the encoder frozen for ``cfg.encoder_freeze`` steps), key ``key``.
@@ -127,7 +142,8 @@ def consensus_fit(cfg: CRLConfig, x: jax.Array, env: jax.Array, *, key: jax.Arra
     n_seeds = zs.shape[0]
     if not bool(jnp.all(jnp.isfinite(zs))):
         raise ValueError("consensus_fit: a first-stage fit encodes x to NaN or inf")
-    consensus, chosen = jax.vmap(_slot_consensus)(zs)  # [S, N, d], [S, d]
+    consensus, chosen = jax.vmap(lambda z: _slot_consensus(z, cfg.consensus_average))(
+        zs)  # [S, N, d], [S, d]
     k_distill = jax.random.fold_in(key, 99)
     init = jax.jit(jax.vmap(
         lambda p, xx, z: distill_encoder(cfg, p, xx, z, k_distill),
