@@ -238,3 +238,30 @@ def test_crl_graph_search_scores_both_searches_on_the_true_latents(tmp_path, mon
             assert ((eff >= 0) & (eff <= 1)).all() and (np.diag(eff) == 0).all()
             removed = int(((eff > 0) & (eff < 0.05)).sum())
             assert abs(t[f"shd_{name}"]["0.05"] - t[f"shd_{name}"]["0.0"]) <= removed
+
+
+def test_crl_consensus_average_reproduces_the_rows_own_consensus(tmp_path, monkeypatch):
+    """The script reruns the contrastive row's first stage with consensus_fit's keys: on all
+    samples its medoid consensus has exactly the MCC the row recorded for its consensus."""
+    monkeypatch.syspath_prepend("experiments")
+    row = "contrastive, d=10, D=100, unknown targets"
+    common = ["--seeds", "2", "--steps", "2001", "--row-set", "data.n_per_env=200",
+              "--set", "crl.batch_size=64", "--set", "crl.restarts=1",
+              "--row-set", "crl.encoder_freeze=5", "--row-set", "crl.steps=30",
+              "--row-set", "crl.consensus_steps=20", "--row-set", "crl.consensus_runs=3",
+              "--row-set", "crl.hidden=16,16"]  # the row's freeze (2000) needs steps > 2000
+    out = tmp_path / "gen"
+    _run("experiments/crl_generalization.py", ["--rows", row, "--out", str(out), *common],
+         monkeypatch)
+    saved = json.loads(next(out.rglob("results.json")).read_text())
+    cons = saved["methods"]["contrastive"]["consensus"]
+    res_path = tmp_path / "avg.json"
+    _run("experiments/crl_consensus_average.py",
+         [*common, "--average", "0", "--average", "0.5", "--out", str(res_path)], monkeypatch)
+    res = json.loads(res_path.read_text())
+    assert res["subsample"] == 11 * 200 and res["runs"] == 3
+    got = [s["average=0"] for s in res["per_seed"]]
+    assert got == pytest.approx(cons["mcc"], abs=1e-5)
+    assert [s["chosen"] for s in res["per_seed"]] == cons["chosen"]
+    runs = np.array([s["runs"] for s in res["per_seed"]])  # [S, R]
+    assert runs.T == pytest.approx(np.asarray(cons["run_mcc"]), abs=1e-5)
