@@ -242,7 +242,8 @@ def test_crl_graph_search_scores_both_searches_on_the_true_latents(tmp_path, mon
 
 def test_crl_consensus_average_reproduces_the_rows_own_consensus(tmp_path, monkeypatch):
     """The script reruns the contrastive row's first stage with consensus_fit's keys: on all
-    samples its medoid consensus has exactly the MCC the row recorded for its consensus."""
+    samples its consensus at the row's own consensus_average has exactly the MCC the row
+    recorded for its consensus, and the same medoid runs."""
     monkeypatch.syspath_prepend("experiments")
     row = "contrastive, d=10, D=100, unknown targets"
     common = ["--seeds", "2", "--steps", "2001", "--row-set", "data.n_per_env=200",
@@ -255,12 +256,14 @@ def test_crl_consensus_average_reproduces_the_rows_own_consensus(tmp_path, monke
          monkeypatch)
     saved = json.loads(next(out.rglob("results.json")).read_text())
     cons = saved["methods"]["contrastive"]["consensus"]
+    average = saved["methods"]["contrastive"]["config"]["consensus_average"]
+    assert average == 0.5  # the row's setting; the medoid (0) is scored beside it
     res_path = tmp_path / "avg.json"
     _run("experiments/crl_consensus_average.py",
          [*common, "--average", "0", "--average", "0.5", "--out", str(res_path)], monkeypatch)
     res = json.loads(res_path.read_text())
     assert res["subsample"] == 11 * 200 and res["runs"] == 3
-    got = [s["average=0"] for s in res["per_seed"]]
+    got = [s[f"average={average:g}"] for s in res["per_seed"]]
     assert got == pytest.approx(cons["mcc"], abs=1e-5)
     assert [s["chosen"] for s in res["per_seed"]] == cons["chosen"]
     runs = np.array([s["runs"] for s in res["per_seed"]])  # [S, R]
