@@ -537,3 +537,39 @@ def test_crl_contrastive_gauss_moments_held_out_root_table_matches_its_results_f
         assert _num(r[5]) == pytest.approx(m["targets_right"]["mean"], abs=5e-3)
         assert _num(r[6]) == pytest.approx(np.mean(m["consensus"]["run_mcc"]), abs=5e-4)
         assert _num(r[7]) == pytest.approx(np.mean(m["consensus"]["mcc"]), abs=5e-4)
+
+
+def test_crl_consensus_average_tables_match_their_results_files():
+    taus = {root: _load(f"crl_consensus_average_seed{root}.json") for root in (0, 1)}
+    rows = _table_after("**Choosing `tau`** on the first stage alone")
+    assert [float(r[0].split()[0]) for r in rows] == [0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    for r in rows:
+        key = f"average={float(r[0].split()[0]):g}"
+        for cell, root in zip(r[1:3], (0, 1), strict=True):
+            assert taus[root]["root_seed"] == root
+            assert _num(cell) == pytest.approx(taus[root]["mean"][key], abs=5e-4), (r, root)
+    rows = _table_after("| root | consensus | MCC Pearson (oos) | per seed MCC")
+    assert len(rows) == 6
+    for r in rows:
+        res = _load(r[-1].strip("`"))
+        m = res["methods"]["contrastive"]
+        assert res["setup"]["seed"] == int(r[0])
+        # (files written before the field existed had the medoid consensus, its default 0)
+        assert m["config"].get("consensus_average", 0.0) == (0.0 if r[1] == "medoid" else 0.5)
+        assert m["config"]["gauss_moments"] == 1.0
+        k = m["mcc_pearson_oos"]
+        assert _mean_std(r[2]) == pytest.approx((k["mean"], k["std"]), abs=5e-4)
+        assert r[3] == " ".join(f"{v:.3f}" for v in k["per_seed"])
+        assert r[4] == " ".join(f"{min(v):.2f}" for v in m["mcc_per_latent"]["per_seed"])
+        assert _num(r[5]) == pytest.approx(m["shd"]["mean"], abs=0.05)
+        assert _num(r[6]) == pytest.approx(m["targets_right"]["mean"], abs=5e-3)
+        assert _num(r[7]) == pytest.approx(np.mean(m["consensus"]["run_mcc"]), abs=5e-4)
+        assert _num(r[8]) == pytest.approx(np.mean(m["consensus"]["mcc"]), abs=5e-4)
+        assert _num(r[9]) == pytest.approx(m["wall_s"], abs=0.5)
+    avg = _load("crl_contrastive_d10_D100_consensus_avg.json")["methods"]["contrastive"]
+    med = _load("crl_contrastive_d10_D100_consensus_gm1.json")["methods"]["contrastive"]
+    assert avg["consensus"]["run_mcc"] == med["consensus"]["run_mcc"]  # the same first stage
+    want = [[s, runs, c_med, c_avg, r_med, r_avg]
+            for (s, runs, c_avg, r_avg), (_, _, c_med, r_med) in zip(
+                _stages(avg), _stages(med), strict=True)]
+    assert _table_after("Root 0, per seed, the MCC of each stage with the averaged") == want
