@@ -519,6 +519,19 @@ def test_crl_graph_rescore_table_matches_its_results_files():
         assert _num(r[4]) == pytest.approx(best["shd_true_latents_mean"], abs=0.05)
 
 
+def _check_root_cells(cells: list[str], m: dict) -> None:
+    """A contrastive root's cells: MCC, per seed MCC, lowest latent per seed, SHD, targets
+    right, the first-stage runs' and the consensus's mean MCC."""
+    k = m["mcc_pearson_oos"]
+    assert _mean_std(cells[0]) == pytest.approx((k["mean"], k["std"]), abs=5e-4)
+    assert cells[1] == " ".join(f"{v:.3f}" for v in k["per_seed"])
+    assert cells[2] == " ".join(f"{min(v):.2f}" for v in m["mcc_per_latent"]["per_seed"])
+    assert _num(cells[3]) == pytest.approx(m["shd"]["mean"], abs=0.05)
+    assert _num(cells[4]) == pytest.approx(m["targets_right"]["mean"], abs=5e-3)
+    assert _num(cells[5]) == pytest.approx(np.mean(m["consensus"]["run_mcc"]), abs=5e-4)
+    assert _num(cells[6]) == pytest.approx(np.mean(m["consensus"]["mcc"]), abs=5e-4)
+
+
 def test_crl_contrastive_gauss_moments_held_out_root_table_matches_its_results_files():
     rows = _table_after("**A held-out root** (root seed 1")
     files = ["crl_contrastive_d10_D100_consensus_seed1.json",
@@ -529,14 +542,7 @@ def test_crl_contrastive_gauss_moments_held_out_root_table_matches_its_results_f
         assert res["setup"]["seed"] == 1
         m = res["methods"]["contrastive"]
         assert m["config"]["gauss_moments"] == weight
-        k = m["mcc_pearson_oos"]
-        assert _mean_std(r[1]) == pytest.approx((k["mean"], k["std"]), abs=5e-4)
-        assert r[2] == " ".join(f"{v:.3f}" for v in k["per_seed"])
-        assert r[3] == " ".join(f"{min(v):.2f}" for v in m["mcc_per_latent"]["per_seed"])
-        assert _num(r[4]) == pytest.approx(m["shd"]["mean"], abs=0.05)
-        assert _num(r[5]) == pytest.approx(m["targets_right"]["mean"], abs=5e-3)
-        assert _num(r[6]) == pytest.approx(np.mean(m["consensus"]["run_mcc"]), abs=5e-4)
-        assert _num(r[7]) == pytest.approx(np.mean(m["consensus"]["mcc"]), abs=5e-4)
+        _check_root_cells(r[1:8], m)
 
 
 def test_crl_consensus_average_tables_match_their_results_files():
@@ -557,14 +563,7 @@ def test_crl_consensus_average_tables_match_their_results_files():
         # (files written before the field existed had the medoid consensus, its default 0)
         assert m["config"].get("consensus_average", 0.0) == (0.0 if r[1] == "medoid" else 0.5)
         assert m["config"]["gauss_moments"] == 1.0
-        k = m["mcc_pearson_oos"]
-        assert _mean_std(r[2]) == pytest.approx((k["mean"], k["std"]), abs=5e-4)
-        assert r[3] == " ".join(f"{v:.3f}" for v in k["per_seed"])
-        assert r[4] == " ".join(f"{min(v):.2f}" for v in m["mcc_per_latent"]["per_seed"])
-        assert _num(r[5]) == pytest.approx(m["shd"]["mean"], abs=0.05)
-        assert _num(r[6]) == pytest.approx(m["targets_right"]["mean"], abs=5e-3)
-        assert _num(r[7]) == pytest.approx(np.mean(m["consensus"]["run_mcc"]), abs=5e-4)
-        assert _num(r[8]) == pytest.approx(np.mean(m["consensus"]["mcc"]), abs=5e-4)
+        _check_root_cells(r[2:9], m)
         assert _num(r[9]) == pytest.approx(m["wall_s"], abs=0.5)
     avg = _load("crl_contrastive_d10_D100_consensus_avg.json")["methods"]["contrastive"]
     med = _load("crl_contrastive_d10_D100_consensus_gm1.json")["methods"]["contrastive"]
