@@ -18,7 +18,6 @@ with the ground truth, for choosing ``CRLConfig.consensus_average``; the fit nev
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -29,8 +28,7 @@ import numpy as np
 from crl_generalization import ALIASES, BASE
 
 from jaxcrl.config import apply_overrides, parse_config
-from jaxcrl.crl import fit
-from jaxcrl.crl.consensus import slot_consensus
+from jaxcrl.crl.consensus import first_stage, slot_consensus
 from jaxcrl.crl.synthetic import simulate, variant
 from jaxcrl.metrics import mcc
 
@@ -59,19 +57,14 @@ def main(argv=None):
     averages = args.average or [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     cfg = apply_overrides(variant(base, ROW), args.row_set)
     mcfg = cfg.method_config("contrastive")
-    first = dataclasses.replace(mcfg, consensus_runs=0, encoder_freeze=0,
-                                steps=mcfg.consensus_steps)
     data = simulate(cfg)  # the data jaxcrl.crl.synthetic.run fits
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)  # run's key for the method
     n = data.x.shape[1]
     idx = np.sort(np.random.default_rng(0).choice(n, min(args.subsample, n), replace=False))
     t0 = time.perf_counter()
-    zs = []
-    for k in range(mcfg.consensus_runs):  # consensus_fit's first-stage key schedule
-        f = fit(first, data.x, data.env, targets=data.targets,
-                key=jax.random.fold_in(key, 100 + k), seeds=cfg.seeds, progress=False)
-        zs.append(np.asarray(f.encode(data.x[:, idx])))
-    zs = np.stack(zs, 1)  # [S, R, n, d]
+    fits = first_stage(mcfg, data.x, data.env, key=key, targets=data.targets,
+                       seeds=cfg.seeds, progress=False)
+    zs = np.stack([np.asarray(f.encode(data.x[:, idx])) for f in fits], 1)  # [S, R, n, d]
     z_true = np.asarray(data.z)[:, idx]
     per_seed = [score_rules(zs[s], z_true[s], averages) for s in range(cfg.seeds)]
     summary = {f"average={a:g}": float(np.mean([r[f"average={a:g}"] for r in per_seed]))

@@ -268,3 +268,52 @@ def test_crl_consensus_average_reproduces_the_rows_own_consensus(tmp_path, monke
     assert [s["chosen"] for s in res["per_seed"]] == cons["chosen"]
     runs = np.array([s["runs"] for s in res["per_seed"]])  # [S, R]
     assert runs.T == pytest.approx(np.asarray(cons["run_mcc"]), abs=1e-5)
+
+
+def test_crl_intervention_strength_pairs_each_latents_kl_with_its_recorded_mcc(
+        tmp_path, monkeypatch):
+    import dataclasses
+
+    import jax
+    from scipy import stats
+
+    from jaxcrl.crl.synthetic import SyntheticConfig, simulate, variant
+    from jaxcrl.scm.strength import dataset_intervention_kl
+
+    base = SyntheticConfig(seeds=2, seed=3)
+    base = dataclasses.replace(base, data=dataclasses.replace(base.data, n_per_env=20))
+    rng = np.random.default_rng(0)
+    flat = {"setup": dataclasses.asdict(base), "methods": {"latent_scm": {"mcc_per_latent": {
+        "per_seed": rng.uniform(0.3, 1.0, (2, 5)).tolist()}}}}
+    rows = {"setup": {"base": dataclasses.asdict(base), "rows": ["d=3"]}, "rows": {"d=3": {
+        "latent_scm": {"mcc_per_latent": {"per_seed": rng.uniform(0.3, 1.0, (2, 3)).tolist()}}}}}
+    (tmp_path / "flat.json").write_text(json.dumps(flat))
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    out = tmp_path / "strength.json"
+    _run("experiments/crl_intervention_strength.py",
+         ["--result", str(tmp_path / "flat.json"), "--result", f"{tmp_path / 'rows.json'}::d=3",
+          "--n", "500", "--out", str(out)], monkeypatch)
+    res = json.loads(out.read_text())
+    recs = res["records"]
+    assert len(recs) == 2 * 5 + 2 * 3
+    for cfg, label, mccs in ((base, "flat.json", flat["methods"]["latent_scm"]),
+                             (variant(base, "d=3"), "rows.json::d=3",
+                              rows["rows"]["d=3"]["latent_scm"])):
+        data = simulate(cfg)
+        for s in range(2):  # the script's key: fold_in(key(0), s), n = 500
+            ds = jax.tree.map(lambda a, s=s: a[s], data)
+            fwd, rev = dataset_intervention_kl(ds, jax.random.fold_in(jax.random.key(0), s), 500)
+            mine = [r for r in recs if r["result"] == label and r["data_set"] == s]
+            np.testing.assert_allclose([r["strength"] for r in mine],
+                                       np.asarray(fwd + rev).sum(0), rtol=1e-5)
+            assert [r["mcc"] for r in mine] == mccs["mcc_per_latent"]["per_seed"][s]
+            assert [r["in_degree"] for r in mine] == np.asarray(ds.adj).sum(0).tolist()
+    rho = stats.spearmanr([r["strength"] for r in recs], [r["mcc"] for r in recs]).statistic
+    assert res["summary"]["spearman"] == pytest.approx(rho)
+    assert sum(b["n"] for b in res["summary"]["bins"]) == len(recs)
+    # a file whose recorded data config the typed parser cannot rebuild is refused
+    flat["setup"]["data"]["scm"]["latent_dim"] = "import os"
+    (tmp_path / "bad.json").write_text(json.dumps(flat))
+    with pytest.raises(ValueError, match="latent_dim"):
+        _run("experiments/crl_intervention_strength.py",
+             ["--result", str(tmp_path / "bad.json"), "--out", str(out)], monkeypatch)

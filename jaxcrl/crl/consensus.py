@@ -109,6 +109,21 @@ def distill_encoder(cfg: CRLConfig, preprocess: Preprocess, x: jax.Array, z: jax
     return params
 
 
+def first_stage(cfg: CRLConfig, x: jax.Array, env: jax.Array, *, key: jax.Array,
+                targets: jax.Array | None = None, seeds: int | None = None,
+                **fit_kw) -> list[FitResult]:
+    """The first stage of :func:`consensus_fit`: ``cfg.consensus_runs`` independent fits.
+
+    Run ``k`` fits ``cfg`` with ``consensus_runs = 0``, ``encoder_freeze = 0`` and
+    ``steps = cfg.consensus_steps``, key ``fold_in(key, 100 + k)``; arguments as
+    :func:`consensus_fit`. Returns the R :class:`FitResult` (each vmaps the S seeds).
+    """
+    first = dataclasses.replace(cfg, consensus_runs=0, encoder_freeze=0,
+                                steps=cfg.consensus_steps)
+    return [fit(first, x, env, targets=targets, key=jax.random.fold_in(key, 100 + k),
+                seeds=seeds, **fit_kw) for k in range(cfg.consensus_runs)]
+
+
 def consensus_fit(cfg: CRLConfig, x: jax.Array, env: jax.Array, *, key: jax.Array,
                   targets: jax.Array | None = None, seeds: int | None = None,
                   z_true: jax.Array | None = None, **fit_kw) -> FitResult:
@@ -134,10 +149,7 @@ def consensus_fit(cfg: CRLConfig, x: jax.Array, env: jax.Array, *, key: jax.Arra
         raise ValueError(f"consensus_fit needs cfg.consensus_runs >= 2 and method="
                          f"'contrastive', got {cfg.consensus_runs} and {cfg.method!r}")
     t0 = time.perf_counter()
-    first = dataclasses.replace(cfg, consensus_runs=0, encoder_freeze=0,
-                                steps=cfg.consensus_steps)
-    fits = [fit(first, x, env, targets=targets, key=jax.random.fold_in(key, 100 + k),
-                seeds=seeds, **fit_kw) for k in range(cfg.consensus_runs)]
+    fits = first_stage(cfg, x, env, key=key, targets=targets, seeds=seeds, **fit_kw)
     zs = jnp.stack([f.encode(x) for f in fits], 1)  # [S, R, N, d]
     n_seeds = zs.shape[0]
     if not bool(jnp.all(jnp.isfinite(zs))):

@@ -354,6 +354,60 @@ class FitResult:
             self.params["prior"], z, env)
         return np.stack([assign_targets(s, distinct=distinct) for s in np.asarray(scores)])
 
+    def intervention_strength(self, x: jax.Array, env: jax.Array,
+                              targets: jax.Array | None = None
+                              ) -> tuple[np.ndarray, np.ndarray] | None:
+        """How strongly the *fitted* model sees each environment, and so each learned
+        latent, intervened on: a check of which latents to trust, without ground truth.
+
+        For environment ``e``, the symmetric KL of the fitted latent distributions,
+        estimated on the encoded data: ``mean_{n in e} [log p_e(z_n) - log p_0(z_n)] +
+        mean_{n in 0} [log p_0(z_n) - log p_e(z_n)]`` (the prior's ``env_log_probs``).
+        A latent's strength is the sum over the environments that target it (known
+        ``targets``, the canonical ones of ``unknown_distinct``, or the fitted mixture's
+        argmax). The true counterpart is :func:`jaxcrl.scm.strength.intervention_kl`; a
+        latent whose interventions carry well under a nat is typically recovered poorly
+        (BENCHMARKS, "Where the remaining MCC is lost: weak interventions").
+
+        Args:
+          x: ``[N, D]`` or ``[S, N, D]`` observations; env: ``[N]`` or ``[S, N]``.
+          targets: ``[E, d]`` known targets (needed for ``targets="known"``).
+
+        Returns:
+          ``(per_env [S, E], per_latent [S, d])`` in nats (``per_env[:, 0] = 0``), or None
+          for models without a latent SCM.
+        """
+        if not self.cfg.learns_graph:
+            return None
+        if self.cfg.targets == "known" and targets is None:
+            raise ValueError("intervention_strength: a fit with known targets needs targets")
+        from jaxcrl.crl import flow_prior
+        from jaxcrl.crl.models import flow_order
+
+        z = self.encode(x)
+        env = jnp.broadcast_to(jnp.asarray(env), z.shape[:2])
+        t = jnp.asarray(self.targets(None if targets is None else jnp.asarray(targets)),
+                        jnp.float32)  # [S, E, d]
+        soft = self.cfg.intervention == "soft"
+        n_envs = self.cfg.n_envs
+
+        def one(p, zz, ee, tt):
+            if self.cfg.scm == "flow":
+                lp = flow_prior.env_log_probs(p, zz, flow_order(self.cfg, zz, ee, tt),
+                                              targets=tt, soft=soft)
+            else:
+                known = None if self.cfg.targets == "unknown" else tt
+                lp = prior_lib.env_log_probs(p, zz, targets=known, soft=soft)
+            ratio = lp - lp[:, :1]  # [N, E]: log p_e - log p_0
+            onehot = prior_lib.env_onehot(ee, n_envs)
+            count = onehot.sum(0)
+            mean_in = (onehot * ratio).sum(0) / jnp.maximum(count, 1.0)  # [E]
+            mean_obs = (onehot[:, :1] * ratio).sum(0) / jnp.maximum(count[0], 1.0)
+            return mean_in - mean_obs
+
+        per_env = np.asarray(jax.jit(jax.vmap(one))(self.params["prior"], z, env, t))
+        return per_env, np.einsum("se,sed->sd", per_env, np.asarray(t))
+
     def discover_graph(self, x: jax.Array, env: jax.Array,
                        targets: jax.Array | None = None) -> np.ndarray | None:
         """[S, d, d] DAG from an exact interventional-BIC search over the encoded latents:
