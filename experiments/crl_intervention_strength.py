@@ -17,9 +17,13 @@ distribution, summed over the environments that target the latent. Each latent's
 ``mcc_per_latent`` (|Pearson| of the matched pair, by true-latent index) is paired with it.
 
 Writes ``--out``: ``records`` (one per latent: file, row, root seed, data set, latent,
-strength, forward and reverse KL, in- and out-degree, MCC) and ``summary``: over all
-records and per file/row, the Spearman correlation of strength with MCC, and per strength
-bin the number of latents, their mean MCC and the fraction below ``--lost`` (0.8).
+strength, forward and reverse KL, in- and out-degree, MCC, row family, and the fit's own
+estimate ``fitted_strength`` where the file records ``strength_per_latent`` with labelled
+slots) and ``summary``, ``by_family``, ``by_result``: the Spearman correlation of strength
+with MCC, the mean MCC of weak (< 1 nat) and other latents, how many of the latents below
+``--lost`` (0.8) are weak, per strength bin the number of latents, their mean MCC and the
+fraction lost, and (``fitted``) how the fits' own estimate tracks the true strength and
+the MCC: a latent it puts under 1 nat is *flagged*.
 """
 
 from __future__ import annotations
@@ -42,13 +46,16 @@ BINS = (0.0, 0.3, 1.0, 3.0, float("inf"))
 _R = "experiments/results/"
 _FLOW2 = ("nonlinear SCM, two perfect interventions per node, flow prior",
           "location-scale SCM, two perfect interventions per node, flow prior")
-# The results files of BENCHMARKS' issue-13 tables at the current defaults (every root).
+# The results files of BENCHMARKS' issue-13 tables at the current defaults (every root);
+# d = 8 (roots 0-2) and the contrastive row's root 0 re-run with the fits' own strength
+# recorded (``crl_d8_strength_seedS.json``, ``crl_contrastive_d10_D100_strength.json``).
 DEFAULT_RESULTS = (
     [f"{_R}crl_synthetic_v2{s}.json" for s in ("", *(f"_seed{i}" for i in range(1, 6)))]
     + [f"{_R}crl_gen_v3.json::{row}" for row in (
         "d=3", "2 mixing layers", "5 mixing layers", "unknown targets", "D=20 injective mixing")]
-    + [f"{_R}crl_gen_v2_d8.json::d=8"]
-    + [f"{_R}crl_contrastive_d10_D100_consensus_avg{s}.json" for s in ("", "_seed1", "_seed2")]
+    + [f"{_R}crl_d8_strength_seed{s}.json" for s in range(3)]
+    + [f"{_R}crl_contrastive_d10_D100_strength.json"]
+    + [f"{_R}crl_contrastive_d10_D100_consensus_avg{s}.json" for s in ("_seed1", "_seed2")]
     + [f"{_R}crl_synthetic_{m}_flow_v3{s}.json" for m in ("ls", "nl")
        for s in ("", "_seed1", "_seed2", "_seed3")]
     + [f"{_R}crl_gen_v3_flow2{s}.json::{row}" for s in ("", "_seed2", "_seed3", "_seed4")
@@ -110,6 +117,9 @@ def latent_records(spec: str, key: jax.Array, n: int) -> list[dict]:
     d = cfg.data.scm.latent_dim
     if any(len(m) != d for m in per_seed):
         raise ValueError(f"{label}: per-latent MCC lists are not of length d = {d}")
+    fitted = summary.get("strength_per_latent", {}).get("per_seed")
+    if fitted is not None and summary.get("config", {}).get("targets") == "unknown":
+        fitted = None  # learned slots are not labelled by the targets; no pairing
     data = simulate(cfg)
     records = []
     for s in range(cfg.seeds):
@@ -122,8 +132,40 @@ def latent_records(spec: str, key: jax.Array, n: int) -> list[dict]:
                 result=label, root=cfg.seed, data_set=s, latent=j,
                 strength=float(forward[:, j].sum() + reverse[:, j].sum()),
                 kl_forward=float(forward[:, j].sum()), kl_reverse=float(reverse[:, j].sum()),
-                in_degree=int(adj[:, j].sum()), out_degree=int(adj[j].sum()), mcc=float(m)))
+                in_degree=int(adj[:, j].sum()), out_degree=int(adj[j].sum()), mcc=float(m),
+                family=family(label),
+                fitted_strength=None if fitted is None else float(fitted[s][j])))
     return records
+
+
+def family(label: str) -> str:
+    """The row family a results label belongs to (the BENCHMARKS table's rows)."""
+    if "contrastive" in label:
+        return "contrastive, d=10, D=100"
+    if "flow2" in label:
+        return "flow prior, two interventions per node"
+    if "_flow_v3" in label:
+        return "flow prior, one intervention per node"
+    if "d8" in label or "d=8" in label:
+        return "d=8, linear prior"
+    return "d<=5, linear prior"
+
+
+def fitted_summary(records: list[dict], lost: float) -> dict | None:
+    """How the fits' own strength estimate (no ground truth) tracks the true one and MCC."""
+    rs = [r for r in records if r["fitted_strength"] is not None]
+    if len(rs) < 3:
+        return None
+    f = np.array([r["fitted_strength"] for r in rs])
+    t = np.array([r["strength"] for r in rs])
+    m = np.array([r["mcc"] for r in rs])
+    flag = f < 1.0
+    return dict(n=len(rs), spearman_true=float(stats.spearmanr(f, t).statistic),
+                spearman_mcc=float(stats.spearmanr(f, m).statistic),
+                flagged=int(flag.sum()),
+                mean_mcc_flagged=float(m[flag].mean()) if flag.any() else None,
+                mean_mcc_unflagged=float(m[~flag].mean()) if (~flag).any() else None,
+                lost=int((m < lost).sum()), lost_flagged=int(((m < lost) & flag).sum()))
 
 
 def summarize(records: list[dict], lost: float) -> dict:
@@ -139,7 +181,11 @@ def summarize(records: list[dict], lost: float) -> dict:
                          mean_mcc=float(m[sel].mean()) if sel.any() else None,
                          lost=float((m[sel] < lost).mean()) if sel.any() else None))
     weak = s < 1.0
-    return dict(n=len(records), spearman=float(rho.statistic), spearman_p=float(rho.pvalue),
+    fitted = fitted_summary(records, lost)
+    return dict(fitted=fitted, mean_mcc_weak=float(m[weak].mean()) if weak.any() else None,
+                mean_mcc_strong=float(m[~weak].mean()) if (~weak).any() else None,
+                lost_n=int((m < lost).sum()), lost_weak=int(((m < lost) & weak).sum()),
+                n=len(records), spearman=float(rho.statistic), spearman_p=float(rho.pvalue),
                 mean_mcc=float(m.mean()), mean_mcc_roots=float(m[root].mean()) if root.any()
                 else None, mean_mcc_non_roots=float(m[~root].mean()) if (~root).any() else None,
                 weak_share=float(weak.mean()),
@@ -171,6 +217,9 @@ def main(argv=None):
     result = dict(results=args.result, n_samples=args.n, lost_below=args.lost,
                   summary=summarize(records, args.lost),
                   by_result={g: summarize(rs, args.lost) for g, rs in groups.items()},
+                  by_family={g: summarize([r for r in records if r["family"] == g], args.lost)
+                             for g in dict.fromkeys(r["family"] for r in records)},
+                  fitted=fitted_summary(records, args.lost),
                   records=records, wall_s=time.perf_counter() - t0)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +231,11 @@ def main(argv=None):
     for b in sm["bins"]:
         print(f"  strength [{b['low']:g}, {b['high']:g}): n {b['n']} (roots {b['roots']}), "
               f"mean MCC {b['mean_mcc']}, lost {b['lost']}")
+    for g, sg in result["by_family"].items():
+        print(f"  [{g}] n {sg['n']}, Spearman {sg['spearman']:.3f}, mean MCC "
+              f"{sg['mean_mcc']:.3f}, weak {sg['mean_mcc_weak']} / strong "
+              f"{sg['mean_mcc_strong']}, lost {sg['lost_weak']}/{sg['lost_n']} weak; "
+              f"fitted {sg['fitted']}")
     for g, sg in result["by_result"].items():
         print(f"  {g}: n {sg['n']}, Spearman {sg['spearman']:.3f}, mean MCC "
               f"{sg['mean_mcc']:.3f}, lost share weak {sg['weak_share_of_lost']}")

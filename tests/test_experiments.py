@@ -283,8 +283,10 @@ def test_crl_intervention_strength_pairs_each_latents_kl_with_its_recorded_mcc(
     base = SyntheticConfig(seeds=2, seed=3)
     base = dataclasses.replace(base, data=dataclasses.replace(base.data, n_per_env=20))
     rng = np.random.default_rng(0)
-    flat = {"setup": dataclasses.asdict(base), "methods": {"latent_scm": {"mcc_per_latent": {
-        "per_seed": rng.uniform(0.3, 1.0, (2, 5)).tolist()}}}}
+    flat = {"setup": dataclasses.asdict(base), "methods": {"latent_scm": {
+        "mcc_per_latent": {"per_seed": rng.uniform(0.3, 1.0, (2, 5)).tolist()},
+        "strength_per_latent": {"per_seed": rng.uniform(0.0, 5.0, (2, 5)).tolist()},
+        "config": {"targets": "known"}}}}
     rows = {"setup": {"base": dataclasses.asdict(base), "rows": ["d=3"]}, "rows": {"d=3": {
         "latent_scm": {"mcc_per_latent": {"per_seed": rng.uniform(0.3, 1.0, (2, 3)).tolist()}}}}}
     (tmp_path / "flat.json").write_text(json.dumps(flat))
@@ -308,9 +310,16 @@ def test_crl_intervention_strength_pairs_each_latents_kl_with_its_recorded_mcc(
                                        np.asarray(fwd + rev).sum(0), rtol=1e-5)
             assert [r["mcc"] for r in mine] == mccs["mcc_per_latent"]["per_seed"][s]
             assert [r["in_degree"] for r in mine] == np.asarray(ds.adj).sum(0).tolist()
+            want = (mccs["strength_per_latent"]["per_seed"][s] if "strength_per_latent" in mccs
+                    else [None] * len(mine))
+            assert [r["fitted_strength"] for r in mine] == want
     rho = stats.spearmanr([r["strength"] for r in recs], [r["mcc"] for r in recs]).statistic
     assert res["summary"]["spearman"] == pytest.approx(rho)
     assert sum(b["n"] for b in res["summary"]["bins"]) == len(recs)
+    paired = [r for r in recs if r["fitted_strength"] is not None]
+    assert res["fitted"]["n"] == len(paired) == 10
+    assert res["fitted"]["spearman_true"] == pytest.approx(stats.spearmanr(
+        [r["fitted_strength"] for r in paired], [r["strength"] for r in paired]).statistic)
     # a file whose recorded data config the typed parser cannot rebuild is refused
     flat["setup"]["data"]["scm"]["latent_dim"] = "import os"
     (tmp_path / "bad.json").write_text(json.dumps(flat))

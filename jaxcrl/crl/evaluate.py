@@ -97,7 +97,11 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
 
 def score_fit(result: FitResult, x, z_true, env, *, adj_true=None, targets_true=None) -> list:
     """Per-run metric dicts for a :class:`FitResult` on data ``x [S, N, D]`` (or [N, D])
-    with ground truth ``z_true``, ``env``, ``adj_true [S, d, d]``, ``targets_true [S, E, d]``."""
+    with ground truth ``z_true``, ``env``, ``adj_true [S, d, d]``, ``targets_true [S, E, d]``.
+
+    Models with a latent SCM also get ``strength_per_latent``: the fit's own estimate of each
+    learned latent's intervention strength in nats (:meth:`FitResult.intervention_strength`,
+    no ground truth; by learned slot), which flags latents the data barely intervene on."""
     z_hat = np.asarray(result.encode(x))
     w = result.graph()
     w_dag = result.discover_graph(x, env, targets_true) if result.cfg.learns_graph else None
@@ -106,6 +110,9 @@ def score_fit(result: FitResult, x, z_true, env, *, adj_true=None, targets_true=
         t_hat = result.assign_targets(x, env)  # maximum likelihood over assignments
     elif result.cfg.learns_graph and result.cfg.targets == "unknown_distinct":
         t_hat = np.asarray(result.targets())  # environment e on learned latent e - 1
+    strength = None  # the fitted model's own per-slot intervention strength (no truth)
+    if result.cfg.learns_graph and (result.cfg.targets != "known" or targets_true is not None):
+        strength = result.intervention_strength(x, env, targets_true)[1]
     scores = []
     for r in range(result.n_runs):
         scores.append(score_run(
@@ -116,6 +123,8 @@ def score_fit(result: FitResult, x, z_true, env, *, adj_true=None, targets_true=
             targets_hat=None if t_hat is None else np.asarray(t_hat[r]), seed=r,
             soft=result.cfg.intervention == "soft",
             labelled=result.cfg.targets == "known" and z_hat.shape[-1] == np.shape(z_true)[-1]))
+        if strength is not None:
+            scores[-1]["strength_per_latent"] = [float(v) for v in strength[r]]
     return scores
 
 
