@@ -1,7 +1,7 @@
 """Does a latent's recovery follow the strength of its interventions? Per-latent MCC of
 recorded fits against the KL divergence each latent's interventions cause.
 
-Command (about 13 min on 2 CPU cores; without ``--result`` it reads ``DEFAULT_RESULTS``,
+Command (685 s on 2 CPU cores; without ``--result`` it reads ``DEFAULT_RESULTS``,
 the issue-13 tables' files at the current defaults; ``--result FILE::ROW`` picks a row of
 a ``crl_generalization.py`` file, a plain ``FILE`` takes a file with ``methods``)::
 

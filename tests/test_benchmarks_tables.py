@@ -572,3 +572,32 @@ def test_crl_consensus_average_tables_match_their_results_files():
             for (s, runs, c_avg, r_avg), (_, _, c_med, r_med) in zip(
                 _stages(avg), _stages(med), strict=True)]
     assert _table_after("Root 0, per seed, the MCC of each stage with the averaged") == want
+
+
+def test_crl_intervention_strength_tables_match_their_results_file():
+    res = _load("crl_intervention_strength.json")
+    groups = {**res["by_family"], "all": res["summary"]}
+    rows = _table_after("| row family | latents | Spearman (strength, MCC)")
+    assert [r[0] for r in rows] == list(groups)
+    for r in rows:
+        g = groups[r[0]]
+        assert int(r[1]) == g["n"]
+        assert _num(r[2]) == pytest.approx(g["spearman"], abs=5e-3)
+        assert _num(r[3]) == pytest.approx(g["mean_mcc"], abs=5e-4)
+        weak = [b for b in g["bins"] if b["high"] <= 1.0]
+        assert int(r[4]) == sum(b["n"] for b in weak)
+        assert _num(r[5]) == pytest.approx(g["mean_mcc_weak"], abs=5e-4)
+        assert _num(r[6]) == pytest.approx(g["mean_mcc_strong"], abs=5e-4)
+        assert r[7] == f"{g['lost_weak']} / {g['lost_n']}"
+    rows = _table_after("| fits | latents | Spearman (own estimate, true strength)")
+    fitted = {k: v["fitted"] for k, v in groups.items() if v["fitted"] is not None}
+    assert [r[0] for r in rows] == list(fitted)
+    for r in rows:
+        f = fitted[r[0]]
+        assert int(r[1]) == f["n"]
+        assert _num(r[2]) == pytest.approx(f["spearman_true"], abs=5e-3)
+        assert _num(r[3]) == pytest.approx(f["spearman_mcc"], abs=5e-3)
+        assert int(r[4]) == f["flagged"]
+        assert _num(r[5]) == pytest.approx(f["mean_mcc_flagged"], abs=5e-4)
+        assert _num(r[6]) == pytest.approx(f["mean_mcc_unflagged"], abs=5e-4)
+        assert r[7] == f"{f['lost_flagged']} / {f['lost']}"
