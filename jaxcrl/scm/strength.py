@@ -9,9 +9,9 @@ and likewise ``KL(p_0 || p_e)`` with the expectation under ``p_0``. With Gaussia
 both conditionals are Gaussian (``loc_j(pa_j) + scale_j(pa_j) eps``), so the inner KL is
 exact per sample and only the expectation over the parents is Monte Carlo.
 
-This is the information an environment carries about its targets: the mean log-density
+This is how far environment ``e`` is from the observational one: the mean log-density
 ratio an environment classifier (the contrastive route) or the interventional likelihood
-(the flow route) can use to tell ``e`` from the observational environment. The
+(the flow route) has to tell them apart. The
 generator draws ``new_mean ~ U[-2, 2]`` and ``new_scale ~ U[0.5, 1.5]``
 (:class:`~jaxcrl.scm.InterventionConfig`), so on a root (``z_j = noise_scale_j eps``) an
 intervention can be nearly null; the per-latent MCC of the fits follows this measure
