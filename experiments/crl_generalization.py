@@ -29,7 +29,7 @@ from jaxcrl.results import write_results
 
 METRICS = ("mcc_pearson_oos", "mcc_spearman", "r2", "shd", "shd_svi", "edge_auroc")
 PER_LATENT = ("mcc_per_latent", "mcc_per_latent_topo", "class_r2", "class_r2_per_latent",
-              "mcc_labelled_per_latent", "targets_right")
+              "mcc_labelled_per_latent", "targets_right", "strength_per_latent")
 ALIASES = {"--seeds": "seeds", "--steps": "crl.steps", "--methods": "methods"}
 # The rows' base: the default setting with 3 seeds, 10k steps, the latent-SCM model only.
 BASE = SyntheticConfig(seeds=3, methods=("latent_scm",),
@@ -91,6 +91,11 @@ def main(argv=None):
                 seeds = "; ".join(" ".join(f"{c:.2f}" for c in row)
                                   for row in v["mcc_per_latent"]["per_seed"])
                 print(f"- {name} / {m}: by causal position [{topo}]; per seed [{seeds}]")
+            if "strength_per_latent" in v:  # the fit's own estimate: no ground truth
+                own = "; ".join(" ".join(f"{c:.2f}" for c in row)
+                                for row in v["strength_per_latent"]["per_seed"])
+                print(f"  the fit's own intervention strength per learned latent (nats; under "
+                      f"1 the data barely intervene on it), per seed [{own}]")
             if "class_r2_per_latent" in v:  # soft interventions: inside the shear class?
                 cls = "; ".join(" ".join(f"{c:.3f}" for c in row)
                                 for row in v["class_r2_per_latent"]["per_seed"])

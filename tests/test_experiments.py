@@ -74,6 +74,8 @@ def test_crl_generalization_runs_config_variants(tmp_path, monkeypatch):
     unk = json.loads((out / "unknown_targets" / "results.json").read_text())
     assert unk["setup"]["targets"] == "unknown"
     assert len(res["rows"]["d=3"]["latent_scm"]["mcc_pearson_oos"]["per_seed"]) == 1
+    own = res["rows"]["d=3"]["latent_scm"]["strength_per_latent"]["per_seed"]
+    assert np.shape(own) == (1, 3) and np.all(np.isfinite(own))  # the fit's own estimate
 
 
 def test_crl_graph_rescore_reproduces_the_saved_rows_shd(tmp_path, monkeypatch):
