@@ -601,3 +601,22 @@ def test_crl_intervention_strength_tables_match_their_results_file():
         assert _num(r[5]) == pytest.approx(f["mean_mcc_flagged"], abs=5e-4)
         assert _num(r[6]) == pytest.approx(f["mean_mcc_unflagged"], abs=5e-4)
         assert r[7] == f"{f['lost_flagged']} / {f['lost']}"
+
+
+def test_crl_intervention_strength_sample_size_table_matches_its_results_files():
+    res = _load("crl_intervention_strength_n100k.json")["by_result"]
+    rows = _table_after("| samples per environment | MCC Pearson (oos) | weak latents")
+    files = ["crl_contrastive_d10_D100_strength.json",
+             "crl_contrastive_d10_D100_strength_n100k.json"]
+    assert len(rows) == 2
+    for r, fname, n in zip(rows, files, (50_000, 100_000), strict=True):
+        fit = _load(fname)
+        assert fit["setup"]["data"]["n_per_env"] == n == int(r[0].split()[0].replace(",", ""))
+        m = fit["methods"]["contrastive"]
+        assert _num(r[1]) == pytest.approx(m["mcc_pearson_oos"]["mean"], abs=5e-4)
+        g = res[fname]
+        assert int(r[2]) == sum(b["n"] for b in g["bins"] if b["high"] <= 1.0)
+        assert _num(r[3]) == pytest.approx(g["mean_mcc_weak"], abs=5e-4)
+        assert _num(r[4]) == pytest.approx(g["mean_mcc_strong"], abs=5e-4)
+        assert r[5] == f"{g['lost_weak']} / {g['lost_n']}"
+        assert _num(r[6]) == pytest.approx(m["wall_s"], abs=0.5)
