@@ -59,7 +59,7 @@ def test_a_root_intervened_with_its_own_noise_distribution_has_zero_strength():
     assert float(rev.sum()) == pytest.approx(0.0, abs=1e-6)
     shifted = Intervention.make(mask, new_mean=2.0, new_scale=params.noise_scale[root])
     fwd, _ = intervention_kl(params, shifted, jax.random.key(0), 1000)
-    # a mean shift of 2 noise sds: KL = 2^2 / 2
+    # a mean shift of 2 at the same scale sigma: KL = 2^2 / (2 sigma^2)
     assert float(fwd.sum()) == pytest.approx(2.0 / float(params.noise_scale[root]) ** 2, rel=1e-5)
 
 
