@@ -20,12 +20,12 @@ intervention can be nearly null; the per-latent MCC of the fits follows this mea
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from jaxcrl.scm._util import check_choice
 from jaxcrl.scm.data import Dataset
 from jaxcrl.scm.mechanisms import (
     Intervention,
@@ -71,8 +71,7 @@ def intervention_kl(params: SCMParams, intervention: Intervention, key: jax.Arra
     """
     if params.noise != "gaussian":
         raise ValueError(f"intervention_kl needs Gaussian noise, got noise={params.noise!r}")
-    check_choice("intervention kind", kind, ("perfect", "soft"))
-    iv = _check_intervention(params, intervention, kind)
+    iv = _check_intervention(params, intervention, kind)  # also checks kind
     return _intervention_kl(params, iv, key, n, kind)
 
 
@@ -103,11 +102,12 @@ def dataset_intervention_kl(ds: Dataset, key: jax.Array, n: int = 100_000
       node ``j``'s interventions is, for example, the column sum of ``forward + reverse``
       (the symmetric KL summed over the environments that target ``j``).
     """
-    envs = ds.targets.shape[-2]
     if ds.targets.ndim != 2:
         raise ValueError(f"dataset_intervention_kl takes one data set, got targets of shape "
                          f"{ds.targets.shape} (index the seed axis first)")
-    out = [intervention_kl(ds.scm, jax.tree.map(lambda a, e=e: a[e], ds.interventions),
-                           jax.random.fold_in(key, e), n, kind=ds.intervention_kind)
-           for e in range(envs)]
-    return jnp.stack([f for f, _ in out]), jnp.stack([r for _, r in out])
+    if ds.scm.noise != "gaussian":
+        raise ValueError(f"intervention_kl needs Gaussian noise, got noise={ds.scm.noise!r}")
+    keys = jax.vmap(lambda e: jax.random.fold_in(key, e))(jnp.arange(ds.targets.shape[0]))
+    iv = dataclasses.replace(ds.interventions, targets=ds.interventions.targets.astype(bool))
+    return jax.vmap(lambda i, k: _intervention_kl(ds.scm, i, k, n, ds.intervention_kind))(
+        iv, keys)  # every environment in one program
