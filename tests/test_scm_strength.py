@@ -145,8 +145,17 @@ def test_a_fits_own_strength_estimates_the_true_one_and_flags_a_null_interventio
     assert per_env.shape == (1, d + 1) and per_latent.shape == (1, d)
     assert per_env[0, 0] == 0.0
     np.testing.assert_allclose(per_latent[0], per_env[0, 1:])  # one target per environment
+    # The scan over chunks of samples (7 does not divide N; padding must not count) gives
+    # what one chunk of all N samples gives.
+    n_all = x.shape[0]
+    for chunk in (7, n_all):
+        np.testing.assert_allclose(
+            result.intervention_strength(x, env, targets, chunk=chunk)[0], per_env,
+            rtol=1e-4, atol=1e-5)
     assert per_latent[0, root] < 0.1, (per_latent, truth)
     others = np.delete(np.arange(d), root)
     np.testing.assert_allclose(per_latent[0, others], truth[others], rtol=0.3)
     with pytest.raises(ValueError, match="needs targets"):
         result.intervention_strength(x, env)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        result.intervention_strength(x, env, targets, chunk=0)

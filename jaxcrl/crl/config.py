@@ -72,6 +72,15 @@ class CRLConfig:
         phase trains ``warm_restarts`` restarts in the same program and the run starts
         from the one with the lowest final training loss under ``warm_scm`` (no ground
         truth). 1: one warm start per run.
+      warm_encoder: the warm phase's encoder. ``same`` (default): the fit's own flow
+        encoder. ``linear``: one dense linear map (``flow_layers=0``), fitted from
+        ``warm_restarts`` starts (the identity, then random rotations: each start pairs the
+        inputs with the environments differently) in one program; the one with the
+        lowest final training loss becomes the flow's last linear layer, every other layer
+        starting as usual. The linear fit settles which direction is tied to which
+        environment before the flow can commit to a wrong pairing (the default row's
+        stuck fits are label swaps; BENCHMARKS, "A linear start against label swaps").
+        Needs ``flow_linear="dense"``.
       reduce: how ``latent_scm`` maps ``D > d`` observations to the flow's ``d`` inputs
         (:func:`jaxcrl.crl.svi.make_preprocess`): ``pca`` (whitened top-``d`` variance
         directions; the default) or ``envs`` (the ``d`` directions that best separate the
@@ -218,6 +227,7 @@ class CRLConfig:
     warm_steps: int = 0
     warm_scm: str = "linear"
     warm_restarts: int = 1
+    warm_encoder: str = "same"
     encoder_freeze: int = 0
     consensus_runs: int = 0
     consensus_steps: int = 5000
@@ -277,6 +287,13 @@ class CRLConfig:
         if self.warm_steps > 0 and self.method != "latent_scm":
             raise ValueError(f"CRLConfig.warm_steps > 0 (a warm start of the flow encoder) "
                              f"needs method='latent_scm', got method={self.method!r}")
+        _choice("warm_encoder", self.warm_encoder, ("same", "linear"))
+        if self.warm_encoder == "linear" and not (self.warm_steps > 0
+                                                  and self.flow_linear == "dense"):
+            raise ValueError(f"CRLConfig.warm_encoder='linear' needs a warm start "
+                             f"(warm_steps > 0, got {self.warm_steps}) and dense flow layers "
+                             f"(flow_linear='dense', got {self.flow_linear!r}): the linear "
+                             f"fit becomes the flow's last linear layer")
         if self.warm_steps > 0 and self.permute_restarts:
             raise ValueError("CRLConfig.permute_restarts with warm_steps > 0: the warm start's "
                              "encoder is fitted on the unpermuted inputs; use one or the other")

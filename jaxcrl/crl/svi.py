@@ -355,7 +355,7 @@ class FitResult:
         return np.stack([assign_targets(s, distinct=distinct) for s in np.asarray(scores)])
 
     def intervention_strength(self, x: jax.Array, env: jax.Array,
-                              targets: jax.Array | None = None
+                              targets: jax.Array | None = None, *, chunk: int = 8192
                               ) -> tuple[np.ndarray, np.ndarray] | None:
         """How strongly the *fitted* model sees each environment, and so each learned
         latent, intervened on: a check of which latents to trust, without ground truth.
@@ -372,6 +372,9 @@ class FitResult:
         Args:
           x: ``[N, D]`` or ``[S, N, D]`` observations; env: ``[N]`` or ``[S, N]``.
           targets: ``[E, d]`` known targets (needed for ``targets="known"``).
+          chunk: samples per step of the scan over the data: the densities of every run
+            under every environment are held for ``chunk`` samples at a time
+            (``[S, chunk, E, d]``), not all ``N`` (the result is the same to rounding).
 
         Returns:
           ``(per_env [S, E], per_latent [S, d])`` in nats (``per_env[:, 0] = 0``), or None
@@ -381,6 +384,8 @@ class FitResult:
             return None
         if self.cfg.targets == "known" and targets is None:
             raise ValueError("intervention_strength: a fit with known targets needs targets")
+        if int(chunk) < 1:
+            raise ValueError(f"intervention_strength: chunk must be >= 1, got {chunk}")
         from jaxcrl.crl import flow_prior
         from jaxcrl.crl.models import flow_order
 
@@ -391,19 +396,32 @@ class FitResult:
         soft = self.cfg.intervention == "soft"
         n_envs = self.cfg.n_envs
 
+        n = z.shape[1]
+        c = min(int(chunk), n)
+        pad = -n % c  # padded samples get environment -1: a zero one-hot row
+
         def one(p, zz, ee, tt):
-            if self.cfg.scm == "flow":
-                lp = flow_prior.env_log_probs(p, zz, flow_order(self.cfg, zz, ee, tt),
-                                              targets=tt, soft=soft)
-            else:
-                known = None if self.cfg.targets == "unknown" else tt
-                lp = prior_lib.env_log_probs(p, zz, targets=known, soft=soft)
-            ratio = lp - lp[:, :1]  # [N, E]: log p_e - log p_0
-            onehot = prior_lib.env_onehot(ee, n_envs)
-            count = onehot.sum(0)
-            mean_in = (onehot * ratio).sum(0) / jnp.maximum(count, 1.0)  # [E]
-            mean_obs = (onehot[:, :1] * ratio).sum(0) / jnp.maximum(count[0], 1.0)
-            return mean_in - mean_obs
+            pos = (flow_order(self.cfg, zz, ee, tt) if self.cfg.scm == "flow"
+                   else None)  # the flow prior's order comes from all the data, not a chunk
+            zc = jnp.pad(zz, ((0, pad), (0, 0))).reshape(-1, c, zz.shape[-1])
+            ec = jnp.pad(ee, (0, pad), constant_values=-1).reshape(-1, c)
+
+            def add(acc, chunk_data):
+                zb, eb = chunk_data
+                if pos is not None:
+                    lp = flow_prior.env_log_probs(p, zb, pos, targets=tt, soft=soft)
+                else:
+                    known = None if self.cfg.targets == "unknown" else tt
+                    lp = prior_lib.env_log_probs(p, zb, targets=known, soft=soft)
+                onehot = prior_lib.env_onehot(eb, n_envs)  # [c, E]
+                ratio = jnp.where(eb[:, None] >= 0, lp - lp[:, :1], 0.0)  # log p_e - log p_0
+                s_in, count, s_obs = acc
+                return (s_in + (onehot * ratio).sum(0), count + onehot.sum(0),
+                        s_obs + (onehot[:, :1] * ratio).sum(0)), None
+
+            zero = jnp.zeros((n_envs,), jnp.float32)
+            (s_in, count, s_obs), _ = jax.lax.scan(add, (zero, zero, zero), (zc, ec))
+            return s_in / jnp.maximum(count, 1.0) - s_obs / jnp.maximum(count[0], 1.0)
 
         per_env = np.asarray(jax.jit(jax.vmap(one))(self.params["prior"], z, env, t))
         return per_env, np.einsum("se,sed->sd", per_env, np.asarray(t))
@@ -489,6 +507,49 @@ def _encode_batched(cfg: CRLConfig):
 
 
 # --------------------------------------------------------------------------- fit
+
+
+def _random_rotation(key: jax.Array, d: int) -> jax.Array:
+    """[d, d] Haar-random rotation (orthogonal, det +1)."""
+    q, r = jnp.linalg.qr(jax.random.normal(key, (d, d)))
+    q = q * jnp.sign(jnp.diag(r))[None]
+    return q.at[:, 0].multiply(jnp.sign(jnp.linalg.det(q)))
+
+
+def _linear_warm_start(cfg: CRLConfig, x, env, tgt, keys, z_true, eval_every, mesh):
+    """``cfg.warm_encoder="linear"``: fits a linear encoder (``flow_layers=0``) with the
+    ``warm_scm`` prior from ``warm_restarts`` starts per run (start 0 the identity, start
+    ``r >= 1`` a random rotation), all in one program, and returns the flow encoder's
+    starting parameters per run (the start with the lowest final training loss as the last
+    linear layer, the other layers freshly initialized), the warm wall time and the chosen
+    starts' history (``warm_final_loss_restarts [runs, R]``, ``warm_restart_chosen``).
+
+    x, env, tgt: ``[runs, N, D]``, ``[runs, N]``, ``[runs, E, d]``; keys ``[runs]``."""
+    n_runs, n_cand, d = keys.shape[0], cfg.warm_restarts, cfg.latent_dim
+    wcfg = dataclasses.replace(cfg, scm=cfg.warm_scm, steps=cfg.warm_steps, warm_steps=0,
+                               warm_restarts=1, warm_encoder="same", restarts=1, flow_layers=0)
+    ckeys = jax.vmap(lambda k: jax.vmap(lambda r: jax.random.fold_in(
+        jax.random.fold_in(k, 2), r))(jnp.arange(n_cand)))(keys).reshape(-1)
+    rot = jax.vmap(lambda k: _random_rotation(jax.random.fold_in(k, 5), d))(ckeys)
+    first = (jnp.arange(n_runs * n_cand) % n_cand == 0)[:, None, None]
+    w0 = jnp.where(first, jnp.eye(d), rot) - jnp.eye(d)  # DenseLinear holds W - I
+    rep = lambda a: None if a is None else jnp.repeat(jnp.asarray(a), n_cand, axis=0)  # noqa: E731
+    warm = fit(wcfg, rep(x), rep(env), key=ckeys, targets=rep(tgt), z_true=rep(z_true),
+               eval_every=min(eval_every, cfg.warm_steps), progress=False, mesh=mesh,
+               init_params={"encoder$params": {"DenseLinear_0": {
+                   "w": w0, "bias": jnp.zeros((n_runs * n_cand, d))}}})
+    final = np.asarray(warm.history["final_loss"]).reshape(n_runs, n_cand)
+    chosen = final.argmin(1)
+    pick = np.arange(n_runs) * n_cand + chosen
+    lin = jax.tree.map(lambda a: a[pick], warm.params["encoder$params"]["DenseLinear_0"])
+    fresh = jax.vmap(lambda k: flow_encoder(cfg).init(
+        jax.random.fold_in(k, 3), jnp.zeros((1, d)))["params"])(keys)
+    enc = {**fresh, f"DenseLinear_{cfg.flow_layers}": lin}
+    hist = {k: np.asarray(v)[:, pick] for k, v in warm.history.items()
+            if k in ("loss", "mcc") and v is not None}
+    if n_cand > 1:
+        hist.update(final_loss_restarts=final, restart_chosen=chosen)
+    return {"encoder$params": enc}, warm.wall_s, hist
 
 
 def _check_init_params(given: dict, expected: dict, n_seeds: int, n_rep: int) -> dict:
@@ -648,7 +709,11 @@ def fit(
     n_total = x.shape[1]
 
     warm_wall, warm_hist = 0.0, None
-    if cfg.warm_steps > 0:  # warm start: the encoder of a short fit with cfg.warm_scm
+    if cfg.warm_steps > 0 and cfg.warm_encoder == "linear":
+        init_params, warm_wall, warm_hist = _linear_warm_start(
+            cfg, x, env, tgt, keys, None if z_true is None else _per_run(z_true, n_runs, n_rep),
+            eval_every, mesh)
+    elif cfg.warm_steps > 0:  # warm start: the encoder of a short fit with cfg.warm_scm
         wcfg = dataclasses.replace(cfg, scm=cfg.warm_scm, steps=cfg.warm_steps, warm_steps=0,
                                    warm_restarts=1, restarts=cfg.warm_restarts)
         zw = None if z_true is None else _per_run(z_true, n_runs, n_rep)
