@@ -620,3 +620,28 @@ def test_crl_intervention_strength_sample_size_table_matches_its_results_files()
         assert _num(r[4]) == pytest.approx(g["mean_mcc_strong"], abs=5e-4)
         assert r[5] == f"{g['lost_weak']} / {g['lost_n']}"
         assert _num(r[6]) == pytest.approx(m["wall_s"], abs=0.5)
+
+
+def test_crl_linear_start_table_matches_its_results_files():
+    rows = _table_after("python experiments/crl_synthetic.py --methods latent_scm --seed R "
+                        "--set crl.warm_steps=3000 --set crl.warm_encoder=linear")
+    assert len(rows) >= 6
+    for row in rows:
+        root = int(_num(row[0]))
+        suffix = "" if root == 0 else f"_seed{root}"
+        base = _load(f"crl_synthetic_v2{suffix}.json")["methods"]["latent_scm"]
+        lin = _load(f"crl_synthetic_linstart{suffix}.json")["methods"]["latent_scm"]
+        assert lin["config"]["warm_encoder"] == "linear" and lin["config"]["warm_restarts"] == 6
+        b_mcc, b_shd = row[1].split(";")
+        assert _num(b_mcc) == pytest.approx(base["mcc_pearson_oos"]["mean"], abs=5e-4)
+        assert _num(b_shd) == pytest.approx(base["shd"]["mean"], abs=0.05)
+        assert _mean_std(row[2]) == pytest.approx((lin["mcc_pearson_oos"]["mean"],
+                                                   lin["mcc_pearson_oos"]["std"]), abs=5e-4)
+        assert _num(row[3]) == pytest.approx(lin["shd"]["mean"], abs=0.05)
+        per_mcc, per_shd = row[4].split(";")
+        assert [float(v) for v in per_mcc.split()] == pytest.approx(
+            lin["mcc_pearson_oos"]["per_seed"], abs=5e-4)
+        assert [float(v) for v in per_shd.split()] == lin["shd"]["per_seed"]
+        best = np.max(lin["restarts"]["mcc"], 1)  # the better restart of each data set
+        assert [float(v) for v in row[5].split()] == pytest.approx(best, abs=5e-4)
+        assert _num(row[6]) == pytest.approx(lin["wall_s"], abs=0.5)
