@@ -41,6 +41,18 @@ def _mean_std(cell: str) -> tuple[float, float]:
     return float(mean), float(std)
 
 
+def _check_mcc_shd_per_seed(cells: list[str], m: dict) -> None:
+    """Cells ``MCC mean ± sd | SHD mean | per-seed MCCs; per-seed SHDs`` against a method's
+    summary ``m`` of a results file."""
+    assert _mean_std(cells[0]) == pytest.approx((m["mcc_pearson_oos"]["mean"],
+                                                 m["mcc_pearson_oos"]["std"]), abs=5e-4)
+    assert _num(cells[1]) == pytest.approx(m["shd"]["mean"], abs=0.05)
+    per_mcc, per_shd = cells[2].split(";")
+    assert [float(v) for v in per_mcc.split()] == pytest.approx(
+        m["mcc_pearson_oos"]["per_seed"], abs=5e-4)
+    assert [float(v) for v in per_shd.split()] == m["shd"]["per_seed"]
+
+
 def _load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
@@ -256,13 +268,7 @@ def test_crl_default_v2_tables_match_their_results_files():
     assert len(roots) == len(files)
     for row, name in zip(roots, files, strict=True):
         m = _load(name)["methods"]["latent_scm"]
-        assert _mean_std(row[1]) == pytest.approx((m["mcc_pearson_oos"]["mean"],
-                                                   m["mcc_pearson_oos"]["std"]), abs=5e-4)
-        assert _num(row[2]) == pytest.approx(m["shd"]["mean"], abs=0.05)
-        per_mcc, per_shd = row[3].split(";")
-        assert [float(v) for v in per_mcc.split()] == pytest.approx(
-            m["mcc_pearson_oos"]["per_seed"], abs=5e-4)
-        assert [float(v) for v in per_shd.split()] == m["shd"]["per_seed"]
+        _check_mcc_shd_per_seed(row[1:4], m)
 
 
 def test_crl_flow_rows_v2_and_graph_search_tables_match_their_results_files():
@@ -635,13 +641,7 @@ def test_crl_linear_start_table_matches_its_results_files():
         b_mcc, b_shd = row[1].split(";")
         assert _num(b_mcc) == pytest.approx(base["mcc_pearson_oos"]["mean"], abs=5e-4)
         assert _num(b_shd) == pytest.approx(base["shd"]["mean"], abs=0.05)
-        assert _mean_std(row[2]) == pytest.approx((lin["mcc_pearson_oos"]["mean"],
-                                                   lin["mcc_pearson_oos"]["std"]), abs=5e-4)
-        assert _num(row[3]) == pytest.approx(lin["shd"]["mean"], abs=0.05)
-        per_mcc, per_shd = row[4].split(";")
-        assert [float(v) for v in per_mcc.split()] == pytest.approx(
-            lin["mcc_pearson_oos"]["per_seed"], abs=5e-4)
-        assert [float(v) for v in per_shd.split()] == lin["shd"]["per_seed"]
+        _check_mcc_shd_per_seed(row[2:5], lin)
         best = np.max(lin["restarts"]["mcc"], 1)  # the better restart of each data set
         assert [float(v) for v in row[5].split()] == pytest.approx(best, abs=5e-4)
         assert _num(row[6]) == pytest.approx(lin["wall_s"], abs=0.5)
