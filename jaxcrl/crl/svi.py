@@ -533,7 +533,10 @@ def _linear_warm_start(cfg: CRLConfig, x, env, tgt, keys, z_true, eval_every, me
     rot = jax.vmap(lambda k: _random_rotation(jax.random.fold_in(k, 5), d))(ckeys)
     first = (jnp.arange(n_runs * n_cand) % n_cand == 0)[:, None, None]
     w0 = jnp.where(first, jnp.eye(d), rot) - jnp.eye(d)  # DenseLinear holds W - I
-    rep = lambda a: None if a is None else jnp.repeat(jnp.asarray(a), n_cand, axis=0)  # noqa: E731
+
+    def rep(a):  # every run's arrays once per start
+        return None if a is None else jnp.repeat(jnp.asarray(a), n_cand, axis=0)
+
     warm = fit(wcfg, rep(x), rep(env), key=ckeys, targets=rep(tgt), z_true=rep(z_true),
                eval_every=min(eval_every, cfg.warm_steps), progress=False, mesh=mesh,
                init_params={"encoder$params": {"DenseLinear_0": {
