@@ -159,6 +159,53 @@ def test_crl_restart_pairings_records_every_restart(tmp_path, monkeypatch):
     assert a["first_k_chosen"][0] == min(range(2), key=loss.__getitem__)
 
 
+def test_restart_agreement_is_the_mean_slotwise_abs_correlation_with_the_other_restarts():
+    sys.path.insert(0, "experiments")
+    try:
+        from crl_restart_agreement import agreement
+    finally:
+        sys.path.remove("experiments")
+    rng = np.random.default_rng(0)
+    d = 4
+    z = rng.normal(size=(20_000, d))
+    swapped = z[:, [1, 0, 2, 3]]
+    got = agreement(np.stack([z, -2.0 * z + 1.0, swapped]))  # sign and scale do not matter
+    want = [(1 + (d - 2) / d) / 2, (1 + (d - 2) / d) / 2, (d - 2) / d]
+    np.testing.assert_allclose(got, want, atol=0.02)
+    assert int(np.argmax(got)) != 2  # the swapped restart is never the medoid
+
+
+def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, monkeypatch):
+    """Restarts 0 and 1 of the script are the runs of a 2-restart fit with the same keys:
+    the same final losses, and the same choice."""
+    import dataclasses
+
+    import jax
+
+    from jaxcrl.crl import fit
+    from jaxcrl.crl.synthetic import SyntheticConfig, simulate
+
+    argv = ["--steps", "8", "--restarts", "3", "--seeds", "2", "--set", "crl.batch_size=64",
+            "--set", "crl.warmup=2", *SMALL_ENCODER]
+    out = tmp_path / "agree"
+    _run("experiments/crl_restart_agreement.py", [*argv, "--out", str(out)], monkeypatch)
+    res = json.loads((out / "results.json").read_text())["restarts"]
+    assert np.shape(res["loss"]) == (2, 3) == np.shape(res["agreement"])
+    for name, crit in (("by_loss", np.argmin(res["loss"], 1)),
+                       ("by_agreement", np.argmax(res["agreement"], 1))):
+        assert res[name]["chosen"] == crit.tolist()
+        assert res[name]["mcc"] == [res["mcc"][s][c] for s, c in enumerate(crit)]
+    base = SyntheticConfig()
+    cfg = dataclasses.replace(base, seeds=2, crl=dataclasses.replace(
+        base.crl, steps=8, batch_size=64, warmup=2, flow_layers=2, flow_terms=2, restarts=2))
+    data = simulate(cfg)
+    ref = fit(cfg.method_config("latent_scm"), data.x, data.env, targets=data.targets,
+              key=jax.random.fold_in(jax.random.key(cfg.seed), 1), seeds=2, progress=False)
+    np.testing.assert_allclose(ref.history["final_loss_restarts"],
+                               np.asarray(res["loss"])[:, :2], rtol=1e-5)
+    assert res["first_two_by_loss"]["chosen"] == ref.history["restart_chosen"].tolist()
+
+
 @pytest.mark.slow  # a one-off diagnostic script (CI's 30 minutes)
 def test_crl_flow_diag_scores_every_unpooled_run_against_the_truth(tmp_path, monkeypatch):
     """The linear-prior diagnostic: every run of every data set is scored; the truth's
