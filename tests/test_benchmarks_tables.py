@@ -628,15 +628,24 @@ def test_crl_intervention_strength_sample_size_table_matches_its_results_files()
         assert _num(r[6]) == pytest.approx(m["wall_s"], abs=0.5)
 
 
-def test_crl_linear_start_table_matches_its_results_files():
-    rows = _table_after("python experiments/crl_synthetic.py --methods latent_scm --seed R "
-                        "--set crl.warm_steps=3000 --set crl.warm_encoder=linear")
-    assert len(rows) >= 6
-    for row in rows:
+def _linear_start_tables():
+    """(row, default's results, linear start's results) of both linear-start tables."""
+    for row in _table_after("python experiments/crl_synthetic.py --methods latent_scm "
+                            "--seed R --set crl.warm_steps=3000 --set crl.warm_encoder=linear"):
         root = int(_num(row[0]))
         suffix = "" if root == 0 else f"_seed{root}"
-        base = _load(f"crl_synthetic_v2{suffix}.json")["methods"]["latent_scm"]
-        lin = _load(f"crl_synthetic_linstart{suffix}.json")["methods"]["latent_scm"]
+        yield (row, _load(f"crl_synthetic_v2{suffix}.json")["methods"]["latent_scm"],
+               _load(f"crl_synthetic_linstart{suffix}.json")["methods"]["latent_scm"])
+    for row in _table_after("--rows 'd=8' --row-set crl.warm_steps=3000"):
+        root = int(_num(row[0]))
+        yield (row, _load(f"crl_d8_strength_seed{root}.json")["methods"]["latent_scm"],
+               _load(f"crl_d8_linstart_seed{root}.json")["methods"]["latent_scm"])
+
+
+def test_crl_linear_start_table_matches_its_results_files():
+    tables = list(_linear_start_tables())
+    assert len(tables) == 9  # six roots of the default row, three of d = 8
+    for row, base, lin in tables:
         assert lin["config"]["warm_encoder"] == "linear" and lin["config"]["warm_restarts"] == 6
         b_mcc, b_shd = row[1].split(";")
         assert _num(b_mcc) == pytest.approx(base["mcc_pearson_oos"]["mean"], abs=5e-4)
