@@ -654,3 +654,25 @@ def test_crl_linear_start_table_matches_its_results_files():
         best = np.max(lin["restarts"]["mcc"], 1)  # the better restart of each data set
         assert [float(v) for v in row[5].split()] == pytest.approx(best, abs=5e-4)
         assert _num(row[6]) == pytest.approx(lin["wall_s"], abs=0.5)
+
+
+def test_crl_restart_agreement_table_matches_its_results_files():
+    rows = _table_after("python experiments/crl_restart_agreement.py --out out/crl_agree_sR")
+    assert [int(_num(r[0])) for r in rows] == [4, 0, 3]
+    for row in rows:
+        a = _load(f"crl_restart_agreement_seed{int(_num(row[0]))}.json")["restarts"]
+        for cell, key in zip(row[1:4], ("first_two_by_loss", "by_loss", "by_agreement"),
+                             strict=True):
+            mcc, shd = cell.split(";")
+            assert _num(mcc) == pytest.approx(np.mean(a[key]["mcc"]), abs=5e-4), key
+            assert _num(shd) == pytest.approx(np.mean(a[key]["shd"]), abs=0.05), key
+            assert a[key]["mcc"] == [a["mcc"][s][c] for s, c in enumerate(a[key]["chosen"])]
+        assert a["by_loss"]["chosen"] == np.argmin(a["loss"], 1).tolist()
+        assert a["by_agreement"]["chosen"] == np.argmax(a["agreement"], 1).tolist()
+        assert _num(row[4]) == pytest.approx(np.mean(np.max(a["mcc"], 1)), abs=5e-4)
+        by_loss, by_agree = row[5].split("/")
+        assert [float(v) for v in by_loss.split()] == pytest.approx(a["by_loss"]["mcc"],
+                                                                     abs=5e-4)
+        assert [float(v) for v in by_agree.split()] == pytest.approx(a["by_agreement"]["mcc"],
+                                                                      abs=5e-4)
+        assert _num(row[6]) == pytest.approx(a["wall_s"], abs=0.5)

@@ -81,8 +81,8 @@ class CRLConfig:
         environment before the flow can commit to a wrong pairing (the default row's
         stuck fits are label swaps). Measured a wash on the default row's six roots (MCC
         0.964 -> 0.965 over 30 data sets, 8 better and 8 worse, at twice the time) and worse
-        at d = 8 (0.916 -> 0.903 over 15), so off by default (BENCHMARKS, "A linear start against label swaps"). Needs
-        ``flow_linear="dense"``.
+        at d = 8 (0.916 -> 0.903 over 15), so off by default (BENCHMARKS, "A linear start
+        against label swaps"). Needs ``flow_linear="dense"``.
       reduce: how ``latent_scm`` maps ``D > d`` observations to the flow's ``d`` inputs
         (:func:`jaxcrl.crl.svi.make_preprocess`): ``pca`` (whitened top-``d`` variance
         directions; the default) or ``envs`` (the ``d`` directions that best separate the
