@@ -676,3 +676,13 @@ def test_crl_restart_agreement_table_matches_its_results_files():
         assert [float(v) for v in by_agree.split()] == pytest.approx(a["by_agreement"]["mcc"],
                                                                       abs=5e-4)
         assert _num(row[6]) == pytest.approx(a["wall_s"], abs=0.5)
+
+
+def test_crl_strength_chunk_table_matches_its_benchmark_file():
+    rows = _table_after("python experiments/bench/crl_strength_chunk.py")
+    res = _load("bench_crl_strength_chunk.json")["settings"]
+    assert len(rows) == 2
+    for row, name in zip(rows, ("chunk 8192", "one chunk of all N"), strict=True):
+        assert _num(row[1]) == pytest.approx(res[name]["temp_mib"], abs=0.5)
+        assert _num(row[2]) == pytest.approx(res[name]["wall_s"], abs=5e-3)
+    assert res["chunk 8192"]["temp_mib"] < res["one chunk of all N"]["temp_mib"] / 4

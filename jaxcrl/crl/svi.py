@@ -21,6 +21,7 @@ The module is ``jaxcrl.crl.svi``; ``from jaxcrl.crl import fit`` gives the funct
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -282,6 +283,48 @@ def _encode_fn(cfg: CRLConfig):
 # --------------------------------------------------------------------------- result
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
+def strength_per_env(cfg: CRLConfig, prior_params, z: jax.Array, env: jax.Array,
+                     targets: jax.Array, *, chunk: int) -> jax.Array:
+    """``[S, E]`` symmetric KL of each environment from the observational one under the
+    fitted prior, on encoded latents ``z [S, N, d]`` with ``env [S, N]`` and target masks
+    ``[S, E, d]`` (see :meth:`FitResult.intervention_strength`). A scan over chunks of
+    ``chunk`` samples: the densities are held as ``[S, chunk, E, d]``, never
+    ``[S, N, E, d]``; padded samples get environment -1 and count nowhere."""
+    from jaxcrl.crl import flow_prior
+    from jaxcrl.crl.models import flow_order
+
+    soft = cfg.intervention == "soft"
+    n_envs = cfg.n_envs
+    n = z.shape[1]
+    pad = -n % chunk
+
+    def one(p, zz, ee, tt):
+        pos = (flow_order(cfg, zz, ee, tt) if cfg.scm == "flow"
+               else None)  # the flow prior's order comes from all the data, not a chunk
+        zc = jnp.pad(zz, ((0, pad), (0, 0))).reshape(-1, chunk, zz.shape[-1])
+        ec = jnp.pad(ee, (0, pad), constant_values=-1).reshape(-1, chunk)
+
+        def add(acc, chunk_data):
+            zb, eb = chunk_data
+            if pos is not None:
+                lp = flow_prior.env_log_probs(p, zb, pos, targets=tt, soft=soft)
+            else:
+                known = None if cfg.targets == "unknown" else tt
+                lp = prior_lib.env_log_probs(p, zb, targets=known, soft=soft)
+            onehot = prior_lib.env_onehot(eb, n_envs)  # [c, E]
+            ratio = jnp.where(eb[:, None] >= 0, lp - lp[:, :1], 0.0)  # log p_e - log p_0
+            s_in, count, s_obs = acc
+            return (s_in + (onehot * ratio).sum(0), count + onehot.sum(0),
+                    s_obs + (onehot[:, :1] * ratio).sum(0)), None
+
+        zero = jnp.zeros((n_envs,), jnp.float32)
+        (s_in, count, s_obs), _ = jax.lax.scan(add, (zero, zero, zero), (zc, ec))
+        return s_in / jnp.maximum(count, 1.0) - s_obs / jnp.maximum(count[0], 1.0)
+
+    return jax.vmap(one)(prior_params, z, env, targets)
+
+
 @dataclasses.dataclass
 class FitResult:
     """Trained runs. Every array in ``params``/``preprocess`` has a leading run axis [S].
@@ -386,44 +429,12 @@ class FitResult:
             raise ValueError("intervention_strength: a fit with known targets needs targets")
         if int(chunk) < 1:
             raise ValueError(f"intervention_strength: chunk must be >= 1, got {chunk}")
-        from jaxcrl.crl import flow_prior
-        from jaxcrl.crl.models import flow_order
-
         z = self.encode(x)
         env = jnp.broadcast_to(jnp.asarray(env), z.shape[:2])
         t = jnp.asarray(self.targets(None if targets is None else jnp.asarray(targets)),
                         jnp.float32)  # [S, E, d]
-        soft = self.cfg.intervention == "soft"
-        n_envs = self.cfg.n_envs
-
-        n = z.shape[1]
-        c = min(int(chunk), n)
-        pad = -n % c  # padded samples get environment -1: a zero one-hot row
-
-        def one(p, zz, ee, tt):
-            pos = (flow_order(self.cfg, zz, ee, tt) if self.cfg.scm == "flow"
-                   else None)  # the flow prior's order comes from all the data, not a chunk
-            zc = jnp.pad(zz, ((0, pad), (0, 0))).reshape(-1, c, zz.shape[-1])
-            ec = jnp.pad(ee, (0, pad), constant_values=-1).reshape(-1, c)
-
-            def add(acc, chunk_data):
-                zb, eb = chunk_data
-                if pos is not None:
-                    lp = flow_prior.env_log_probs(p, zb, pos, targets=tt, soft=soft)
-                else:
-                    known = None if self.cfg.targets == "unknown" else tt
-                    lp = prior_lib.env_log_probs(p, zb, targets=known, soft=soft)
-                onehot = prior_lib.env_onehot(eb, n_envs)  # [c, E]
-                ratio = jnp.where(eb[:, None] >= 0, lp - lp[:, :1], 0.0)  # log p_e - log p_0
-                s_in, count, s_obs = acc
-                return (s_in + (onehot * ratio).sum(0), count + onehot.sum(0),
-                        s_obs + (onehot[:, :1] * ratio).sum(0)), None
-
-            zero = jnp.zeros((n_envs,), jnp.float32)
-            (s_in, count, s_obs), _ = jax.lax.scan(add, (zero, zero, zero), (zc, ec))
-            return s_in / jnp.maximum(count, 1.0) - s_obs / jnp.maximum(count[0], 1.0)
-
-        per_env = np.asarray(jax.jit(jax.vmap(one))(self.params["prior"], z, env, t))
+        per_env = np.asarray(strength_per_env(self.cfg, self.params["prior"], z, env, t,
+                                              chunk=min(int(chunk), z.shape[1])))
         return per_env, np.einsum("se,sed->sd", per_env, np.asarray(t))
 
     def discover_graph(self, x: jax.Array, env: jax.Array,
