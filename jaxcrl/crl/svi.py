@@ -40,6 +40,7 @@ from jaxcrl.crl.config import CRLConfig
 from jaxcrl.crl.models import MODELS, contrastive_encoder, flow_encoder
 from jaxcrl.crl.nets import GaussianEncoder
 from jaxcrl.crl.targets import canonical_targets
+from jaxcrl.scm import haar_orthogonal
 from jaxcrl.train import driver
 from jaxcrl.train.mesh import constrain_batch, place_state, resolve_mesh
 from jaxcrl.train.optim import build_optimizer
@@ -521,9 +522,9 @@ def _encode_batched(cfg: CRLConfig):
 
 
 def _random_rotation(key: jax.Array, d: int) -> jax.Array:
-    """[d, d] Haar-random rotation (orthogonal, det +1)."""
-    q, r = jnp.linalg.qr(jax.random.normal(key, (d, d)))
-    q = q * jnp.sign(jnp.diag(r))[None]
+    """[d, d] random rotation (det +1): :func:`jaxcrl.scm.haar_orthogonal` (its XLA
+    Householder QR is safe under vmap) with the first column's sign set by the det."""
+    q = haar_orthogonal(key, d, d)
     return q.at[:, 0].multiply(jnp.sign(jnp.linalg.det(q)))
 
 
