@@ -175,6 +175,43 @@ def test_restart_agreement_is_the_mean_slotwise_abs_correlation_with_the_other_r
     assert int(np.argmax(got)) != 2  # the swapped restart is never the medoid
 
 
+def test_restart_consensus_leaves_out_a_swapped_restart_and_averages_the_others():
+    """Three restarts of one data set: the truth plus noise, the truth plus other noise,
+    sign-flipped and rescaled, and the truth with latents 0 and 1 swapped. The averaged
+    consensus (tau = 0.5) beats either noisy restart alone and finds the graph the truth
+    finds; each slot's medoid (tau = 0) is never the swapped restart in slots 0 and 1."""
+    import dataclasses
+
+    sys.path.insert(0, "experiments")
+    try:
+        from crl_restart_agreement import consensus_scores
+    finally:
+        sys.path.remove("experiments")
+    from jaxcrl.crl.discovery import pruned_dag_search
+    from jaxcrl.crl.synthetic import SyntheticConfig, simulate
+    from jaxcrl.metrics import mcc_out_of_sample, shd
+
+    base = SyntheticConfig()
+    cfg = dataclasses.replace(base, seeds=1, data=dataclasses.replace(base.data, n_per_env=4000))
+    data = simulate(cfg)
+    zt, env, t, adj = (np.asarray(a[0]) for a in (data.z, data.env, data.targets, data.adj))
+    rng = np.random.default_rng(0)
+    sd = zt.std(0)
+    a = zt + 0.6 * sd * rng.normal(size=zt.shape)
+    b = -2.0 * (zt + 0.6 * sd * rng.normal(size=zt.shape)) + 1.0
+    swapped = zt[:, [1, 0, 2, 3, 4]] + 0.1 * sd[[1, 0, 2, 3, 4]] * rng.normal(size=zt.shape)
+    z = np.stack([a, b, swapped])
+    crl = cfg.method_config("latent_scm")
+    avg = consensus_scores(z, zt, env, t, adj, 0.5, cfg=crl, seed=0)
+    single = max(mcc_out_of_sample(zt, r, "pearson", key=0).value for r in (a, b))
+    assert avg["mcc"] > single + 0.02
+    truth = pruned_dag_search(zt, env, t, min_r2=crl.graph_min_r2,
+                              edge_threshold=crl.edge_threshold)
+    assert avg["shd"] == float(shd(adj, truth)) == 0.0
+    medoid = consensus_scores(z, zt, env, t, adj, 0.0, cfg=crl, seed=0)
+    assert 2 not in medoid["chosen"][:2] and medoid["mcc"] < avg["mcc"]
+
+
 def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, monkeypatch):
     """Restarts 0 and 1 of the script are the runs of a 2-restart fit with the same keys:
     the same final losses, and the same choice."""
