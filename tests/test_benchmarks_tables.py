@@ -678,6 +678,29 @@ def test_crl_restart_agreement_table_matches_its_results_files():
         assert _num(row[6]) == pytest.approx(a["wall_s"], abs=0.5)
 
 
+def test_crl_restart_consensus_table_matches_its_results_files():
+    rows = _table_after("python experiments/crl_restart_agreement.py --out out/crl_cons_sR")
+    roots = [int(_num(r[0])) for r in rows[:-1]]
+    assert sorted(roots) == list(range(6)) and rows[-1][0].startswith("mean")
+    keys = ("first_two_by_loss", "by_loss", "by_agreement", "0.0", "0.5", "0.8", "0.9")
+    means = {k: [] for k in keys}
+    for row in rows[:-1]:
+        a = _load(f"crl_restart_consensus_seed{int(_num(row[0]))}.json")["restarts"]
+        for cell, key in zip(row[1:8], keys, strict=True):
+            got = a[key] if key in a else a["consensus"][key]
+            mcc, shd = cell.split(";")
+            assert _num(mcc) == pytest.approx(np.mean(got["mcc"]), abs=5e-4), key
+            assert _num(shd) == pytest.approx(np.mean(got["shd"]), abs=0.05), key
+            means[key].append((np.mean(got["mcc"]), np.mean(got["shd"])))
+        assert a["by_agreement"]["chosen"] == np.argmax(a["agreement"], 1).tolist()
+        assert _num(row[8]) == pytest.approx(np.mean(np.max(a["mcc"], 1)), abs=5e-4)
+        assert _num(row[9]) == pytest.approx(a["wall_s"], abs=0.5)
+    for cell, key in zip(rows[-1][1:8], keys, strict=True):
+        mcc, shd = cell.split(";")
+        assert _num(mcc) == pytest.approx(np.mean([m for m, _ in means[key]]), abs=5e-4), key
+        assert _num(shd) == pytest.approx(np.mean([h for _, h in means[key]]), abs=0.005), key
+
+
 def test_crl_strength_chunk_table_matches_its_benchmark_file():
     rows = _table_after("python experiments/bench/crl_strength_chunk.py")
     res = _load("bench_crl_strength_chunk.json")["settings"]
