@@ -53,6 +53,16 @@ def _check_mcc_shd_per_seed(cells: list[str], m: dict) -> None:
     assert [float(v) for v in per_shd.split()] == m["shd"]["per_seed"]
 
 
+def _check_mean_mcc_shd(cell: str, got: dict, what: str = "") -> tuple[float, float]:
+    """A cell ``MCC; SHD`` against the means of ``got["mcc"]`` and ``got["shd"]`` (per data
+    set lists of a results file); returns those means."""
+    mcc, shd = cell.split(";")
+    means = float(np.mean(got["mcc"])), float(np.mean(got["shd"]))
+    assert _num(mcc) == pytest.approx(means[0], abs=5e-4), what
+    assert _num(shd) == pytest.approx(means[1], abs=0.05), what
+    return means
+
+
 def _load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
@@ -663,9 +673,7 @@ def test_crl_restart_agreement_table_matches_its_results_files():
         a = _load(f"crl_restart_agreement_seed{int(_num(row[0]))}.json")["restarts"]
         for cell, key in zip(row[1:4], ("first_two_by_loss", "by_loss", "by_agreement"),
                              strict=True):
-            mcc, shd = cell.split(";")
-            assert _num(mcc) == pytest.approx(np.mean(a[key]["mcc"]), abs=5e-4), key
-            assert _num(shd) == pytest.approx(np.mean(a[key]["shd"]), abs=0.05), key
+            _check_mean_mcc_shd(cell, a[key], key)
             assert a[key]["mcc"] == [a["mcc"][s][c] for s, c in enumerate(a[key]["chosen"])]
         assert a["by_loss"]["chosen"] == np.argmin(a["loss"], 1).tolist()
         assert a["by_agreement"]["chosen"] == np.argmax(a["agreement"], 1).tolist()
@@ -688,10 +696,7 @@ def test_crl_restart_consensus_table_matches_its_results_files():
         a = _load(f"crl_restart_consensus_seed{int(_num(row[0]))}.json")["restarts"]
         for cell, key in zip(row[1:8], keys, strict=True):
             got = a[key] if key in a else a["consensus"][key]
-            mcc, shd = cell.split(";")
-            assert _num(mcc) == pytest.approx(np.mean(got["mcc"]), abs=5e-4), key
-            assert _num(shd) == pytest.approx(np.mean(got["shd"]), abs=0.05), key
-            means[key].append((np.mean(got["mcc"]), np.mean(got["shd"])))
+            means[key].append(_check_mean_mcc_shd(cell, got, key))
         assert a["by_agreement"]["chosen"] == np.argmax(a["agreement"], 1).tolist()
         assert _num(row[8]) == pytest.approx(np.mean(np.max(a["mcc"], 1)), abs=5e-4)
         assert _num(row[9]) == pytest.approx(a["wall_s"], abs=0.5)
