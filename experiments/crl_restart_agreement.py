@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxcrl.config import parse_config
 from jaxcrl.crl import fit
-from jaxcrl.crl.consensus import slot_consensus
+from jaxcrl.crl.consensus import slot_consensus, slot_majority
 from jaxcrl.crl.discovery import pruned_dag_search
 from jaxcrl.crl.evaluate import score_fit
 from jaxcrl.crl.synthetic import SyntheticConfig, simulate
@@ -57,32 +57,37 @@ def agreement(z: np.ndarray) -> np.ndarray:
     return np.array([corr[r][off[r]].mean() for r in range(n_rep)])
 
 
-def consensus_scores(z, z_true, env, targets, adj, tau: float, *, cfg, seed: int) -> dict:
+def consensus_scores(z, z_true, env, targets, adj, tau: float, *, cfg, seed: int,
+                     loss=None) -> dict:
     """The per-slot consensus of one data set's aligned restarts ``z [R, N, d]`` scored
     like a run: out-of-sample Pearson MCC against ``z_true [N, d]`` (split ``seed``), the
     SHD to ``adj [d, d]`` of the pruned exact search (``cfg``'s ``graph_min_r2`` and
     ``edge_threshold``) over the consensus latents with the known ``targets [E, d]``, and
-    each slot's medoid restart."""
-    zc, chosen = slot_consensus(z, average=tau)
+    each slot's chosen restart. ``loss=None``: :func:`slot_consensus` at ``average=tau``;
+    ``loss [R]``: :func:`slot_majority` at ``threshold=tau`` (its ``members [d, R]`` too)."""
+    if loss is None:
+        zc, chosen = slot_consensus(z, average=tau)
+        extra = {}
+    else:
+        zc, chosen, members = slot_majority(z, loss, threshold=tau)
+        extra = {"members": np.asarray(members).astype(int).tolist()}
     zc, zt = np.asarray(zc), np.asarray(z_true)
     w = pruned_dag_search(zc, np.asarray(env), np.asarray(targets), min_r2=cfg.graph_min_r2,
                           edge_threshold=cfg.edge_threshold)
     return {"mcc": mcc_out_of_sample(zt, zc, "pearson", key=seed).value,
             "shd": float(shd_of(np.asarray(adj), w, perm=match(zt, zc).perm)),
-            "chosen": np.asarray(chosen).tolist()}
+            "chosen": np.asarray(chosen).tolist(), **extra}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="out/crl_restart_agreement")
-    p.add_argument("--taus", default="0,0.5,0.8,0.9",
-                   help="comma-separated consensus thresholds (0: each slot's medoid)")
-    base = SyntheticConfig()
-    base = dataclasses.replace(base, crl=dataclasses.replace(base.crl, restarts=4))
-    args, cfg = parse_config(p, base, argv, aliases=ALIASES)
+#: what ``--save-latents`` writes and ``--rescore`` reads back (plain arrays only)
+LATENT_FIELDS = ("z", "loss", "mcc", "shd", "z_true", "env", "targets", "adj")
+
+
+def fit_restarts(cfg) -> tuple[dict, float]:
+    """Fits every restart of every data set as its own run. Returns the arrays of
+    :data:`LATENT_FIELDS` (``z [S, R, N, d]``, ``loss``/``mcc``/``shd`` ``[S, R]``, the
+    truth per data set) and the fit's wall time in seconds."""
     n_rep, n_sets = cfg.crl.restarts, cfg.seeds
-    if n_rep < 3:
-        raise ValueError(f"--restarts must be >= 3 for a medoid, got {n_rep}")
     data = simulate(cfg)
     seed_keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), 1), n_sets)
     keys = jax.vmap(lambda k: jax.vmap(lambda r: jax.random.fold_in(k, r))(
@@ -95,40 +100,113 @@ def main(argv=None):
     wall = time.perf_counter() - t0
     scores = score_fit(result, rep.x, rep.z, rep.env, adj_true=rep.adj,
                        targets_true=rep.targets)
-    loss = np.asarray(result.history["final_loss"]).reshape(n_sets, n_rep)
-    mcc = np.array([s["mcc_pearson_oos"] for s in scores]).reshape(n_sets, n_rep)
-    shd = np.array([s["shd"] for s in scores]).reshape(n_sets, n_rep)
-    z = np.asarray(result.encode(rep.x)).reshape(n_sets, n_rep, *rep.x.shape[1:2], -1)
+    return {"z": np.asarray(result.encode(rep.x)).reshape(n_sets, n_rep, *rep.x.shape[1:2], -1),
+            "loss": np.asarray(result.history["final_loss"]).reshape(n_sets, n_rep),
+            "mcc": np.array([s["mcc_pearson_oos"] for s in scores]).reshape(n_sets, n_rep),
+            "shd": np.array([s["shd"] for s in scores]).reshape(n_sets, n_rep),
+            "z_true": np.asarray(data.z), "env": np.asarray(data.env),
+            "targets": np.asarray(data.targets), "adj": np.asarray(data.adj)}, wall
+
+
+def load_latents(directory, cfg) -> tuple[dict, float | None]:
+    """Reads back what ``--save-latents`` wrote to ``directory`` (``latents.npz``, never
+    pickles; the wall time from its ``results.json`` if that holds a number) and checks the
+    shapes against ``cfg`` (``--restarts``, ``--seeds``)."""
+    path = Path(directory, "latents.npz")
+    if not path.is_file():
+        raise FileNotFoundError(f"--rescore: no {path} (write it with --save-latents)")
+    with np.load(path, allow_pickle=False) as f:
+        missing = [k for k in LATENT_FIELDS if k not in f.files]
+        if missing:
+            raise ValueError(f"--rescore: {path} lacks {missing}")
+        arrays = {k: np.asarray(f[k]) for k in LATENT_FIELDS}
+    want = (cfg.seeds, cfg.crl.restarts)
+    if arrays["z"].ndim != 4 or arrays["z"].shape[:2] != want or arrays["loss"].shape != want:
+        raise ValueError(f"--rescore: {path} holds z {arrays['z'].shape}, loss "
+                         f"{arrays['loss'].shape}; --seeds/--restarts ask for {want}")
+    wall = None
+    res = Path(directory, "results.json")
+    if res.is_file():
+        w = json.loads(res.read_text()).get("restarts", {}).get("wall_s")
+        wall = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else None
+    return arrays, wall
+
+
+def score_restarts(a: dict, cfg, taus, majority) -> dict:
+    """Every criterion's choice over the restarts ``a`` (:func:`fit_restarts`' arrays):
+    the lowest final loss (of all restarts, and of the first two, the default's), the
+    highest agreement, the per-slot consensus at each ``taus`` and the per-slot majority at
+    each ``majority`` threshold."""
+    loss, mcc, shd, z = a["loss"], a["mcc"], a["shd"], a["z"]
+    n_sets, n_rep = loss.shape
+    mcfg = dataclasses.replace(cfg.method_config("latent_scm"), restarts=1)
     agree = np.stack([agreement(z[s]) for s in range(n_sets)])
-    by_loss, by_agree = loss.argmin(1), agree.argmax(1)
     idx = np.arange(n_sets)
     out = {"loss": loss.tolist(), "mcc": mcc.tolist(), "shd": shd.tolist(),
-           "agreement": agree.tolist(),
-           "by_loss": {"chosen": by_loss.tolist(), "mcc": mcc[idx, by_loss].tolist(),
-                       "shd": shd[idx, by_loss].tolist()},
-           "by_agreement": {"chosen": by_agree.tolist(), "mcc": mcc[idx, by_agree].tolist(),
-                            "shd": shd[idx, by_agree].tolist()},
-           "best_mcc": mcc.max(1).tolist(), "wall_s": wall}
-    out["consensus"] = {}
-    for tau in [float(t) for t in args.taus.split(",")]:
-        rows = [consensus_scores(z[s], data.z[s], data.env[s], data.targets[s], data.adj[s],
-                                 tau, cfg=mcfg, seed=s * n_rep) for s in range(n_sets)]
-        row = {k: [r[k] for r in rows] for k in ("mcc", "shd", "chosen")}
-        out["consensus"][str(tau)] = row
-        print(f"consensus tau={tau}: MCC {np.mean(row['mcc']):.3f} "
-              f"{np.round(row['mcc'], 3).tolist()}, SHD {np.mean(row['shd']):.1f}", flush=True)
+           "agreement": agree.tolist()}
     first2 = loss[:, :2].argmin(1)  # what the default's 2 restarts choose (same runs)
-    out["first_two_by_loss"] = {"chosen": first2.tolist(), "mcc": mcc[idx, first2].tolist(),
-                                "shd": shd[idx, first2].tolist()}
+    for name, chosen in (("by_loss", loss.argmin(1)), ("by_agreement", agree.argmax(1)),
+                         ("first_two_by_loss", first2)):
+        out[name] = {"chosen": chosen.tolist(), "mcc": mcc[idx, chosen].tolist(),
+                     "shd": shd[idx, chosen].tolist()}
+    out["best_mcc"] = mcc.max(1).tolist()
+    for key, values, use_loss in (("consensus", taus, False), ("majority", majority, True)):
+        out[key] = {}
+        for tau in values:
+            rows = [consensus_scores(z[s], a["z_true"][s], a["env"][s], a["targets"][s],
+                                     a["adj"][s], tau, cfg=mcfg, seed=s * n_rep,
+                                     loss=loss[s] if use_loss else None)
+                    for s in range(n_sets)]
+            out[key][str(tau)] = {k: [r[k] for r in rows] for k in rows[0]}
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="out/crl_restart_agreement")
+    p.add_argument("--taus", default="0,0.5,0.8,0.9",
+                   help="comma-separated consensus thresholds (0: each slot's medoid)")
+    p.add_argument("--majority", default="0.8,0.9,0.95",
+                   help="comma-separated slot_majority thresholds (empty: none)")
+    p.add_argument("--save-latents", action="store_true",
+                   help="also write OUT/latents.npz: every restart's latents z [S, R, N, d] "
+                        "and the truth (z_true, env, targets, adj), to study other criteria")
+    p.add_argument("--rescore", default=None, metavar="DIR",
+                   help="no fit: score the restarts a --save-latents run wrote to DIR")
+    base = SyntheticConfig()
+    base = dataclasses.replace(base, crl=dataclasses.replace(base.crl, restarts=4))
+    args, cfg = parse_config(p, base, argv, aliases=ALIASES)
+    if cfg.crl.restarts < 3:
+        raise ValueError(f"--restarts must be >= 3 for a medoid, got {cfg.crl.restarts}")
+    taus = [float(t) for t in args.taus.split(",") if t.strip()]
+    majority = [float(t) for t in args.majority.split(",") if t.strip()]
+    if args.rescore is None:
+        arrays, wall = fit_restarts(cfg)
+    else:
+        arrays, wall = load_latents(args.rescore, cfg)
+    out = score_restarts(arrays, cfg, taus, majority)
+    out["wall_s"] = wall
     for name in ("first_two_by_loss", "by_loss", "by_agreement"):
         print(f"{name}: MCC {np.mean(out[name]['mcc']):.3f} "
               f"{np.round(out[name]['mcc'], 3).tolist()}, SHD {np.mean(out[name]['shd']):.1f}",
               flush=True)
-    print(f"best restart: MCC {np.mean(out['best_mcc']):.3f}; fit {wall:.0f} s", flush=True)
+    for key in ("consensus", "majority"):
+        for tau, row in out[key].items():
+            print(f"{key} {tau}: MCC {np.mean(row['mcc']):.3f} "
+                  f"{np.round(row['mcc'], 3).tolist()}, SHD {np.mean(row['shd']):.1f}",
+                  flush=True)
+    print(f"best restart: MCC {np.mean(out['best_mcc']):.3f}"
+          + (f"; fit {wall:.0f} s" if wall is not None else ""), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.save_latents and args.rescore is None:
+        np.savez_compressed(Path(args.out, "latents.npz"),
+                            **{k: (v.astype(np.float32) if k == "z" else v)
+                               for k, v in arrays.items()})
+    setup = {"out": args.out, "config": dataclasses.asdict(cfg)}
+    if args.rescore is not None:
+        setup["rescored"] = str(args.rescore)
     Path(args.out, "results.json").write_text(json.dumps(
-        {"setup": {"out": args.out, "config": dataclasses.asdict(cfg)}, "restarts": out},
-        indent=2))
+        {"setup": setup, "restarts": out}, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcrl.crl import CRLConfig, fit
-from jaxcrl.crl.consensus import distill_encoder, slot_consensus
+from jaxcrl.crl.consensus import distill_encoder, slot_consensus, slot_majority
 from jaxcrl.crl.svi import Preprocess
 
 
@@ -69,6 +69,86 @@ def test_slot_consensus_average_means_the_runs_that_found_each_latent():
     med = np.asarray(z_med)
     np.testing.assert_allclose(np.asarray(z1), (med - med.mean(0)) / med.std(0),
                                rtol=1e-4, atol=1e-5)
+
+
+def _loop_majority(zs, loss, threshold):
+    """slot_majority written out: per slot, every run's cluster, the largest, then the one
+    holding the lowest loss, then the tightest; the mean of its aligned members."""
+    runs, _, d = zs.shape
+    u = (zs - zs.mean(1, keepdims=True)) / zs.std(1, keepdims=True)
+    cols, chosen, members = [], [], []
+    for i in range(d):
+        c = np.array([[np.corrcoef(u[r, :, i], u[q, :, i])[0, 1] for q in range(runs)]
+                      for r in range(runs)])
+        best = None
+        for r in range(runs):
+            mem = [q for q in range(runs) if q == r or abs(c[r, q]) >= threshold]
+            key = (len(mem), -min(loss[q] for q in mem), sum(abs(c[r, q]) for q in mem))
+            if best is None or key > best[0]:
+                best = (key, r, mem)
+        _, r, mem = best
+        cols.append(np.mean([np.sign(c[r, q]) * u[q, :, i] for q in mem], 0))
+        chosen.append(r)
+        members.append([int(q in mem) for q in range(runs)])
+    return np.stack(cols, 1), chosen, members
+
+
+def _swapped_runs(n_right, n_swapped, seed=2):
+    """Noisy copies of a 3-latent truth; the last ``n_swapped`` have latents 0 and 1
+    exchanged, one of them sign-flipped and rescaled."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=(3000, 3))
+    zs = np.stack([truth + 0.3 * rng.normal(size=truth.shape)
+                   for _ in range(n_right + n_swapped)])
+    zs[n_right:] = zs[n_right:][:, :, [1, 0, 2]]
+    zs[-1] *= -3.0
+    return truth, zs
+
+
+def test_slot_majority_breaks_a_two_against_two_swap_by_the_lower_loss():
+    """Two runs right, two with latents 0 and 1 swapped: slots 0 and 1 go to the camp
+    holding the lowest-loss run (either way round), slot 2 averages all four runs."""
+    truth, zs = _swapped_runs(2, 2)
+    for loss, camp in (([0.1, 0.3, 0.2, 0.4], [1, 1, 0, 0]), ([0.3, 0.2, 0.1, 0.4], [0, 0, 1, 1])):
+        z, chosen, members = slot_majority(jnp.asarray(zs, jnp.float32), jnp.asarray(loss))
+        want_z, _, want_members = _loop_majority(zs, loss, 0.9)
+        assert np.asarray(members).tolist() == want_members == [camp, camp, [1, 1, 1, 1]]
+        # the centre of a cluster is any of its members (equal |r| sums tie in rounding);
+        # the consensus slot is the same up to its sign
+        assert all(want_members[i][c] for i, c in enumerate(np.asarray(chosen).tolist()))
+        sign = np.sign(np.sum(np.asarray(z) * want_z, 0))
+        np.testing.assert_allclose(np.asarray(z) * sign, want_z, rtol=1e-4, atol=1e-5)
+        r = [abs(np.corrcoef(np.asarray(z)[:, i], truth[:, j])[0, 1])
+             for i, j in ((0, 0), (0, 1))]
+        assert (r[0] > 0.97) == (camp[0] == 1) and (r[1] > 0.97) == (camp[0] == 0)
+
+
+def test_slot_majority_prefers_three_runs_to_the_lowest_loss_alone():
+    """Three runs right and one swapped with the lowest loss: the three win every slot
+    (the medoid of slot_consensus may too, but only the majority ignores the loss here)."""
+    truth, zs = _swapped_runs(3, 1, seed=3)
+    loss = [0.5, 0.4, 0.6, 0.1]
+    z, _, members = slot_majority(jnp.asarray(zs, jnp.float32), jnp.asarray(loss))
+    assert np.asarray(members).tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    want_z, _, _ = _loop_majority(zs, loss, 0.9)
+    sign = np.sign(np.sum(np.asarray(z) * want_z, 0))
+    np.testing.assert_allclose(np.asarray(z) * sign, want_z, rtol=1e-4, atol=1e-5)
+    for i in range(3):  # the mean of three noisy copies beats one (corr 0.96 -> ~0.985)
+        assert abs(np.corrcoef(np.asarray(z)[:, i], truth[:, i])[0, 1]) > 0.98
+
+
+def test_slot_majority_rejects_bad_losses_latents_and_thresholds():
+    zs = jnp.ones((3, 10, 2))
+    with pytest.raises(ValueError, match="one loss per run"):
+        slot_majority(zs, jnp.zeros(2))
+    with pytest.raises(ValueError, match="losses contain NaN"):
+        slot_majority(zs, jnp.array([0.0, jnp.nan, 1.0]))
+    with pytest.raises(ValueError, match="latents contain NaN"):
+        slot_majority(jnp.full((3, 10, 2), jnp.nan), jnp.zeros(3))
+    with pytest.raises(ValueError, match="threshold"):
+        slot_majority(zs, jnp.zeros(3), threshold=0.0)
+    with pytest.raises(ValueError, match="R >= 2"):
+        slot_majority(jnp.ones((1, 10, 2)), jnp.zeros(1))
 
 
 def test_slot_consensus_rejects_one_run_and_nan():

@@ -214,7 +214,8 @@ def test_restart_consensus_leaves_out_a_swapped_restart_and_averages_the_others(
 
 def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, monkeypatch):
     """Restarts 0 and 1 of the script are the runs of a 2-restart fit with the same keys:
-    the same final losses, and the same choice."""
+    the same final losses, and the same choice. ``--rescore`` of the ``--save-latents``
+    file gives the same results without a fit, and refuses a mismatched or pickled file."""
     import dataclasses
 
     import jax
@@ -225,8 +226,29 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
     argv = ["--steps", "8", "--restarts", "3", "--seeds", "2", "--set", "crl.batch_size=64",
             "--set", "crl.warmup=2", *SMALL_ENCODER]
     out = tmp_path / "agree"
-    _run("experiments/crl_restart_agreement.py", [*argv, "--out", str(out)], monkeypatch)
+    _run("experiments/crl_restart_agreement.py", [*argv, "--out", str(out), "--save-latents"],
+         monkeypatch)
     res = json.loads((out / "results.json").read_text())["restarts"]
+    # --rescore DIR: the same scores from the saved latents, with no fit
+    out2 = tmp_path / "rescored"
+    _run("experiments/crl_restart_agreement.py",
+         [*argv, "--out", str(out2), "--rescore", str(out)], monkeypatch)
+    assert json.loads((out2 / "results.json").read_text())["restarts"] == res
+    assert set(res["majority"]) == {"0.8", "0.9", "0.95"}
+    with np.load(out / "latents.npz") as f:
+        z, loss = f["z"], f["loss"]
+    from jaxcrl.crl.consensus import slot_majority
+    for s, row in enumerate(res["majority"]["0.9"]["members"]):  # the library's choice
+        assert row == np.asarray(slot_majority(z[s], loss[s])[2]).astype(int).tolist()
+    four = [*argv]
+    four[four.index("--restarts") + 1] = "4"
+    with pytest.raises(ValueError, match="--seeds/--restarts"):
+        _run("experiments/crl_restart_agreement.py",
+             [*four, "--out", str(out2), "--rescore", str(out)], monkeypatch)
+    np.savez(out / "latents.npz", z=np.array([object()], dtype=object))  # a crafted file
+    with pytest.raises(ValueError):
+        _run("experiments/crl_restart_agreement.py",
+             [*argv, "--out", str(out2), "--rescore", str(out)], monkeypatch)
     assert np.shape(res["loss"]) == (2, 3) == np.shape(res["agreement"])
     for name, crit in (("by_loss", np.argmin(res["loss"], 1)),
                        ("by_agreement", np.argmax(res["agreement"], 1))):

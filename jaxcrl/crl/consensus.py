@@ -73,6 +73,66 @@ def _slot_consensus(zs: jax.Array, average: float = 0.0) -> tuple[jax.Array, jax
     return jnp.einsum("ir,rni->ni", w, u) / keep.sum(1), chosen
 
 
+def slot_majority(zs: jax.Array, loss: jax.Array, threshold: float = 0.9
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-slot majority of aligned runs, ties broken by the runs' loss.
+
+    A run stuck in a label swap is wrong in two slots and right in the others, so each slot
+    is voted on alone. Slot ``i`` of run ``r`` forms a cluster with every run whose slot
+    ``i`` has |Pearson| >= ``threshold`` with it (``r`` included). The slot's cluster is the
+    largest; among equally large ones (two runs against two), the one holding the run of
+    lowest ``loss`` (the likelihood's verdict); then the tighter one (largest sum of |r|).
+    The consensus slot is the mean of the cluster's standardized, sign-aligned slots. Unlike
+    :func:`slot_consensus`' medoid, a tie between two camps never goes to whichever camp
+    happens to sit a little closer to the other one.
+
+    Args:
+      zs: ``[R, N, d]`` latents of R >= 2 runs on the same N samples, slot ``i`` of every
+        run meaning the same latent.
+      loss: ``[R]`` each run's loss (lower is better; for example the final training loss).
+      threshold: |Pearson| in (0, 1] at which two runs' slots count as the same latent.
+
+    Returns:
+      ``(z [N, d], chosen [d], members [d, R])``: ``chosen[i]`` is the run the winning
+      cluster of slot ``i`` was formed around, ``members[i]`` marks the runs averaged into
+      ``z[:, i]`` (standardized, so ``z`` has no fixed scale).
+    """
+    zs = jnp.asarray(zs)
+    loss = jnp.asarray(loss, jnp.float32)
+    if zs.ndim != 3 or zs.shape[0] < 2:
+        raise ValueError(f"slot_majority needs [R >= 2, N, d] latents, got {zs.shape}")
+    if loss.shape != zs.shape[:1]:
+        raise ValueError(f"slot_majority needs one loss per run: loss {loss.shape}, "
+                         f"latents {zs.shape}")
+    if not bool(jnp.all(jnp.isfinite(zs))):
+        raise ValueError("slot_majority: the latents contain NaN or inf")
+    if not bool(jnp.all(jnp.isfinite(loss))):
+        raise ValueError("slot_majority: the losses contain NaN or inf")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"slot_majority: threshold must be in (0, 1], got {threshold}")
+    return _slot_majority(zs, loss, float(threshold))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _slot_majority(zs: jax.Array, loss: jax.Array, threshold: float):
+    std = zs.std(1, keepdims=True)
+    u = (zs - zs.mean(1, keepdims=True)) / jnp.where(std > 0, std, 1.0)
+    corr = jnp.einsum("rni,qni->irq", u, u) / zs.shape[1]  # [d, R, R], signed
+    runs, d = zs.shape[0], zs.shape[2]
+    # a run is always in its own cluster (|r| = 1 up to rounding)
+    member = (jnp.abs(corr) >= threshold) | jnp.eye(runs, dtype=bool)  # [d, centre, run]
+    size = member.sum(-1)
+    best = jnp.min(jnp.where(member, loss, jnp.inf), axis=-1)  # cluster's lowest loss
+    tight = jnp.where(member, jnp.abs(corr), 0.0).sum(-1)
+    ok = size == size.max(-1, keepdims=True)
+    best = jnp.where(ok, best, jnp.inf)
+    ok &= best == best.min(-1, keepdims=True)
+    chosen = jnp.argmax(jnp.where(ok, tight, -jnp.inf), axis=-1)  # [d]
+    members = member[jnp.arange(d), chosen]  # [d, R]
+    w = jnp.where(members, jnp.sign(corr[jnp.arange(d), chosen]), 0.0)
+    return jnp.einsum("ir,rni->ni", w, u) / members.sum(1), chosen, members
+
+
 def distill_encoder(cfg: CRLConfig, preprocess: Preprocess, x: jax.Array, z: jax.Array,
                     key: jax.Array, *, steps: int = 4000, lr: float = 1e-3,
                     batch_size: int = 1024) -> dict:
