@@ -11,15 +11,23 @@ truth). The medoid (highest agreement) is compared with the lowest loss, and wit
 per-slot consensus of all restarts (:func:`jaxcrl.crl.consensus.slot_consensus`: each slot
 from its own medoid restart, ``average = 0``, or averaged over the restarts whose slot agrees
 with the medoid's at |Pearson| >= ``tau``, ``--taus``), scored like a run: out-of-sample MCC
-and the SHD of the same pruned exact search over the consensus latents. Command::
+and the SHD of the same pruned exact search over the consensus latents; and with the
+per-slot majority (:func:`jaxcrl.crl.consensus.slot_majority`: each slot from the largest
+cluster of restarts agreeing at |Pearson| >= ``t``, ``--majority``, a tie going to the
+cluster that holds the lowest loss). Commands::
 
     python experiments/crl_restart_agreement.py --out out/crl_restart_agreement \
-        --restarts 4 --seed 4
+        --restarts 4 --seed 4 --save-latents
+    python experiments/crl_restart_agreement.py --out out/rescored --restarts 4 --seed 4 \
+        --rescore out/crl_restart_agreement   # the scores again from the saved latents
 
 Writes ``OUT/results.json``: per data set ``loss [R]``, ``mcc [R]``, ``agreement [R]``,
 the restart each criterion chooses and its MCC and SHD, (``first_two_by_loss``) what
 the default's 2 restarts, the same runs as restarts 0 and 1 here, choose, and per ``tau``
-(``consensus``) the consensus's MCC, SHD and each slot's medoid restart.
+(``consensus``) the consensus's MCC, SHD and each slot's medoid restart, and per ``t``
+(``majority``) the majority's MCC, SHD, each slot's cluster centre and members. With
+``--save-latents`` also ``OUT/latents.npz`` (every restart's latents and the truth), which
+``--rescore`` reads back instead of fitting.
 """
 
 from __future__ import annotations

@@ -706,6 +706,32 @@ def test_crl_restart_consensus_table_matches_its_results_files():
         assert _num(shd) == pytest.approx(np.mean([h for _, h in means[key]]), abs=0.005), key
 
 
+def test_crl_restart_majority_table_matches_its_results_files():
+    rows = _table_after("--rescore out/crl_tb_sR --out out/crl_maj_sR")
+    roots = [int(_num(r[0])) for r in rows[:-1]]
+    assert sorted(roots) == list(range(6)) and rows[-1][0].startswith("mean")
+    keys = (("first_two_by_loss", None), ("by_loss", None), ("0.5", "consensus"),
+            ("0.8", "majority"), ("0.9", "majority"), ("0.95", "majority"))
+    means = {k: [] for k in keys}
+    for row in rows[:-1]:
+        res = _load(f"crl_restart_majority_seed{int(_num(row[0]))}.json")
+        assert res["setup"]["rescored"] == f"out/crl_tb_s{int(_num(row[0]))}"
+        a = res["restarts"]
+        for cell, (key, group) in zip(row[1:7], keys, strict=True):
+            got = a[group][key] if group else a[key]
+            means[key, group].append(_check_mean_mcc_shd(cell, got, key))
+        for t in ("0.8", "0.9", "0.95"):  # each slot's members: a cluster around its centre
+            m = a["majority"][t]
+            assert all(row_m[c] == 1 for s in range(len(m["chosen"]))
+                       for row_m, c in zip(m["members"][s], m["chosen"][s], strict=True))
+        assert _num(row[7]) == pytest.approx(np.mean(np.max(a["mcc"], 1)), abs=5e-4)
+        assert _num(row[8]) == pytest.approx(a["wall_s"], abs=0.5)
+    for cell, key in zip(rows[-1][1:7], keys, strict=True):
+        mcc, shd = cell.split(";")
+        assert _num(mcc) == pytest.approx(np.mean([m for m, _ in means[key]]), abs=5e-4), key
+        assert _num(shd) == pytest.approx(np.mean([h for _, h in means[key]]), abs=0.005), key
+
+
 def test_crl_strength_chunk_table_matches_its_benchmark_file():
     rows = _table_after("python experiments/bench/crl_strength_chunk.py")
     res = _load("bench_crl_strength_chunk.json")["settings"]

@@ -10,6 +10,9 @@ slot can be taken from the run that agrees best with the others (:func:`slot_con
 The consensus is then distilled into one encoder (:func:`distill_encoder`, a regression),
 and a final fit starts from it with the encoder frozen while the prior adapts
 (``CRLConfig.encoder_freeze``). No ground truth is used at any step.
+
+:func:`slot_majority` is the other vote over aligned runs: each slot from the largest
+cluster of runs that agree on it, a tie going to the cluster holding the lowest loss.
 """
 
 from __future__ import annotations
