@@ -63,6 +63,22 @@ def _check_mean_mcc_shd(cell: str, got: dict, what: str = "") -> tuple[float, fl
     return means
 
 
+def _check_best_and_wall(cells: list[str], restarts: dict) -> None:
+    """Cells ``best of R (truth)`` and ``fit wall`` against a restart-choice results file:
+    the mean over data sets of the best restart's MCC, and the fit's wall time."""
+    assert _num(cells[0]) == pytest.approx(np.mean(np.max(restarts["mcc"], 1)), abs=5e-4)
+    assert _num(cells[1]) == pytest.approx(restarts["wall_s"], abs=0.5)
+
+
+def _check_mean_row(cells: list[str], per_root: list[list[tuple[float, float]]]) -> None:
+    """A table's mean row: each cell ``MCC; SHD`` against the mean over roots of the
+    per-root means of its column (:func:`_check_mean_mcc_shd`'s returns)."""
+    for col, (cell, means) in enumerate(zip(cells, per_root, strict=True)):
+        mcc, shd = cell.split(";")
+        assert _num(mcc) == pytest.approx(np.mean([m for m, _ in means]), abs=5e-4), col
+        assert _num(shd) == pytest.approx(np.mean([h for _, h in means]), abs=0.005), col
+
+
 def _load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
@@ -698,12 +714,8 @@ def test_crl_restart_consensus_table_matches_its_results_files():
             got = a[key] if key in a else a["consensus"][key]
             means[key].append(_check_mean_mcc_shd(cell, got, key))
         assert a["by_agreement"]["chosen"] == np.argmax(a["agreement"], 1).tolist()
-        assert _num(row[8]) == pytest.approx(np.mean(np.max(a["mcc"], 1)), abs=5e-4)
-        assert _num(row[9]) == pytest.approx(a["wall_s"], abs=0.5)
-    for cell, key in zip(rows[-1][1:8], keys, strict=True):
-        mcc, shd = cell.split(";")
-        assert _num(mcc) == pytest.approx(np.mean([m for m, _ in means[key]]), abs=5e-4), key
-        assert _num(shd) == pytest.approx(np.mean([h for _, h in means[key]]), abs=0.005), key
+        _check_best_and_wall(row[8:10], a)
+    _check_mean_row(rows[-1][1:8], [means[k] for k in keys])
 
 
 def test_crl_restart_majority_table_matches_its_results_files():
@@ -724,12 +736,8 @@ def test_crl_restart_majority_table_matches_its_results_files():
             m = a["majority"][t]
             assert all(row_m[c] == 1 for s in range(len(m["chosen"]))
                        for row_m, c in zip(m["members"][s], m["chosen"][s], strict=True))
-        assert _num(row[7]) == pytest.approx(np.mean(np.max(a["mcc"], 1)), abs=5e-4)
-        assert _num(row[8]) == pytest.approx(a["wall_s"], abs=0.5)
-    for cell, key in zip(rows[-1][1:7], keys, strict=True):
-        mcc, shd = cell.split(";")
-        assert _num(mcc) == pytest.approx(np.mean([m for m, _ in means[key]]), abs=5e-4), key
-        assert _num(shd) == pytest.approx(np.mean([h for _, h in means[key]]), abs=0.005), key
+        _check_best_and_wall(row[7:9], a)
+    _check_mean_row(rows[-1][1:7], [means[k] for k in keys])
 
 
 def test_crl_strength_chunk_table_matches_its_benchmark_file():
