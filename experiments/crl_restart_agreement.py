@@ -5,16 +5,17 @@ environment in every restart and the restarts' latents are aligned slot by slot)
 ``latent_scm`` with ``R`` restarts per data set: each restart is fitted as its own run, with
 exactly the key it has as restart ``r`` of a multi-restart fit (``fold_in(k_s, r)``), so the
 runs are those of ``--restarts R``. Per restart: the final training loss (the library's
-criterion), the out-of-sample MCC (diagnostic only), and its *agreement*: the mean over the
-other restarts and the latents of ``|Pearson(z_r,i, z_r',i)|`` on the data (no ground
-truth). The medoid (highest agreement) is compared with the lowest loss, and with the
+criterion; with ``--set crl.holdout=F`` the loss on the held-out samples is, and it then
+stands for "loss" below), the out-of-sample MCC (diagnostic only), and its *agreement*: the
+mean over the other restarts and the latents of ``|Pearson(z_r,i, z_r',i)|`` on the data (no
+ground truth). The medoid (highest agreement) is compared with the lowest loss, and with the
 per-slot consensus of all restarts (:func:`jaxcrl.crl.consensus.slot_consensus`: each slot
-from its own medoid restart, ``average = 0``, or averaged over the restarts whose slot agrees
-with the medoid's at |Pearson| >= ``tau``, ``--taus``), scored like a run: out-of-sample MCC
-and the SHD of the same pruned exact search over the consensus latents; and with the
-per-slot majority (:func:`jaxcrl.crl.consensus.slot_majority`: each slot from the largest
-cluster of restarts agreeing at |Pearson| >= ``t``, ``--majority``, a tie going to the
-cluster that holds the lowest loss). Commands::
+from its own medoid restart, ``average = 0``, or averaged over the restarts whose slot
+agrees with the medoid's at |Pearson| >= ``tau``, ``--taus``), scored like a run:
+out-of-sample MCC and the SHD of the same pruned exact search over the consensus latents;
+and with the per-slot majority (:func:`jaxcrl.crl.consensus.slot_majority`: each slot from
+the largest cluster of restarts agreeing at |Pearson| >= ``t``, ``--majority``, a tie going
+to the cluster that holds the lowest loss). Commands::
 
     python experiments/crl_restart_agreement.py --out out/crl_restart_agreement \
         --restarts 4 --seed 4 --save-latents
@@ -87,7 +88,8 @@ def consensus_scores(z, z_true, env, targets, adj, tau: float, *, cfg, seed: int
             "chosen": np.asarray(chosen).tolist(), **extra}
 
 
-#: what ``--save-latents`` writes and ``--rescore`` reads back (plain arrays only)
+#: what ``--save-latents`` writes and ``--rescore`` reads back (plain arrays only), and
+#: ``heldout_loss [S, R]`` when the fit held samples out (``--set crl.holdout=...``)
 LATENT_FIELDS = ("z", "loss", "mcc", "shd", "z_true", "env", "targets", "adj")
 
 
@@ -108,12 +110,16 @@ def fit_restarts(cfg) -> tuple[dict, float]:
     wall = time.perf_counter() - t0
     scores = score_fit(result, rep.x, rep.z, rep.env, adj_true=rep.adj,
                        targets_true=rep.targets)
-    return {"z": np.asarray(result.encode(rep.x)).reshape(n_sets, n_rep, *rep.x.shape[1:2], -1),
-            "loss": np.asarray(result.history["final_loss"]).reshape(n_sets, n_rep),
-            "mcc": np.array([s["mcc_pearson_oos"] for s in scores]).reshape(n_sets, n_rep),
-            "shd": np.array([s["shd"] for s in scores]).reshape(n_sets, n_rep),
-            "z_true": np.asarray(data.z), "env": np.asarray(data.env),
-            "targets": np.asarray(data.targets), "adj": np.asarray(data.adj)}, wall
+    arrays = {
+        "z": np.asarray(result.encode(rep.x)).reshape(n_sets, n_rep, *rep.x.shape[1:2], -1),
+        "loss": np.asarray(result.history["final_loss"]).reshape(n_sets, n_rep),
+        "mcc": np.array([s["mcc_pearson_oos"] for s in scores]).reshape(n_sets, n_rep),
+        "shd": np.array([s["shd"] for s in scores]).reshape(n_sets, n_rep),
+        "z_true": np.asarray(data.z), "env": np.asarray(data.env),
+        "targets": np.asarray(data.targets), "adj": np.asarray(data.adj)}
+    if "heldout_loss" in result.history:  # the library's restart criterion then
+        arrays["heldout_loss"] = np.asarray(result.history["heldout_loss"]).reshape(n_sets, n_rep)
+    return arrays, wall
 
 
 def load_latents(directory, cfg) -> tuple[dict, float | None]:
@@ -127,9 +133,11 @@ def load_latents(directory, cfg) -> tuple[dict, float | None]:
         missing = [k for k in LATENT_FIELDS if k not in f.files]
         if missing:
             raise ValueError(f"--rescore: {path} lacks {missing}")
-        arrays = {k: np.asarray(f[k]) for k in LATENT_FIELDS}
+        arrays = {k: np.asarray(f[k]) for k in (*LATENT_FIELDS, "heldout_loss")
+                  if k in f.files}
     want = (cfg.seeds, cfg.crl.restarts)
-    if arrays["z"].ndim != 4 or arrays["z"].shape[:2] != want or arrays["loss"].shape != want:
+    if (arrays["z"].ndim != 4 or arrays["z"].shape[:2] != want
+            or any(arrays[k].shape != want for k in ("loss", "heldout_loss") if k in arrays)):
         raise ValueError(f"--rescore: {path} holds z {arrays['z'].shape}, loss "
                          f"{arrays['loss'].shape}; --seeds/--restarts ask for {want}")
     wall = None
@@ -142,16 +150,21 @@ def load_latents(directory, cfg) -> tuple[dict, float | None]:
 
 def score_restarts(a: dict, cfg, taus, majority) -> dict:
     """Every criterion's choice over the restarts ``a`` (:func:`fit_restarts`' arrays):
-    the lowest final loss (of all restarts, and of the first two, the default's), the
+    the lowest loss (of all restarts, and of the first two, the default's; the held-out
+    loss when ``a`` has one, as the library chooses then, else the final training loss), the
     highest agreement, the per-slot consensus at each ``taus`` and the per-slot majority at
     each ``majority`` threshold."""
-    loss, mcc, shd, z = a["loss"], a["mcc"], a["shd"], a["z"]
+    mcc, shd, z = a["mcc"], a["shd"], a["z"]
+    loss = a.get("heldout_loss", a["loss"])  # the restart criterion
     n_sets, n_rep = loss.shape
     mcfg = dataclasses.replace(cfg.method_config("latent_scm"), restarts=1)
     agree = np.stack([agreement(z[s]) for s in range(n_sets)])
     idx = np.arange(n_sets)
-    out = {"loss": loss.tolist(), "mcc": mcc.tolist(), "shd": shd.tolist(),
-           "agreement": agree.tolist()}
+    out = {"loss": a["loss"].tolist(), "mcc": mcc.tolist(), "shd": shd.tolist(),
+           "agreement": agree.tolist(),
+           "criterion": "heldout_loss" if "heldout_loss" in a else "final_loss"}
+    if "heldout_loss" in a:
+        out["heldout_loss"] = a["heldout_loss"].tolist()
     first2 = loss[:, :2].argmin(1)  # what the default's 2 restarts choose (same runs)
     for name, chosen in (("by_loss", loss.argmin(1)), ("by_agreement", agree.argmax(1)),
                          ("first_two_by_loss", first2)):

@@ -212,10 +212,13 @@ def test_restart_consensus_leaves_out_a_swapped_restart_and_averages_the_others(
     assert 2 not in medoid["chosen"][:2] and medoid["mcc"] < avg["mcc"]
 
 
-def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("holdout", [0.0, 0.25])
+def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, monkeypatch,
+                                                                     holdout):
     """Restarts 0 and 1 of the script are the runs of a 2-restart fit with the same keys:
-    the same final losses, and the same choice. ``--rescore`` of the ``--save-latents``
-    file gives the same results without a fit, and refuses a mismatched or pickled file."""
+    the same final losses, and the same choice (by held-out loss with ``holdout``).
+    ``--rescore`` of the ``--save-latents`` file gives the same results without a fit, and
+    refuses a mismatched or pickled file."""
     import dataclasses
 
     import jax
@@ -224,7 +227,7 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
     from jaxcrl.crl.synthetic import SyntheticConfig, simulate
 
     argv = ["--steps", "8", "--restarts", "3", "--seeds", "2", "--set", "crl.batch_size=64",
-            "--set", "crl.warmup=2", *SMALL_ENCODER]
+            "--set", "crl.warmup=2", "--set", f"crl.holdout={holdout}", *SMALL_ENCODER]
     out = tmp_path / "agree"
     _run("experiments/crl_restart_agreement.py", [*argv, "--out", str(out), "--save-latents"],
          monkeypatch)
@@ -235,8 +238,8 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
          [*argv, "--out", str(out2), "--rescore", str(out)], monkeypatch)
     assert json.loads((out2 / "results.json").read_text())["restarts"] == res
     assert set(res["majority"]) == {"0.8", "0.9", "0.95"}
-    with np.load(out / "latents.npz") as f:
-        z, loss = f["z"], f["loss"]
+    with np.load(out / "latents.npz") as f:  # the majority's tie-break: the criterion
+        z, loss = f["z"], f["heldout_loss" if holdout else "loss"]
     from jaxcrl.crl.consensus import slot_majority
     for s, row in enumerate(res["majority"]["0.9"]["members"]):  # the library's choice
         assert row == np.asarray(slot_majority(z[s], loss[s])[2]).astype(int).tolist()
@@ -250,13 +253,16 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
         _run("experiments/crl_restart_agreement.py",
              [*argv, "--out", str(out2), "--rescore", str(out)], monkeypatch)
     assert np.shape(res["loss"]) == (2, 3) == np.shape(res["agreement"])
-    for name, crit in (("by_loss", np.argmin(res["loss"], 1)),
+    assert res["criterion"] == ("heldout_loss" if holdout else "final_loss")
+    criterion = res["heldout_loss"] if holdout else res["loss"]
+    for name, crit in (("by_loss", np.argmin(criterion, 1)),
                        ("by_agreement", np.argmax(res["agreement"], 1))):
         assert res[name]["chosen"] == crit.tolist()
         assert res[name]["mcc"] == [res["mcc"][s][c] for s, c in enumerate(crit)]
     base = SyntheticConfig()
     cfg = dataclasses.replace(base, seeds=2, crl=dataclasses.replace(
-        base.crl, steps=8, batch_size=64, warmup=2, flow_layers=2, flow_terms=2, restarts=2))
+        base.crl, steps=8, batch_size=64, warmup=2, flow_layers=2, flow_terms=2, restarts=2,
+        holdout=holdout))
     data = simulate(cfg)
     ref = fit(cfg.method_config("latent_scm"), data.x, data.env, targets=data.targets,
               key=jax.random.fold_in(jax.random.key(cfg.seed), 1), seeds=2, progress=False)
