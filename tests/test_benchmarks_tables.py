@@ -740,6 +740,28 @@ def test_crl_restart_majority_table_matches_its_results_files():
     _check_mean_row(rows[-1][1:7], [means[k] for k in keys])
 
 
+def test_crl_restart_holdout_table_matches_its_results_files():
+    rows = _table_after("--set crl.holdout=0.1 --save-latents")
+    roots = [int(_num(r[0])) for r in rows[:-1]]
+    assert roots == list(range(len(roots))) and rows[-1][0].startswith("mean")
+    keys = ("first_two_by_loss", "by_loss", "train", "0.5", "0.8", "0.9")
+    means = {k: [] for k in keys}
+    for row in rows[:-1]:
+        a = _load(f"crl_restart_holdout_seed{int(_num(row[0]))}.json")["restarts"]
+        assert a["criterion"] == "heldout_loss"
+        assert a["by_loss"]["chosen"] == np.argmin(a["heldout_loss"], 1).tolist()
+        assert a["first_two_by_loss"]["chosen"] == np.argmin(
+            np.asarray(a["heldout_loss"])[:, :2], 1).tolist()
+        by_train = np.argmin(a["loss"], 1)  # the same fits chosen by training loss
+        train = {k: [a[k][s][c] for s, c in enumerate(by_train)] for k in ("mcc", "shd")}
+        cols = (a["first_two_by_loss"], a["by_loss"], train, a["consensus"]["0.5"],
+                a["majority"]["0.8"], a["majority"]["0.9"])
+        for cell, key, got in zip(row[1:7], keys, cols, strict=True):
+            means[key].append(_check_mean_mcc_shd(cell, got, key))
+        _check_best_and_wall(row[7:9], a)
+    _check_mean_row(rows[-1][1:7], [means[k] for k in keys])
+
+
 def test_crl_strength_chunk_table_matches_its_benchmark_file():
     rows = _table_after("python experiments/bench/crl_strength_chunk.py")
     res = _load("bench_crl_strength_chunk.json")["settings"]
