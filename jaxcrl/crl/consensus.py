@@ -60,11 +60,17 @@ def slot_consensus(zs: jax.Array, average: float = 0.0) -> tuple[jax.Array, jax.
     return _slot_consensus(zs, float(average))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _slot_consensus(zs: jax.Array, average: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def _standardized_corr(zs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(u [R, N, d], corr [d, R, R])``: each run's slots standardized over the samples,
+    and every pair of runs' signed Pearson correlation per slot."""
     std = zs.std(1, keepdims=True)
     u = (zs - zs.mean(1, keepdims=True)) / jnp.where(std > 0, std, 1.0)
-    corr = jnp.einsum("rni,qni->irq", u, u) / zs.shape[1]  # [d, R, R], signed
+    return u, jnp.einsum("rni,qni->irq", u, u) / zs.shape[1]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _slot_consensus(zs: jax.Array, average: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    u, corr = _standardized_corr(zs)
     runs, d = zs.shape[0], zs.shape[2]
     agree = (jnp.abs(corr).sum(-1) - jnp.abs(jnp.diagonal(corr, axis1=1, axis2=2))) / (runs - 1)
     chosen = jnp.argmax(agree, axis=1)
@@ -118,9 +124,7 @@ def slot_majority(zs: jax.Array, loss: jax.Array, threshold: float = 0.9
 
 @functools.partial(jax.jit, static_argnums=2)
 def _slot_majority(zs: jax.Array, loss: jax.Array, threshold: float):
-    std = zs.std(1, keepdims=True)
-    u = (zs - zs.mean(1, keepdims=True)) / jnp.where(std > 0, std, 1.0)
-    corr = jnp.einsum("rni,qni->irq", u, u) / zs.shape[1]  # [d, R, R], signed
+    u, corr = _standardized_corr(zs)
     runs, d = zs.shape[0], zs.shape[2]
     # a run is always in its own cluster (|r| = 1 up to rounding)
     member = (jnp.abs(corr) >= threshold) | jnp.eye(runs, dtype=bool)  # [d, centre, run]
