@@ -140,10 +140,16 @@ def load_latents(directory, cfg) -> tuple[dict, float | None]:
             or any(arrays[k].shape != want for k in ("loss", "heldout_loss") if k in arrays)):
         raise ValueError(f"--rescore: {path} holds z {arrays['z'].shape}, loss "
                          f"{arrays['loss'].shape}; --seeds/--restarts ask for {want}")
+    n_sets, _, n, d = arrays["z"].shape
+    if arrays["z_true"].shape != (n_sets, n, d) or arrays["env"].shape != (n_sets, n):
+        raise ValueError(f"--rescore: {path} holds z {arrays['z'].shape} but z_true "
+                         f"{arrays['z_true'].shape}, env {arrays['env'].shape}")
     wall = None
     res = Path(directory, "results.json")
-    if res.is_file():
-        w = json.loads(res.read_text()).get("restarts", {}).get("wall_s")
+    if res.is_file():  # only a plain number is taken from it
+        doc = json.loads(res.read_text())
+        rest = doc.get("restarts") if isinstance(doc, dict) else None
+        w = rest.get("wall_s") if isinstance(rest, dict) else None
         wall = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else None
     return arrays, wall
 

@@ -243,6 +243,10 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
     from jaxcrl.crl.consensus import slot_majority
     for s, row in enumerate(res["majority"]["0.9"]["members"]):  # the library's choice
         assert row == np.asarray(slot_majority(z[s], loss[s])[2]).astype(int).tolist()
+    (out / "results.json").write_text('[{"wall_s": "import os"}]')  # a crafted file: no wall
+    _run("experiments/crl_restart_agreement.py",
+         [*argv, "--out", str(out2), "--rescore", str(out)], monkeypatch)
+    assert json.loads((out2 / "results.json").read_text())["restarts"]["wall_s"] is None
     four = [*argv]
     four[four.index("--restarts") + 1] = "4"
     with pytest.raises(ValueError, match="--seeds/--restarts"):
