@@ -654,14 +654,33 @@ def test_crl_intervention_strength_sample_size_table_matches_its_results_files()
         assert _num(r[6]) == pytest.approx(m["wall_s"], abs=0.5)
 
 
-def _linear_start_tables():
-    """(row, default's results, linear start's results) of both linear-start tables."""
-    for row in _table_after("python experiments/crl_synthetic.py --methods latent_scm "
-                            "--seed R --set crl.warm_steps=3000 --set crl.warm_encoder=linear"):
+def _default_row_arm(marker: str, arm: str):
+    """(row, default's results, the arm's results) of a table of the default row, one row
+    per root seed: ``crl_synthetic_v2[_seedR].json`` against ``ARM[_seedR].json``."""
+    for row in _table_after(marker):
         root = int(_num(row[0]))
         suffix = "" if root == 0 else f"_seed{root}"
         yield (row, _load(f"crl_synthetic_v2{suffix}.json")["methods"]["latent_scm"],
-               _load(f"crl_synthetic_linstart{suffix}.json")["methods"]["latent_scm"])
+               _load(f"{arm}{suffix}.json")["methods"]["latent_scm"])
+
+
+def _check_arm_row(row: list[str], base: dict, arm: dict) -> None:
+    """Cells ``root | default: MCC; SHD | MCC ± sd | SHD | per seed | better restart per
+    seed | train wall`` against the default's and the arm's results."""
+    b_mcc, b_shd = row[1].split(";")
+    assert _num(b_mcc) == pytest.approx(base["mcc_pearson_oos"]["mean"], abs=5e-4)
+    assert _num(b_shd) == pytest.approx(base["shd"]["mean"], abs=0.05)
+    _check_mcc_shd_per_seed(row[2:5], arm)
+    best = np.max(arm["restarts"]["mcc"], 1)  # the better restart of each data set
+    assert [float(v) for v in row[5].split()] == pytest.approx(best, abs=5e-4)
+    assert _num(row[6]) == pytest.approx(arm["wall_s"], abs=0.5)
+
+
+def _linear_start_tables():
+    """(row, default's results, linear start's results) of both linear-start tables."""
+    yield from _default_row_arm("python experiments/crl_synthetic.py --methods latent_scm "
+                                "--seed R --set crl.warm_steps=3000 --set "
+                                "crl.warm_encoder=linear", "crl_synthetic_linstart")
     for row in _table_after("--rows 'd=8' --row-set crl.warm_steps=3000"):
         root = int(_num(row[0]))
         yield (row, _load(f"crl_d8_strength_seed{root}.json")["methods"]["latent_scm"],
@@ -673,13 +692,45 @@ def test_crl_linear_start_table_matches_its_results_files():
     assert len(tables) == 9  # six roots of the default row, three of d = 8
     for row, base, lin in tables:
         assert lin["config"]["warm_encoder"] == "linear" and lin["config"]["warm_restarts"] == 6
-        b_mcc, b_shd = row[1].split(";")
-        assert _num(b_mcc) == pytest.approx(base["mcc_pearson_oos"]["mean"], abs=5e-4)
-        assert _num(b_shd) == pytest.approx(base["shd"]["mean"], abs=0.05)
-        _check_mcc_shd_per_seed(row[2:5], lin)
-        best = np.max(lin["restarts"]["mcc"], 1)  # the better restart of each data set
-        assert [float(v) for v in row[5].split()] == pytest.approx(best, abs=5e-4)
-        assert _num(row[6]) == pytest.approx(lin["wall_s"], abs=0.5)
+        _check_arm_row(row, base, lin)
+
+
+def test_crl_deep_encoder_tables_match_their_results_files():
+    tables = list(_default_row_arm("python experiments/crl_synthetic.py --methods latent_scm "
+                                   "--seed R --set crl.flow_layers=16",
+                                   "crl_synthetic_deep16"))
+    assert [int(_num(row[0])) for row, _, _ in tables] == list(range(8))
+    for row, base, deep in tables:
+        assert deep["config"]["flow_layers"] == 16
+        # otherwise the default's settings (files from before a field existed lack it)
+        assert all(deep["config"][k] == v for k, v in base["config"].items()
+                   if k != "flow_layers"), row[0]
+        _check_arm_row(row, base, deep)
+    # The summary over all data sets: MCC, SHD, data sets below 0.93, roots meeting both bars.
+    summary = _table_after("| encoder | MCC Pearson (oos), all data sets |")
+    for cells, which in zip(summary, (1, 2), strict=True):
+        per_root = [(r[which]["mcc_pearson_oos"]["per_seed"], r[which]["shd"]["per_seed"])
+                    for r in tables]
+        mcc = np.concatenate([m for m, _ in per_root])
+        shd = np.concatenate([h for _, h in per_root])
+        assert _num(cells[1]) == pytest.approx(mcc.mean(), abs=5e-4), cells[0]
+        assert _num(cells[2]) == pytest.approx(shd.mean(), abs=0.005), cells[0]
+        assert int(cells[3]) == int((mcc < 0.93).sum()), cells[0]
+        both = [root for root, (m, h) in enumerate(per_root)
+                if np.mean(m) >= 0.95 and np.mean(h) <= 1]
+        assert cells[4] == f"{len(both)} ({', '.join(map(str, both))})", cells[0]
+        assert int(cells[5]) == sum(np.mean(m) >= 0.95 for m, _ in per_root), cells[0]
+    # The diagnosis that chose the depth: two unpooled fits per data set of root 4.
+    diag = _table_after("| encoder (root 4) | MCC per fit, mean |")
+    for cells, arm in zip(diag, ("base", "t16", "l16"), strict=True):
+        fits = _load(f"crl_encoder_diag_r4_{arm}.json")
+        lower = [min((f for f in fits if f["seed"] == s), key=lambda f: f["final_loss"])["mcc"]
+                 for s in range(5)]
+        assert _num(cells[1]) == pytest.approx(np.mean([f["mcc"] for f in fits]), abs=5e-4)
+        assert _num(cells[2]) == pytest.approx(
+            np.mean([f["nll_fit"] - f["nll_true"] for f in fits]), abs=5e-4)
+        assert _num(cells[3]) == pytest.approx(np.mean(lower), abs=5e-4)
+        assert [float(v) for v in cells[4].split()] == pytest.approx(lower, abs=5e-4)
 
 
 def test_crl_restart_agreement_table_matches_its_results_files():
