@@ -121,6 +121,11 @@ MUTATIONS = [
       "run_keys = jax.vmap(lambda k: jax.random.fold_in(k, time.time_ns() % 997))(keys)",
       ("tests/test_crl_recovery.py::test_cpu_fit_is_bit_reproducible_with_the_same_key",),
       "training key depends on the clock"),
+    M("crl-polish-no-shift", "crl", "jaxcrl/crl/polish.py",
+      'c = -pol.mean @ m - mle["shift"]', "c = -pol.mean @ m",
+      ("tests/test_crl_polish.py::test_polished_fit_encodes_the_polish_of_the_raw_fit",
+       "tests/test_crl_polish.py::test_polished_fit_is_a_consistent_model_of_the_data"),
+      "the polish folds the map but not the intercepts' shift into the encoder"),
     # ------------------------------------------------------------------ lm
     M("lm-anticausal-mask", "lm", "jaxcrl/lm/model.py",
       "allowed = key_pos[None, :] <= positions[:, None]",

@@ -929,5 +929,13 @@ def fit(
         for k in ("loss", "mcc"):
             if k in history:
                 history[k] = history[k][:, idx]
-    return FitResult(cfg=cfg, params=params, preprocess=pre, history=history, wall_s=wall)
+    result = FitResult(cfg=cfg, params=params, preprocess=pre, history=history, wall_s=wall)
+    if cfg.polish:
+        from jaxcrl.crl.polish import polish_fit
+
+        t0 = time.perf_counter()
+        per_seed = x.shape[0] // n_seeds  # x, env, tgt: every started restart's copy, seed-major
+        result = polish_fit(result, x[::per_seed], env[::per_seed], tgt[::per_seed])
+        result.history["polish_wall_s"] = time.perf_counter() - t0
+    return result
 
