@@ -12,7 +12,9 @@ edge. :mod:`jaxcrl.crl.polish` fits, per run and without ground truth, the linea
 latents that maximizes the linear-Gaussian SCM likelihood with the known targets (in full
 batch, to convergence) and folds it into the encoder. This script rebuilds a row's data from
 the row's arguments (same keys), loads its fits from ``OUT/<row>/ckpt_latent_scm``, polishes
-them, and scores MCC and SHD before and after, per data set, at the row's graph step (exact
+them (every run, ``keep="always"``), and scores MCC and SHD before and after, and with the
+library's rule (``kept``: a run's polish only where it does not lower the fit's
+likelihood), per data set, at the row's graph step (exact
 search, prune 0.3) and at every ``--graph MIN_R2:THRESHOLD`` pair, into
 ``OUT/<row>/linear_polish<tag>.json``. Nothing read from the files chooses code.
 """
@@ -51,11 +53,15 @@ def score(z_true, z, env, targets, adj, seed: int, graphs) -> dict:
 
 
 def polish_row(cfg, fit_dir: Path, graphs) -> dict:
+    """Scores of every run before the polish, after it (``keep="always"``) and with the
+    library's rule (``"kept"``: the polish where it does not lower the likelihood)."""
     data = simulate(cfg)
     fit = load_fit(fit_dir / "ckpt_latent_scm")
     t0 = time.perf_counter()
-    polished = polish_fit(fit, data.x, data.env, data.targets)
+    polished = polish_fit(fit, data.x, data.env, data.targets, keep="always")
     wall = time.perf_counter() - t0
+    ll = polished.history["polish_loglik"]
+    kept = ll[:, 1] >= ll[:, 0]  # the rule of polish_fit's default keep="likelihood"
     z_fit, z_pol = np.asarray(fit.encode(data.x)), np.asarray(polished.encode(data.x))
     per_seed = []
     for r in range(cfg.seeds):
@@ -64,14 +70,19 @@ def polish_row(cfg, fit_dir: Path, graphs) -> dict:
         before = score(z_true, z_fit[r], env, targets, adj, r, graphs)
         after = score(z_true, z_pol[r], env, targets, adj, r, graphs)
         per_seed.append({"before": before, "after": after,
+                         "kept": after if kept[r] else before, "polish_kept": bool(kept[r]),
+                         "loglik_before": float(ll[r, 0]), "loglik_after": float(ll[r, 1]),
                          "history": polished.history["polish"][r]})
         print(f"seed {r}: MCC {before['mcc_pearson_oos']:.3f} -> {after['mcc_pearson_oos']:.3f}, "
-              f"SHD {before['shd']:.0f} -> {after['shd']:.0f}", flush=True)
+              f"SHD {before['shd']:.0f} -> {after['shd']:.0f}, log-likelihood "
+              f"{ll[r, 0]:.4f} -> {ll[r, 1]:.4f} ({'kept' if kept[r] else 'not kept'})",
+              flush=True)
+    whens = ("before", "after", "kept")
     mean = {f"{k}_{when}": float(np.mean([s[when][k] for s in per_seed]))
-            for when in ("before", "after") for k in ("mcc_pearson_oos", "shd")}
+            for when in whens for k in ("mcc_pearson_oos", "shd")}
     graph_means = [{"graph_min_r2": m, "edge_threshold": t, **{
         f"shd_{when}": float(np.mean([s[when]["shd_graphs"][i] for s in per_seed]))
-        for when in ("before", "after")}} for i, (m, t) in enumerate(graphs)]
+        for when in whens}} for i, (m, t) in enumerate(graphs)]
     return {"per_seed": per_seed, **mean, "graphs": graph_means, "polish_wall_s": wall}
 
 
@@ -101,8 +112,9 @@ def main(argv=None):
         path = fit_dir / f"linear_polish{args.tag}.json"
         path.write_text(json.dumps({"row": name, "seed": cfg.seed, **res}, indent=2))
         print(f"{name}: MCC {res['mcc_pearson_oos_before']:.3f} -> "
-              f"{res['mcc_pearson_oos_after']:.3f}, SHD {res['shd_before']:.1f} -> "
-              f"{res['shd_after']:.1f}: {path}", flush=True)
+              f"{res['mcc_pearson_oos_after']:.3f} (kept by likelihood: "
+              f"{res['mcc_pearson_oos_kept']:.3f}), SHD {res['shd_before']:.1f} -> "
+              f"{res['shd_after']:.1f} ({res['shd_kept']:.1f}): {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -110,14 +110,14 @@ def polished():
     key = jax.random.key(4)
     raw = fit(dataclasses.replace(CFG, polish=False), data.x, data.env,
               targets=data.targets, key=key, seeds=2, progress=False)
-    pol = fit(CFG, data.x, data.env, targets=data.targets, key=key, seeds=2, progress=False)
-    return data, raw, pol
+    always = polish_fit(raw, data.x, data.env, data.targets, keep="always")
+    return data, raw, always
 
 
 def test_polished_fit_encodes_the_polish_of_the_raw_fit(polished, tmp_path):
-    """``CRLConfig.polish``: the same training (same keys), then each run's latents are the
-    raw fit's mapped by :func:`linear_polish` and shifted by :func:`scm_mle` (the map folded
-    into the encoder's last layer); the saved fit loads with them."""
+    """Each run's latents are the raw fit's mapped by :func:`linear_polish` and shifted by
+    :func:`scm_mle` (the map folded into the encoder's last layer); the saved fit loads
+    with them."""
     data, raw, pol = polished
     z_raw, z_pol = np.asarray(raw.encode(data.x)), np.asarray(pol.encode(data.x))
     for r in range(2):
@@ -127,14 +127,14 @@ def test_polished_fit_encodes_the_polish_of_the_raw_fit(polished, tmp_path):
         assert pol.history["polish"][r] == lp.history
     pol.save(tmp_path / "ck")
     np.testing.assert_array_equal(np.asarray(load_fit(tmp_path / "ck").encode(data.x)), z_pol)
-    assert pol.history["polish_wall_s"] > 0
 
 
 def test_polished_fit_is_a_consistent_model_of_the_data(polished):
     """The polished encoder and refitted prior are one model: its exact log-likelihood of
-    ``x`` (the library's prior density plus the polished flow's log-determinant) is what the
-    polish's last round reports (its profile NLL, moved to ``x`` by the raw encoder's
-    log-determinant and the standardization), per run."""
+    ``x`` (the library's prior density plus the polished flow's log-determinant, computed
+    here by hand) is what the polish's last round reports (its profile NLL, moved to ``x``
+    by the raw encoder's log-determinant and the standardization), and what
+    ``history["polish_loglik"]`` records, per run."""
     data, raw, pol = polished
     net = flow_encoder(pol.cfg)
     for r in range(2):
@@ -150,8 +150,51 @@ def test_polished_fit_is_a_consistent_model_of_the_data(polished):
         # + the raw encoder's log-determinant.
         lp_polish = -pol.history["polish"][r][-1]["nll"] - np.log(
             np.asarray(z_raw).std(0)).sum()
-        np.testing.assert_allclose(float(jnp.mean(lp + logdet_pol)),
-                                   lp_polish + float(jnp.mean(logdet_raw)), atol=2e-3)
+        got = float(jnp.mean(lp + logdet_pol))
+        np.testing.assert_allclose(got, lp_polish + float(jnp.mean(logdet_raw)), atol=2e-3)
+        np.testing.assert_allclose(pol.history["polish_loglik"][r, 1], got, atol=1e-4)
+
+
+def test_config_polish_keeps_a_runs_polish_only_where_the_likelihood_does_not_fall(
+        polished):
+    """``CRLConfig.polish`` at the end of ``fit`` (same keys, so the same training): a run
+    whose polished log-likelihood is at least the fit's is the polished run, any other run
+    is the raw fit's, unchanged."""
+    data, raw, always = polished
+    pol = fit(CFG, data.x, data.env, targets=data.targets, key=jax.random.key(4), seeds=2,
+              progress=False)
+    ll = pol.history["polish_loglik"]
+    np.testing.assert_allclose(ll, always.history["polish_loglik"], rtol=1e-6)
+    np.testing.assert_array_equal(pol.history["polish_kept"], ll[:, 1] >= ll[:, 0])
+    z, z_raw, z_always = (np.asarray(f.encode(data.x)) for f in (pol, raw, always))
+    for r in range(2):
+        want = z_always[r] if pol.history["polish_kept"][r] else z_raw[r]
+        np.testing.assert_allclose(z[r], want, atol=1e-5)
+    assert pol.history["polish_wall_s"] > 0
+    with pytest.raises(ValueError, match="keep must be"):
+        polish_fit(raw, data.x, data.env, data.targets, keep="sometimes")
+
+
+def test_a_run_whose_polish_lowers_the_likelihood_keeps_the_raw_fit(polished, monkeypatch):
+    """The other branch of the rule (short test fits always gain): with the likelihoods
+    forced so that run 1's polish lowers it, run 0 is the polished run and run 1 the raw
+    fit's, every parameter unchanged."""
+    from jaxcrl.crl import polish as polish_mod
+
+    data, raw, always = polished
+    calls = []
+
+    def fake_loglik(result, x, env, targets):
+        calls.append(result)
+        return np.array([0.0, 0.0]) if len(calls) == 1 else np.array([1.0, -1.0])
+
+    monkeypatch.setattr(polish_mod, "loglik", fake_loglik)
+    pol = polish_fit(raw, data.x, data.env, data.targets)
+    np.testing.assert_array_equal(pol.history["polish_kept"], [True, False])
+    for new, old, pol_leaf in zip(jax.tree.leaves(pol.params), jax.tree.leaves(raw.params),
+                                  jax.tree.leaves(always.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(new)[1], np.asarray(old)[1])
+        np.testing.assert_allclose(np.asarray(new)[0], np.asarray(pol_leaf)[0], rtol=1e-6)
 
 
 def test_polish_config_needs_the_linear_known_perfect_dense_setting():

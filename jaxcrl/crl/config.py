@@ -186,11 +186,10 @@ class CRLConfig:
       polish: after training, :func:`jaxcrl.crl.polish.polish_fit`: each run's latents
         mapped by the linear map that maximizes the linear-Gaussian SCM likelihood (a DAG)
         in full batch, folded into the encoder's last layer, with the prior refitted in
-        closed form. Needs ``method="latent_scm"``, the linear prior, known perfect
-        targets and ``flow_linear="dense"``. Off by default: at d = 8 it lifted MCC 0.902
-        -> 0.918 and 0.948 -> 0.973 and cut SHD 10.8 -> 6.4 and 5.4 -> 4.2 (roots 0-1); on
-        the default d = 5 row it moved roots 4 and 6 by -0.023 and -0.005 MCC
-        (BENCHMARKS.md, "A linear polish").
+        closed form; a run keeps it only where its exact likelihood of the data does not
+        fall. Needs ``method="latent_scm"``, the linear prior, known perfect targets and
+        ``flow_linear="dense"``. Off by default (the tables were measured without it); its
+        effect on the default and d = 8 rows: BENCHMARKS.md, "A linear polish".
       holdout: fraction of the samples (a fixed random split) kept out of training; the
         restart with the lowest loss on them (the negative held-out log-likelihood for the
         exact-likelihood and contrastive models) is kept. 0: select by training loss.

@@ -188,19 +188,50 @@ def scm_mle(z: np.ndarray, env: np.ndarray, targets: np.ndarray, order) -> dict:
             "int_log_scale": int_log_scale}
 
 
-def polish_fit(result, x, env, targets):
-    """A :class:`~jaxcrl.crl.svi.FitResult` with every run polished: the map folded into
+def loglik(result, x, env, targets) -> np.ndarray:
+    """[S] mean exact log-likelihood per sample of a linear-prior flow fit: the prior's
+    ``log p_e(z)`` (``log|det(I - W_e)|`` included) plus the flow's log-determinant, on the
+    preprocessed ``x`` (the preprocessing's own constant left out). ``x [S, N, D]``,
+    ``env [S, N]``, ``targets [S, E, d]``."""
+    from jaxcrl.crl import prior as prior_lib
+    from jaxcrl.crl.models import flow_encoder
+
+    net = flow_encoder(result.cfg)
+
+    def one(p, pre, xx, ee, tt):
+        z, logdet = net.apply({"params": p["encoder$params"]}, pre(xx))
+        lp = prior_lib.log_prob(p["prior"], z, ee, targets=tt.astype(z.dtype))
+        return jnp.mean(lp + logdet)
+
+    return np.asarray(jax.jit(jax.vmap(one))(result.params, result.preprocess,
+                                             jnp.asarray(x, jnp.float32), jnp.asarray(env),
+                                             jnp.asarray(targets)), np.float64)
+
+
+def polish_fit(result, x, env, targets, *, keep: str = "likelihood"):
+    """A :class:`~jaxcrl.crl.svi.FitResult` with its runs polished: the map folded into
     the flow encoder's last dense linear layer, the linear prior replaced by its closed-form
-    maximum at the polished latents (:func:`scm_mle`). Adds ``history["polish"]``: per run
-    the rounds of :func:`linear_polish`.
+    maximum at the polished latents (:func:`scm_mle`).
+
+    The polished model is a DAG, the fit's prior need not be (see the module docstring), so
+    the polish can lower the fit's own likelihood. ``keep="likelihood"`` (the default) keeps
+    a run's polish only if its exact log-likelihood of ``x`` (:func:`loglik`) is at least the
+    fit's, so the polish never lowers the objective the fit maximized; ``"always"`` keeps
+    every polish. Adds to ``history``: ``"polish"`` (per run the rounds of
+    :func:`linear_polish`), ``"polish_loglik"`` ([S, 2]: the fit's and the polished log-
+    likelihood per sample) and ``"polish_kept"`` ([S] bool).
 
     Args:
       result: a ``latent_scm`` fit with the linear prior, known perfect targets and
         ``flow_linear="dense"``.
       x: [N, D] or [S, N, D] the data it was fitted on; env: [N] or [S, N];
       targets: [E, d] or [S, E, d] bool.
+      keep: ``"likelihood"`` or ``"always"``.
     """
     from jaxcrl.crl.svi import FitResult
+
+    if keep not in ("likelihood", "always"):
+        raise ValueError(f"keep must be 'likelihood' or 'always', got {keep!r}")
 
     cfg = result.cfg
     if (cfg.method != "latent_scm" or cfg.scm != "linear" or cfg.targets != "known"
@@ -242,5 +273,13 @@ def polish_fit(result, x, env, targets):
     new_prior = dataclasses.replace(
         result.params["prior"], **{k: jnp.asarray(v, jnp.float32) for k, v in fields.items()})
     params = {**result.params, "encoder$params": enc, "prior": new_prior}
-    return FitResult(cfg=cfg, params=params, preprocess=result.preprocess,
-                     history={**result.history, "polish": rounds}, wall_s=result.wall_s)
+    polished = FitResult(cfg=cfg, params=params, preprocess=result.preprocess,
+                         history=dict(result.history), wall_s=result.wall_s)
+    xs = np.broadcast_to(np.asarray(x, np.float32), (n_runs, *np.shape(x)[-2:]))
+    ll = np.stack([loglik(result, xs, env, targets), loglik(polished, xs, env, targets)], 1)
+    kept = ll[:, 1] >= ll[:, 0] if keep == "likelihood" else np.ones(n_runs, bool)
+    polished.params = jax.tree.map(
+        lambda new, old: jnp.where(kept.reshape(-1, *[1] * (new.ndim - 1)), new, old),
+        params, result.params)
+    polished.history.update(polish=rounds, polish_loglik=ll, polish_kept=kept)
+    return polished
