@@ -821,3 +821,70 @@ def test_crl_strength_chunk_table_matches_its_benchmark_file():
         assert _num(row[1]) == pytest.approx(res[name]["temp_mib"], abs=0.5)
         assert _num(row[2]) == pytest.approx(res[name]["wall_s"], abs=5e-3)
     assert res["chunk 8192"]["temp_mib"] < res["one chunk of all N"]["temp_mib"] / 4
+
+
+def test_crl_linear_polish_table_matches_its_results_files():
+    """The linear polish's table: every cell against its results file, every "before"
+    against the row's committed results per data set, and the summary's means."""
+    rows = _table_after("python experiments/crl_linear_polish.py --out out/d8_sR")
+    names = {"d = 8": "d8", "default (d = 5)": "default"}
+    assert [(names[r[0]], int(r[1])) for r in rows] == [
+        *[("d8", r) for r in range(5)], *[("default", r) for r in (0, 1, 4, 6)]]
+    before_files = {("d8", r): f"crl_d8_strength_seed{r}.json" for r in range(3)}
+    before_files |= {("d8", r): f"crl_d8_seed{r}.json" for r in (3, 4)}
+    before_files |= {("default", r): "crl_synthetic_v2.json" if r == 0
+                     else f"crl_synthetic_v2_seed{r}.json" for r in (0, 1, 4, 6)}
+    means: dict[str, list] = {"d8": [], "default": []}
+    for row in rows:
+        key = names[row[0]], int(row[1])
+        res = _load(f"crl_linear_polish_{key[0]}_seed{key[1]}.json")
+        ps = res["per_seed"]
+        for cell, when in zip(row[2:5], ("before", "after", "kept"), strict=True):
+            mcc, shd = cell.split(";")
+            assert _num(mcc) == pytest.approx(res[f"mcc_pearson_oos_{when}"], abs=5e-4), key
+            assert _num(shd) == pytest.approx(res[f"shd_{when}"], abs=0.05), key
+            assert res[f"shd_{when}"] == pytest.approx(np.mean([s[when]["shd"] for s in ps]))
+        # the library's rule: the polish where the likelihood does not fall
+        for s in ps:
+            assert s["polish_kept"] == (s["loglik_after"] >= s["loglik_before"])
+            assert s["kept"] == (s["after"] if s["polish_kept"] else s["before"])
+        assert row[5] == f"{sum(s['polish_kept'] for s in ps)} of 5", key
+        per_mcc, per_shd = row[6].split(";")
+        assert [float(v) for v in per_mcc.split()] == pytest.approx(
+            [s["after"]["mcc_pearson_oos"] for s in ps], abs=5e-4), key
+        assert [float(v) for v in per_shd.split()] == [s["after"]["shd"] for s in ps], key
+        g = res["graphs"][0]
+        assert (g["graph_min_r2"], g["edge_threshold"]) == (0.05, 0.1)
+        gb, ga = (_num(v) for v in row[7].split("/"))
+        assert (gb, ga) == pytest.approx((g["shd_before"], g["shd_after"]), abs=0.05), key
+        assert _num(row[8]) == pytest.approx(res["polish_wall_s"], abs=0.5), key
+        m = _load(before_files[key])["methods"]["latent_scm"]
+        np.testing.assert_allclose([s["before"]["mcc_pearson_oos"] for s in ps],
+                                   m["mcc_pearson_oos"]["per_seed"], atol=1e-6)
+        assert [s["before"]["shd"] for s in ps] == m["shd"]["per_seed"], key
+        means[key[0]] += ps
+    d8, d5 = means["d8"], means["default"]
+
+    def mean(ps, when, k):
+        return float(np.mean([s[when][k] for s in ps]))
+
+    assert (mean(d8, "before", "mcc_pearson_oos"), mean(d8, "after", "mcc_pearson_oos"),
+            mean(d8, "kept", "mcc_pearson_oos")) == pytest.approx((0.918, 0.941, 0.941),
+                                                                  abs=5e-4)
+    assert (mean(d8, "before", "shd"), mean(d8, "after", "shd"),
+            mean(d8, "kept", "shd")) == pytest.approx((8.92, 6.12, 6.44))
+    gain = [s["after"]["mcc_pearson_oos"] - s["before"]["mcc_pearson_oos"] for s in d8]
+    assert (sum(g > 0.005 for g in gain), sum(g < -0.005 for g in gain)) == (19, 2)
+    assert (sum(s["before"]["shd"] <= 3 for s in d8),
+            sum(s["after"]["shd"] <= 3 for s in d8)) == (4, 8)
+    assert (mean(d5, "before", "mcc_pearson_oos"), mean(d5, "after", "mcc_pearson_oos"),
+            mean(d5, "kept", "mcc_pearson_oos")) == pytest.approx((0.960, 0.955, 0.961),
+                                                                  abs=5e-4)
+    assert (mean(d5, "before", "shd"), mean(d5, "after", "shd"),
+            mean(d5, "kept", "shd")) == pytest.approx((1.6, 1.45, 1.5))
+    lose = [s for s in d5 if s["after"]["mcc_pearson_oos"]
+            < s["before"]["mcc_pearson_oos"] - 0.005]
+    win = [s for s in d5 if s["after"]["mcc_pearson_oos"]
+           > s["before"]["mcc_pearson_oos"] + 0.005]
+    assert (len(lose), sum(not s["polish_kept"] for s in lose)) == (6, 4)
+    assert (len(win), sum(s["polish_kept"] for s in win)) == (4, 4)
