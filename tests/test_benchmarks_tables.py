@@ -863,6 +863,14 @@ def test_crl_linear_polish_table_matches_its_results_files():
                                    m["mcc_pearson_oos"]["per_seed"], atol=1e-6)
         assert [s["before"]["shd"] for s in ps] == m["shd"]["per_seed"], key
         means[key[0]] += ps
+    # CRLConfig.polish at the end of a fresh fit: root 0's kept column, per data set
+    cfg_run = _load("crl_d8_polish_seed0.json")["methods"]["latent_scm"]
+    assert cfg_run["config"]["polish"] is True
+    kept0 = _load("crl_linear_polish_d8_seed0.json")["per_seed"]
+    np.testing.assert_allclose(cfg_run["mcc_pearson_oos"]["per_seed"],
+                               [s["kept"]["mcc_pearson_oos"] for s in kept0], atol=1e-6)
+    assert cfg_run["shd"]["per_seed"] == [s["kept"]["shd"] for s in kept0]
+    assert cfg_run["wall_s"] < 600
     d8, d5 = means["d8"], means["default"]
 
     def mean(ps, when, k):
