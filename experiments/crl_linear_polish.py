@@ -11,7 +11,7 @@ latents into one another (``z (I + a G)``) is what the exact DAG search cannot t
 edge. :mod:`jaxcrl.crl.polish` fits, per run and without ground truth, the linear map of the
 latents that maximizes the linear-Gaussian SCM likelihood with the known targets (in full
 batch, to convergence) and folds it into the encoder. This script rebuilds a row's data from
-the row's arguments (same keys), loads its fits from ``OUT/<row>/ckpt_latent_scm``, polishes
+the row's arguments (same keys), loads its fits from ``OUT/<row>/ckpt_<method>``, polishes
 them (every run, ``keep="always"``), and scores MCC and SHD before and after, and with the
 library's rule (``kept``: a run's polish only where it does not lower the fit's
 likelihood), per data set, at the row's graph step (exact
@@ -31,7 +31,7 @@ from crl_generalization import ALIASES, BASE, row_slug
 
 from jaxcrl.config import apply_overrides, parse_config
 from jaxcrl.crl.discovery import pruned_dag_search
-from jaxcrl.crl.polish import polish_fit
+from jaxcrl.crl.polish import linear_polish, polish_fit
 from jaxcrl.crl.svi import load_fit
 from jaxcrl.crl.synthetic import GENERALIZATION_ROWS, simulate, variant
 from jaxcrl.metrics import mcc, shd
@@ -54,25 +54,39 @@ def score(z_true, z, env, targets, adj, seed: int, graphs) -> dict:
 
 def polish_row(cfg, fit_dir: Path, graphs) -> dict:
     """Scores of every run before the polish, after it (``keep="always"``) and with the
-    library's rule (``"kept"``: the polish where it does not lower the likelihood)."""
+    library's rule (``"kept"``: the polish where it does not lower the likelihood).
+
+    A ``contrastive`` fit (``targets="unknown_distinct"``) has no density of ``x``: its
+    latents are polished alone (:func:`jaxcrl.crl.polish.linear_polish` with the fit's
+    canonical targets), and ``kept`` is the unpolished fit (no rule to keep by)."""
+    method = cfg.methods[0]
     data = simulate(cfg)
-    fit = load_fit(fit_dir / "ckpt_latent_scm")
+    fit = load_fit(fit_dir / f"ckpt_{method}")
+    fit_targets = np.asarray(fit.targets(data.targets), bool)  # the labels the fit learned
+    z_fit = np.asarray(fit.encode(data.x))
     t0 = time.perf_counter()
-    polished = polish_fit(fit, data.x, data.env, data.targets, keep="always")
+    if fit.cfg.method == "contrastive":
+        pols = [linear_polish(z_fit[r], data.env[r], fit_targets[r]) for r in range(cfg.seeds)]
+        z_pol = np.stack([p(z_fit[r]) for r, p in enumerate(pols)])
+        rounds, ll = [p.history for p in pols], np.full((cfg.seeds, 2), np.nan)
+        kept = np.zeros(cfg.seeds, bool)
+    else:
+        polished = polish_fit(fit, data.x, data.env, data.targets, keep="always")
+        z_pol = np.asarray(polished.encode(data.x))
+        rounds, ll = polished.history["polish"], polished.history["polish_loglik"]
+        kept = ll[:, 1] >= ll[:, 0]  # the rule of polish_fit's default keep="likelihood"
     wall = time.perf_counter() - t0
-    ll = polished.history["polish_loglik"]
-    kept = ll[:, 1] >= ll[:, 0]  # the rule of polish_fit's default keep="likelihood"
-    z_fit, z_pol = np.asarray(fit.encode(data.x)), np.asarray(polished.encode(data.x))
     per_seed = []
     for r in range(cfg.seeds):
         z_true, env = np.asarray(data.z[r]), np.asarray(data.env[r])
-        targets, adj = np.asarray(data.targets[r], bool), np.asarray(data.adj[r]) != 0
-        before = score(z_true, z_fit[r], env, targets, adj, r, graphs)
-        after = score(z_true, z_pol[r], env, targets, adj, r, graphs)
+        adj = np.asarray(data.adj[r]) != 0
+        before = score(z_true, z_fit[r], env, fit_targets[r], adj, r, graphs)
+        after = score(z_true, z_pol[r], env, fit_targets[r], adj, r, graphs)
         per_seed.append({"before": before, "after": after,
                          "kept": after if kept[r] else before, "polish_kept": bool(kept[r]),
-                         "loglik_before": float(ll[r, 0]), "loglik_after": float(ll[r, 1]),
-                         "history": polished.history["polish"][r]})
+                         "loglik_before": None if np.isnan(ll[r, 0]) else float(ll[r, 0]),
+                         "loglik_after": None if np.isnan(ll[r, 1]) else float(ll[r, 1]),
+                         "history": rounds[r]})
         print(f"seed {r}: MCC {before['mcc_pearson_oos']:.3f} -> {after['mcc_pearson_oos']:.3f}, "
               f"SHD {before['shd']:.0f} -> {after['shd']:.0f}, log-likelihood "
               f"{ll[r, 0]:.4f} -> {ll[r, 1]:.4f} ({'kept' if kept[r] else 'not kept'})",
@@ -83,7 +97,8 @@ def polish_row(cfg, fit_dir: Path, graphs) -> dict:
     graph_means = [{"graph_min_r2": m, "edge_threshold": t, **{
         f"shd_{when}": float(np.mean([s[when]["shd_graphs"][i] for s in per_seed]))
         for when in whens}} for i, (m, t) in enumerate(graphs)]
-    return {"per_seed": per_seed, **mean, "graphs": graph_means, "polish_wall_s": wall}
+    return {"method": method, "per_seed": per_seed, **mean, "graphs": graph_means,
+            "polish_wall_s": wall}
 
 
 def main(argv=None):

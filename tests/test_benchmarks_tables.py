@@ -871,6 +871,19 @@ def test_crl_linear_polish_table_matches_its_results_files():
                                [s["kept"]["mcc_pearson_oos"] for s in kept0], atol=1e-6)
     assert cfg_run["shd"]["per_seed"] == [s["kept"]["shd"] for s in kept0]
     assert cfg_run["wall_s"] < 600
+    # the contrastive row: latents polished alone; "before" is the row's committed fit
+    c10 = _load("crl_linear_polish_contrastive_d10_seed0.json")
+    m = _load("crl_contrastive_d10_D100_strength.json")["methods"]["contrastive"]
+    np.testing.assert_allclose([s["before"]["mcc_pearson_oos"] for s in c10["per_seed"]],
+                               m["mcc_pearson_oos"]["per_seed"], atol=1e-6)
+    assert [s["before"]["shd"] for s in c10["per_seed"]] == m["shd"]["per_seed"]
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    per = " ".join(f"{s['before']['mcc_pearson_oos']:.3f}" for s in c10["per_seed"]) + " -> "
+    per += " ".join(f"{s['after']['mcc_pearson_oos']:.3f}" for s in c10["per_seed"])
+    assert per in " ".join(text.split())
+    assert (round(c10["mcc_pearson_oos_before"], 3), round(c10["mcc_pearson_oos_after"], 3),
+            c10["shd_before"], c10["shd_after"]) == (0.926, 0.926, 18.6, 17.2)
+    assert f"{c10['polish_wall_s']:.0f} s)" in text
     d8, d5 = means["d8"], means["default"]
 
     def mean(ps, when, k):
