@@ -327,9 +327,7 @@ class CRLConfig:
         if not 0.0 <= self.consensus_average <= 1.0:
             raise ValueError(f"CRLConfig.consensus_average must be in [0, 1], got "
                              f"{self.consensus_average}")
-        if self.polish and not (self.method == "latent_scm" and self.scm == "linear"
-                                and self.targets == "known" and self.intervention == "perfect"
-                                and self.flow_linear == "dense"):
+        if self.polish and not self.can_polish:
             raise ValueError(
                 f"CRLConfig.polish needs method='latent_scm', scm='linear', targets='known', "
                 f"intervention='perfect' and flow_linear='dense'; got method={self.method!r}, "
@@ -347,6 +345,13 @@ class CRLConfig:
         """The model is trained with a target mask (``known``, or the canonical one of
         ``unknown_distinct``) rather than the mixture over targets (``unknown``)."""
         return self.targets != "unknown"
+
+    @property
+    def can_polish(self) -> bool:
+        """The setting :func:`jaxcrl.crl.polish.polish_fit` needs: a ``latent_scm`` flow with
+        dense linear layers, the linear prior, known perfect targets."""
+        return (self.method == "latent_scm" and self.scm == "linear" and self.targets == "known"
+                and self.intervention == "perfect" and self.flow_linear == "dense")
 
     @property
     def learns_graph(self) -> bool:

@@ -31,6 +31,7 @@ wrong order).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -51,24 +52,21 @@ def env_moments(z: np.ndarray, env: np.ndarray, n_envs: int) -> tuple[np.ndarray
     return sums, np.bincount(env, minlength=n_envs).astype(np.float64)
 
 
-def order_nll(sums: np.ndarray, counts: np.ndarray, targets: np.ndarray, order):
-    """Negative log-likelihood per sample of ``z A^T`` as a function of ``A [d, d]``, under
-    the complete DAG in ``order`` with perfect interventions at ``targets [E, d]`` and every
-    mechanism profiled out. ``sums, counts``: :func:`env_moments` of ``z``. Call it under
-    ``jax.enable_x64(True)``."""
-    d = sums.shape[-1] - 1
+def _nll(targets: np.ndarray, order: tuple[int, ...]):
+    """``nll(a, sums, counts)`` of :func:`order_nll` for one (targets, order) structure."""
+    d = targets.shape[1]
     position = {j: k for k, j in enumerate(order)}
-    total = counts.sum()
+    keeps = [np.flatnonzero(~targets[:, j]) for j in range(d)]
 
-    def nll(a):
+    def nll(a, sums, counts):
+        total = counts.sum()
         t = jnp.zeros((d + 1, d + 1)).at[0, 0].set(1.0).at[1:, 1:].set(a)
-        mz = jnp.einsum("ab,ebc,dc->ead", t, jnp.asarray(sums), t)
+        mz = jnp.einsum("ab,ebc,dc->ead", t, sums, t)
         ll = total * jnp.linalg.slogdet(a)[1]
         for j in range(d):
-            keep = np.flatnonzero(~targets[:, j])
             cols = [0] + [1 + i for i in order[:position[j]]] + [1 + j]
-            gram = mz[keep].sum(0)[np.ix_(cols, cols)]
-            n_j = counts[keep].sum()
+            gram = mz[keeps[j]].sum(0)[np.ix_(cols, cols)]
+            n_j = counts[keeps[j]].sum()
             rss = jnp.linalg.cholesky(gram)[-1, -1] ** 2  # z_j's residual on [1, predecessors]
             ll -= 0.5 * n_j * (jnp.log(rss / n_j) + 1 + _LOG_2PI)
             for e in np.flatnonzero(targets[:, j]):  # an intervened z_j: own mean and variance
@@ -77,6 +75,24 @@ def order_nll(sums: np.ndarray, counts: np.ndarray, targets: np.ndarray, order):
         return -ll / total
 
     return nll
+
+
+@functools.lru_cache(maxsize=64)
+def _value_grad(order: tuple[int, ...], targets_bytes: bytes, shape: tuple[int, int]):
+    """The jitted value and gradient in ``a`` of :func:`_nll`, compiled once per (order,
+    targets) and shared by every run and round with that structure (the moments are
+    arguments, not constants)."""
+    targets = np.frombuffer(targets_bytes, bool).reshape(shape)
+    return jax.jit(jax.value_and_grad(_nll(targets, order)))
+
+
+def order_nll(sums: np.ndarray, counts: np.ndarray, targets: np.ndarray, order):
+    """Negative log-likelihood per sample of ``z A^T`` as a function of ``A [d, d]``, under
+    the complete DAG in ``order`` with perfect interventions at ``targets [E, d]`` and every
+    mechanism profiled out. ``sums, counts``: :func:`env_moments` of ``z``. Call it under
+    ``jax.enable_x64(True)``."""
+    f = _nll(np.asarray(targets, bool), tuple(int(i) for i in order))
+    return lambda a: f(a, jnp.asarray(sums), jnp.asarray(counts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,13 +155,13 @@ def linear_polish(z, env, targets, *, rounds: int = 4) -> LinearPolish:
         order = [int(i) for i in np.asarray(topological_order(w != 0))]
         if history and order == history[-1]["order"]:
             break
+        value_grad = _value_grad(tuple(order), targets.tobytes(), targets.shape)
         with jax.enable_x64(True):
-            value_grad = jax.jit(jax.value_and_grad(
-                lambda v, f=order_nll(sums, counts, targets, order): f(v.reshape(d, d))))
+            moments = jnp.asarray(sums), jnp.asarray(counts)
 
-            def fun(v, value_grad=value_grad):
-                val, grad = value_grad(jnp.asarray(v))
-                return float(val), np.asarray(grad, np.float64)
+            def fun(v, value_grad=value_grad, moments=moments):
+                val, grad = value_grad(jnp.asarray(v).reshape(d, d), *moments)
+                return float(val), np.asarray(grad, np.float64).ravel()
 
             start = fun(a.ravel())[0]
             res = scipy.optimize.minimize(fun, a.ravel(), jac=True, method="L-BFGS-B",
@@ -234,8 +250,7 @@ def polish_fit(result, x, env, targets, *, keep: str = "likelihood"):
         raise ValueError(f"keep must be 'likelihood' or 'always', got {keep!r}")
 
     cfg = result.cfg
-    if (cfg.method != "latent_scm" or cfg.scm != "linear" or cfg.targets != "known"
-            or cfg.intervention != "perfect" or cfg.flow_linear != "dense"):
+    if not cfg.can_polish:
         raise ValueError(
             "polish_fit needs a latent_scm fit with the linear prior, known perfect targets "
             f"and flow_linear='dense'; got method={cfg.method!r}, scm={cfg.scm!r}, "
