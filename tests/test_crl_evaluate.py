@@ -197,3 +197,24 @@ def test_summarize_seeds_keeps_per_latent_lists_position_by_position():
     np.testing.assert_allclose(s["per"]["mean"], [0.5, 0.3])
     np.testing.assert_allclose(s["per"]["std"], [0.5, 0.1])
     assert s["per"]["per_seed"] == [[1.0, 0.2], [0.0, 0.4]]
+
+
+def test_score_run_reports_the_fitted_graphs_acyclicity_zero_only_for_a_dag():
+    z, z_hat = _permuted_case()
+    env = np.zeros(len(z), int)
+    dag = np.zeros((3, 3))
+    dag[0, 1], dag[1, 2], dag[0, 2] = 1.5, -2.0, 0.7
+    assert score_run(z, z_hat, env, w_hat=dag)["acyclicity"] == 0.0
+    # A 2-cycle 0 <-> 1 (weights a, b) in d = 3: with A = W o W, tr((I + A/3)^3) - 3 =
+    # tr(A) + tr(A^2)/3 + tr(A^3)/27 = 0 + 2 a^2 b^2 / 3 + 0 (no closed walks of length 1, 3).
+    a, b = 0.5, 2.0
+    cyc = dag.copy()
+    cyc[1, 0] = b
+    cyc[0, 1] = a
+    out = score_run(z, z_hat, env, w_hat=cyc, adj_true=CHAIN)
+    assert out["acyclicity"] == pytest.approx(2 * a**2 * b**2 / 3, rel=1e-5)
+    # Closed walks do not depend on the latents' scales: D^-1 W D has the same value.
+    scale = np.diag([1.0, 3.0, 0.2])
+    rescaled = np.linalg.inv(scale) @ cyc @ scale
+    assert score_run(z, z_hat, env, w_hat=rescaled)["acyclicity"] == pytest.approx(
+        out["acyclicity"], rel=1e-5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxcrl.crl.equivalence import class_r2
+from jaxcrl.crl.prior import acyclicity
 from jaxcrl.crl.svi import FitResult
 from jaxcrl.metrics import graph_metrics, mcc, score_latents, shd
 from jaxcrl.scm import topological_order
@@ -36,7 +37,10 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
       z_true: [N, d] true latents; z_hat: [N, d'] learned.
       env: [N] environments (environment 0 standardizes the learned graph).
       adj_true: [d, d] true DAG; w_hat: [d', d'] learned continuous weights (``shd_svi``
-        at the threshold, ``shd_matched``, ``edge_auroc``); w_dag: [d', d'] a discrete DAG
+        at the threshold, ``shd_matched``, ``edge_auroc``; and, with or without
+        ``adj_true``, ``acyclicity``: :func:`jaxcrl.crl.prior.acyclicity` of ``w_hat``, 0
+        iff the fitted SCM is a DAG; it sums closed walks, so it does not depend on the
+        latents' scales, and it needs no ground truth); w_dag: [d', d'] a discrete DAG
         (``shd``; if None, ``shd`` is ``shd_svi``).
       edge_threshold: threshold on |standardized weight|.
       targets_true, targets_hat: [E, d] / [E, d'] masks, row 0 observational (if both:
@@ -79,6 +83,8 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
             out["mcc_labelled_per_latent"] = [
                 float(abs(np.corrcoef(z_true[:, j], z_hat[:, k])[0, 1])) if k >= 0
                 else float("nan") for j, k in enumerate(pair)]
+    if w_hat is not None:
+        out["acyclicity"] = float(acyclicity(np.asarray(w_hat, np.float32)))
     if adj_true is not None and w_hat is not None:
         w_std = standardized_graph(w_hat, z_hat[env == 0])
         g = graph_metrics(np.asarray(adj_true), w_std, perm=perm, threshold=edge_threshold)
