@@ -15,7 +15,11 @@ agrees with the medoid's at |Pearson| >= ``tau``, ``--taus``), scored like a run
 out-of-sample MCC and the SHD of the same pruned exact search over the consensus latents;
 and with the per-slot majority (:func:`jaxcrl.crl.consensus.slot_majority`: each slot from
 the largest cluster of restarts agreeing at |Pearson| >= ``t``, ``--majority``, a tie going
-to the cluster that holds the lowest loss). Commands::
+to the cluster that holds the lowest loss); and with the lowest *acyclicity* ``h(W)`` of
+the restart's fitted linear SCM (``by_acyclicity``; :func:`jaxcrl.crl.prior.acyclicity`,
+0 iff a DAG: the linear prior is a normalized density for any ``W``, and the default row's
+stuck fits were found to end with cyclic ``W``). With ``--restarts 2`` (the default's
+restarts) only the loss and the acyclicity choose: agreement needs three. Commands::
 
     python experiments/crl_restart_agreement.py --out out/crl_restart_agreement \
         --restarts 4 --seed 4 --save-latents
@@ -23,8 +27,9 @@ to the cluster that holds the lowest loss). Commands::
         --rescore out/crl_restart_agreement   # the scores again from the saved latents
 
 Writes ``OUT/results.json``: per data set ``loss [R]``, ``mcc [R]``, ``agreement [R]``,
-the restart each criterion chooses and its MCC and SHD, (``first_two_by_loss``) what
-the default's 2 restarts, the same runs as restarts 0 and 1 here, choose, and per ``tau``
+``acyclicity [R]``, the restart each criterion chooses and its MCC and SHD,
+(``first_two_by_loss``) what the default's 2 restarts, the same runs as restarts 0 and 1
+here, choose, and per ``tau``
 (``consensus``) the consensus's MCC, SHD and each slot's medoid restart, and per ``t``
 (``majority``) the majority's MCC, SHD, each slot's cluster centre and members. With
 ``--save-latents`` also ``OUT/latents.npz`` (every restart's latents and the truth), which
@@ -91,6 +96,7 @@ def consensus_scores(z, z_true, env, targets, adj, tau: float, *, cfg, seed: int
 #: what ``--save-latents`` writes and ``--rescore`` reads back (plain arrays only), and
 #: ``heldout_loss [S, R]`` when the fit held samples out (``--set crl.holdout=...``)
 LATENT_FIELDS = ("z", "loss", "mcc", "shd", "z_true", "env", "targets", "adj")
+OPTIONAL_FIELDS = ("heldout_loss", "acyclicity")  # [S, R] each, when the fit has them
 
 
 def fit_restarts(cfg) -> tuple[dict, float]:
@@ -117,6 +123,9 @@ def fit_restarts(cfg) -> tuple[dict, float]:
         "shd": np.array([s["shd"] for s in scores]).reshape(n_sets, n_rep),
         "z_true": np.asarray(data.z), "env": np.asarray(data.env),
         "targets": np.asarray(data.targets), "adj": np.asarray(data.adj)}
+    if all("acyclicity" in s for s in scores):  # h(W) of each restart's fitted SCM
+        arrays["acyclicity"] = np.array([s["acyclicity"] for s in scores]).reshape(
+            n_sets, n_rep)
     if "heldout_loss" in result.history:  # the library's restart criterion then
         arrays["heldout_loss"] = np.asarray(result.history["heldout_loss"]).reshape(n_sets, n_rep)
     return arrays, wall
@@ -133,11 +142,12 @@ def load_latents(directory, cfg) -> tuple[dict, float | None]:
         missing = [k for k in LATENT_FIELDS if k not in f.files]
         if missing:
             raise ValueError(f"--rescore: {path} lacks {missing}")
-        arrays = {k: np.asarray(f[k]) for k in (*LATENT_FIELDS, "heldout_loss")
+        arrays = {k: np.asarray(f[k]) for k in (*LATENT_FIELDS, *OPTIONAL_FIELDS)
                   if k in f.files}
     want = (cfg.seeds, cfg.crl.restarts)
     if (arrays["z"].ndim != 4 or arrays["z"].shape[:2] != want
-            or any(arrays[k].shape != want for k in ("loss", "heldout_loss") if k in arrays)):
+            or any(arrays[k].shape != want for k in ("loss", *OPTIONAL_FIELDS)
+                   if k in arrays)):
         raise ValueError(f"--rescore: {path} holds z {arrays['z'].shape}, loss "
                          f"{arrays['loss'].shape}; --seeds/--restarts ask for {want}")
     n_sets, _, n, d = arrays["z"].shape
@@ -159,21 +169,29 @@ def score_restarts(a: dict, cfg, taus, majority) -> dict:
     the lowest loss (of all restarts, and of the first two, the default's; the held-out
     loss when ``a`` has one, as the library chooses then, else the final training loss), the
     highest agreement, the per-slot consensus at each ``taus`` and the per-slot majority at
-    each ``majority`` threshold."""
+    each ``majority`` threshold (agreement, consensus and majority with >= 3 restarts
+    only), and the lowest acyclicity ``h(W)`` when ``a`` has it."""
     mcc, shd, z = a["mcc"], a["shd"], a["z"]
     loss = a.get("heldout_loss", a["loss"])  # the restart criterion
     n_sets, n_rep = loss.shape
     mcfg = dataclasses.replace(cfg.method_config("latent_scm"), restarts=1)
-    agree = np.stack([agreement(z[s]) for s in range(n_sets)])
     idx = np.arange(n_sets)
     out = {"loss": a["loss"].tolist(), "mcc": mcc.tolist(), "shd": shd.tolist(),
-           "agreement": agree.tolist(),
            "criterion": "heldout_loss" if "heldout_loss" in a else "final_loss"}
-    if "heldout_loss" in a:
-        out["heldout_loss"] = a["heldout_loss"].tolist()
+    for k in OPTIONAL_FIELDS:
+        if k in a:
+            out[k] = a[k].tolist()
     first2 = loss[:, :2].argmin(1)  # what the default's 2 restarts choose (same runs)
-    for name, chosen in (("by_loss", loss.argmin(1)), ("by_agreement", agree.argmax(1)),
-                         ("first_two_by_loss", first2)):
+    choices = [("by_loss", loss.argmin(1)), ("first_two_by_loss", first2)]
+    if n_rep >= 3:
+        agree = np.stack([agreement(z[s]) for s in range(n_sets)])
+        out["agreement"] = agree.tolist()
+        choices.append(("by_agreement", agree.argmax(1)))
+    else:
+        taus = majority = ()
+    if "acyclicity" in a:
+        choices.append(("by_acyclicity", a["acyclicity"].argmin(1)))
+    for name, chosen in choices:
         out[name] = {"chosen": chosen.tolist(), "mcc": mcc[idx, chosen].tolist(),
                      "shd": shd[idx, chosen].tolist()}
     out["best_mcc"] = mcc.max(1).tolist()
@@ -203,8 +221,8 @@ def main(argv=None):
     base = SyntheticConfig()
     base = dataclasses.replace(base, crl=dataclasses.replace(base.crl, restarts=4))
     args, cfg = parse_config(p, base, argv, aliases=ALIASES)
-    if cfg.crl.restarts < 3:
-        raise ValueError(f"--restarts must be >= 3 for a medoid, got {cfg.crl.restarts}")
+    if cfg.crl.restarts < 2:
+        raise ValueError(f"--restarts must be >= 2 to choose among, got {cfg.crl.restarts}")
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
     majority = [float(t) for t in args.majority.split(",") if t.strip()]
     if args.rescore is None:
@@ -213,7 +231,9 @@ def main(argv=None):
         arrays, wall = load_latents(args.rescore, cfg)
     out = score_restarts(arrays, cfg, taus, majority)
     out["wall_s"] = wall
-    for name in ("first_two_by_loss", "by_loss", "by_agreement"):
+    for name in ("first_two_by_loss", "by_loss", "by_agreement", "by_acyclicity"):
+        if name not in out:
+            continue
         print(f"{name}: MCC {np.mean(out[name]['mcc']):.3f} "
               f"{np.round(out[name]['mcc'], 3).tolist()}, SHD {np.mean(out[name]['shd']):.1f}",
               flush=True)

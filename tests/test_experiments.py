@@ -224,6 +224,7 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
     import jax
 
     from jaxcrl.crl import fit
+    from jaxcrl.crl.prior import acyclicity
     from jaxcrl.crl.synthetic import SyntheticConfig, simulate
 
     argv = ["--steps", "8", "--restarts", "3", "--seeds", "2", "--set", "crl.batch_size=64",
@@ -260,7 +261,8 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
     assert res["criterion"] == ("heldout_loss" if holdout else "final_loss")
     criterion = res["heldout_loss"] if holdout else res["loss"]
     for name, crit in (("by_loss", np.argmin(criterion, 1)),
-                       ("by_agreement", np.argmax(res["agreement"], 1))):
+                       ("by_agreement", np.argmax(res["agreement"], 1)),
+                       ("by_acyclicity", np.argmin(res["acyclicity"], 1))):
         assert res[name]["chosen"] == crit.tolist()
         assert res[name]["mcc"] == [res["mcc"][s][c] for s, c in enumerate(crit)]
     base = SyntheticConfig()
@@ -273,6 +275,23 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
     np.testing.assert_allclose(ref.history["final_loss_restarts"],
                                np.asarray(res["loss"])[:, :2], rtol=1e-5)
     assert res["first_two_by_loss"]["chosen"] == ref.history["restart_chosen"].tolist()
+    # h(W) of each data set's chosen restart is that of the fit's kept run
+    chosen = ref.history["restart_chosen"]
+    np.testing.assert_allclose(np.asarray(res["acyclicity"])[[0, 1], chosen],
+                               [float(acyclicity(w)) for w in ref.graph()], rtol=1e-4, atol=1e-7)
+    if holdout == 0.0:  # the default's two restarts: loss and acyclicity choose, no agreement
+        two = [*argv]
+        two[two.index("--restarts") + 1] = "2"
+        _run("experiments/crl_restart_agreement.py", [*two, "--out", str(out2)], monkeypatch)
+        res2 = json.loads((out2 / "results.json").read_text())["restarts"]
+        assert "agreement" not in res2 and res2["majority"] == {}
+        np.testing.assert_allclose(res2["loss"], np.asarray(res["loss"])[:, :2], rtol=1e-5)
+        assert res2["by_acyclicity"]["chosen"] == np.argmin(res2["acyclicity"], 1).tolist()
+        one = [*argv]
+        one[one.index("--restarts") + 1] = "1"
+        with pytest.raises(ValueError, match="--restarts must be >= 2"):
+            _run("experiments/crl_restart_agreement.py", [*one, "--out", str(out2)],
+                 monkeypatch)
 
 
 @pytest.mark.slow  # a one-off diagnostic script (CI's 30 minutes)
