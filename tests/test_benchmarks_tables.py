@@ -676,6 +676,24 @@ def _check_arm_row(row: list[str], base: dict, arm: dict) -> None:
     assert _num(row[6]) == pytest.approx(arm["wall_s"], abs=0.5)
 
 
+def _check_arm_summary(marker: str, tables: list) -> None:
+    """The two-row summary over all data sets of an arm against the default (``tables``
+    from :func:`_default_row_arm`, the roots in order): MCC, SHD, data sets below 0.93,
+    roots meeting both bars, roots with MCC >= 0.95."""
+    for cells, which in zip(_table_after(marker), (1, 2), strict=True):
+        per_root = [(r[which]["mcc_pearson_oos"]["per_seed"], r[which]["shd"]["per_seed"])
+                    for r in tables]
+        mcc = np.concatenate([m for m, _ in per_root])
+        shd = np.concatenate([h for _, h in per_root])
+        assert _num(cells[1]) == pytest.approx(mcc.mean(), abs=5e-4), cells[0]
+        assert _num(cells[2]) == pytest.approx(shd.mean(), abs=0.005), cells[0]
+        assert int(cells[3]) == int((mcc < 0.93).sum()), cells[0]
+        both = [root for root, (m, h) in enumerate(per_root)
+                if np.mean(m) >= 0.95 and np.mean(h) <= 1]
+        assert cells[4] == f"{len(both)} ({', '.join(map(str, both))})", cells[0]
+        assert int(cells[5]) == sum(np.mean(m) >= 0.95 for m, _ in per_root), cells[0]
+
+
 def _linear_start_tables():
     """(row, default's results, linear start's results) of both linear-start tables."""
     yield from _default_row_arm("python experiments/crl_synthetic.py --methods latent_scm "
@@ -706,20 +724,7 @@ def test_crl_deep_encoder_tables_match_their_results_files():
         assert all(deep["config"][k] == v for k, v in base["config"].items()
                    if k != "flow_layers"), row[0]
         _check_arm_row(row, base, deep)
-    # The summary over all data sets: MCC, SHD, data sets below 0.93, roots meeting both bars.
-    summary = _table_after("| encoder | MCC Pearson (oos), all data sets |")
-    for cells, which in zip(summary, (1, 2), strict=True):
-        per_root = [(r[which]["mcc_pearson_oos"]["per_seed"], r[which]["shd"]["per_seed"])
-                    for r in tables]
-        mcc = np.concatenate([m for m, _ in per_root])
-        shd = np.concatenate([h for _, h in per_root])
-        assert _num(cells[1]) == pytest.approx(mcc.mean(), abs=5e-4), cells[0]
-        assert _num(cells[2]) == pytest.approx(shd.mean(), abs=0.005), cells[0]
-        assert int(cells[3]) == int((mcc < 0.93).sum()), cells[0]
-        both = [root for root, (m, h) in enumerate(per_root)
-                if np.mean(m) >= 0.95 and np.mean(h) <= 1]
-        assert cells[4] == f"{len(both)} ({', '.join(map(str, both))})", cells[0]
-        assert int(cells[5]) == sum(np.mean(m) >= 0.95 for m, _ in per_root), cells[0]
+    _check_arm_summary("| encoder | MCC Pearson (oos), all data sets |", tables)
     # The diagnosis that chose the depth: two unpooled fits per data set of root 4.
     diag = _table_after("| encoder (root 4) | MCC per fit, mean |")
     for cells, arm in zip(diag, ("base", "t16", "l16"), strict=True):
@@ -731,6 +736,28 @@ def test_crl_deep_encoder_tables_match_their_results_files():
             np.mean([f["nll_fit"] - f["nll_true"] for f in fits]), abs=5e-4)
         assert _num(cells[3]) == pytest.approx(np.mean(lower), abs=5e-4)
         assert [float(v) for v in cells[4].split()] == pytest.approx(lower, abs=5e-4)
+
+
+def test_crl_strong_acyclicity_penalty_table_matches_its_results_files():
+    tables = list(_default_row_arm("python experiments/crl_synthetic.py --methods latent_scm "
+                                   "--seed R --set crl.penalty_max=1.0",
+                                   "crl_synthetic_pen1"))
+    assert [int(_num(row[0])) for row, _, _ in tables] == list(range(8))
+    for row, base, arm in tables:
+        assert arm["config"]["penalty_max"] == 1.0
+        assert all(arm["config"][k] == v for k, v in base["config"].items()
+                   if k != "penalty_max"), row[0]
+        _check_arm_row(row, base, arm)
+        if "acyclicity" in arm:  # roots 4-7: every fit ends a DAG, to the stated bound
+            assert max(arm["acyclicity"]["per_seed"]) <= 0.0042 + 5e-5
+    assert sum("acyclicity" in arm for _, _, arm in tables) == 4
+    _check_arm_summary("| acyclicity penalty | MCC Pearson (oos), all data sets |", tables)
+    # the loss kept the worse restart (by > 0.01 in-sample MCC) on 6 of the 40 data sets
+    worse = 0
+    for _, _, arm in tables:
+        m, chosen = np.asarray(arm["restarts"]["mcc"]), arm["restarts"]["chosen"]
+        worse += sum(m[s].max() - m[s, c] > 0.01 for s, c in enumerate(chosen))
+    assert worse == 6
 
 
 def test_crl_restart_agreement_table_matches_its_results_files():
