@@ -127,6 +127,40 @@ def test_restarts_keep_the_lowest_loss_restart_per_seed(small_data):
                                    rtol=1e-4)
 
 
+def _h_numpy(w: np.ndarray) -> float:
+    """``tr((I + W o W / d)^d) - d`` in float64 numpy (off-diagonal ``W``)."""
+    d = len(w)
+    a = (np.asarray(w, np.float64) ** 2) * (1 - np.eye(d)) / d
+    return float(np.trace(np.linalg.matrix_power(np.eye(d) + a, d)) - d)
+
+
+def test_restarts_chosen_by_acyclicity_keep_the_restart_whose_w_is_nearest_a_dag(small_data):
+    ds = small_data
+    kw = dict(steps=200, restarts=3)
+    by_h = fit(_cfg(**kw, restart_choice="acyclicity"), ds.x, ds.env, targets=ds.targets,
+               key=jax.random.key(5), progress=False)
+    by_loss = fit(_cfg(**kw), ds.x, ds.env, targets=ds.targets, key=jax.random.key(5),
+                  progress=False)
+    # the same restarts trained: only the choice differs
+    np.testing.assert_allclose(by_h.history["final_loss_restarts"],
+                               by_loss.history["final_loss_restarts"], rtol=1e-5)
+    h = by_h.history["acyclicity_restarts"]  # [S, R]
+    assert h.shape == (2, 3) and np.all(h >= 0)
+    np.testing.assert_array_equal(by_h.history["restart_chosen"], h.argmin(1))
+    for s in range(2):  # each kept W's h, recomputed in numpy, at both choices
+        assert _h_numpy(by_h.graph()[s]) == pytest.approx(h[s].min(), rel=1e-4, abs=1e-9)
+        chosen = by_loss.history["restart_chosen"][s]
+        assert _h_numpy(by_loss.graph()[s]) == pytest.approx(h[s, chosen], rel=1e-4, abs=1e-9)
+
+
+@pytest.mark.parametrize("kw", [dict(scm="flow"), dict(holdout=0.2), dict(method="beta_vae")])
+def test_restart_choice_by_acyclicity_needs_a_w_that_can_be_cyclic(kw):
+    with pytest.raises(ValueError, match="restart_choice='acyclicity'"):
+        _cfg(restart_choice="acyclicity", **kw)
+    with pytest.raises(ValueError, match="restart_choice must be one of"):
+        _cfg(restart_choice="held-out")
+
+
 def test_known_targets_required(small_data):
     with pytest.raises(ValueError, match="targets='known' needs"):
         fit(_cfg(), small_data.x, small_data.env, key=jax.random.key(0), progress=False)

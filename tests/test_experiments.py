@@ -224,7 +224,7 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
     import jax
 
     from jaxcrl.crl import fit
-    from jaxcrl.crl.prior import acyclicity
+    from jaxcrl.crl.prior import acyclicity_f64
     from jaxcrl.crl.synthetic import SyntheticConfig, simulate
 
     argv = ["--steps", "8", "--restarts", "3", "--seeds", "2", "--set", "crl.batch_size=64",
@@ -278,7 +278,7 @@ def test_crl_restart_agreement_fits_the_runs_of_a_multi_restart_fit(tmp_path, mo
     # h(W) of each data set's chosen restart is that of the fit's kept run
     chosen = ref.history["restart_chosen"]
     np.testing.assert_allclose(np.asarray(res["acyclicity"])[[0, 1], chosen],
-                               [float(acyclicity(w)) for w in ref.graph()], rtol=1e-4, atol=1e-7)
+                               acyclicity_f64(ref.graph()), rtol=1e-3, atol=1e-9)
     if holdout == 0.0:  # the default's two restarts: loss and acyclicity choose, no agreement
         two = [*argv]
         two[two.index("--restarts") + 1] = "2"

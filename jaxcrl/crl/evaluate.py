@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxcrl.crl.equivalence import class_r2
-from jaxcrl.crl.prior import acyclicity
+from jaxcrl.crl.prior import acyclicity_f64
 from jaxcrl.crl.svi import FitResult
 from jaxcrl.metrics import graph_metrics, mcc, score_latents, shd
 from jaxcrl.scm import topological_order
@@ -38,8 +38,8 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
       env: [N] environments (environment 0 standardizes the learned graph).
       adj_true: [d, d] true DAG; w_hat: [d', d'] learned continuous weights (``shd_svi``
         at the threshold, ``shd_matched``, ``edge_auroc``; and, with or without
-        ``adj_true``, ``acyclicity``: :func:`jaxcrl.crl.prior.acyclicity` of ``w_hat``, 0
-        iff the fitted SCM is a DAG; it sums closed walks, so it does not depend on the
+        ``adj_true``, ``acyclicity``: :func:`jaxcrl.crl.prior.acyclicity` of ``w_hat``, in
+        float64, 0 iff the fitted SCM is a DAG; it sums closed walks, so it does not depend on the
         latents' scales, and it needs no ground truth); w_dag: [d', d'] a discrete DAG
         (``shd``; if None, ``shd`` is ``shd_svi``).
       edge_threshold: threshold on |standardized weight|.
@@ -84,7 +84,7 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
                 float(abs(np.corrcoef(z_true[:, j], z_hat[:, k])[0, 1])) if k >= 0
                 else float("nan") for j, k in enumerate(pair)]
     if w_hat is not None:
-        out["acyclicity"] = float(acyclicity(np.asarray(w_hat, np.float32)))
+        out["acyclicity"] = float(acyclicity_f64(w_hat))
     if adj_true is not None and w_hat is not None:
         w_std = standardized_graph(w_hat, z_hat[env == 0])
         g = graph_metrics(np.asarray(adj_true), w_std, perm=perm, threshold=edge_threshold)

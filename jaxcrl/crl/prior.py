@@ -31,6 +31,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -310,6 +311,16 @@ def acyclicity(w: jax.Array) -> jax.Array:
     a = (w * w) * (1.0 - jnp.eye(d, dtype=w.dtype)) / d
     m = jnp.eye(d, dtype=w.dtype) + a
     return jnp.trace(jnp.linalg.matrix_power(m, d)) - d
+
+
+def acyclicity_f64(w) -> np.ndarray:
+    """:func:`acyclicity` of ``w [..., d, d]`` evaluated in float64 on the host (under
+    ``jax.enable_x64``), for reporting and choosing rather than training: in float32,
+    ``tr(.) - d`` cancels to a few ulp of ``d``, which blurs values under ~1e-6."""
+    w = np.asarray(w, np.float64)
+    with jax.enable_x64(True):
+        flat = jax.vmap(acyclicity)(jnp.asarray(w.reshape(-1, *w.shape[-2:])))
+        return np.asarray(flat, np.float64).reshape(w.shape[:-2])
 
 
 def estimated_targets(params: PriorParams, known: jax.Array | None = None) -> jax.Array:

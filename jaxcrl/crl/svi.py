@@ -911,9 +911,14 @@ def fit(
     history["final_loss"] = np.asarray(state.tail_loss) / tail
     if n_rep > 1:
         # Keep, per seed, the restart with the best (lowest) held-out loss or, without a
-        # held-out set, training loss at the end.
+        # held-out set, training loss at the end; or the one whose W is nearest a DAG.
         final = (history["heldout_loss"] if n_heldout > 0
                  else history["final_loss"]).reshape(n_seeds, n_rep)
+        if cfg.restart_choice == "acyclicity":
+            h = prior_lib.acyclicity_f64(jax.vmap(prior_lib.masked_weights)(
+                params["prior"])).reshape(n_seeds, n_rep)
+            history["acyclicity_restarts"] = h
+            final = np.where(np.isfinite(final), h, np.nan)  # a diverged run stays last
         best = np.nanargmin(np.where(np.isfinite(final), final, np.inf), axis=1)
         idx = np.arange(n_seeds) * n_rep + best
         params, pre = jax.tree.map(lambda a: a[idx], (params, pre))
