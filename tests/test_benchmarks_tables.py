@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -713,17 +714,23 @@ def test_crl_linear_start_table_matches_its_results_files():
         _check_arm_row(row, base, lin)
 
 
-def test_crl_deep_encoder_tables_match_their_results_files():
+def _one_change_arm(field: str, value, arm: str) -> list:
+    """The default row's eight roots with ``crl.FIELD=VALUE`` (the table after the command
+    ``crl_synthetic.py ... --set crl.FIELD=VALUE``): each arm's config is the default's
+    but for that field, and each row is checked by :func:`_check_arm_row`."""
     tables = list(_default_row_arm("python experiments/crl_synthetic.py --methods latent_scm "
-                                   "--seed R --set crl.flow_layers=16",
-                                   "crl_synthetic_deep16"))
+                                   f"--seed R --set crl.{field}={value}", arm))
     assert [int(_num(row[0])) for row, _, _ in tables] == list(range(8))
-    for row, base, deep in tables:
-        assert deep["config"]["flow_layers"] == 16
+    for row, base, a in tables:
+        assert a["config"][field] == value
         # otherwise the default's settings (files from before a field existed lack it)
-        assert all(deep["config"][k] == v for k, v in base["config"].items()
-                   if k != "flow_layers"), row[0]
-        _check_arm_row(row, base, deep)
+        assert all(a["config"][k] == v for k, v in base["config"].items() if k != field), row[0]
+        _check_arm_row(row, base, a)
+    return tables
+
+
+def test_crl_deep_encoder_tables_match_their_results_files():
+    tables = _one_change_arm("flow_layers", 16, "crl_synthetic_deep16")
     _check_arm_summary("| encoder | MCC Pearson (oos), all data sets |", tables)
     # The diagnosis that chose the depth: two unpooled fits per data set of root 4.
     diag = _table_after("| encoder (root 4) | MCC per fit, mean |")
@@ -739,15 +746,8 @@ def test_crl_deep_encoder_tables_match_their_results_files():
 
 
 def test_crl_strong_acyclicity_penalty_table_matches_its_results_files():
-    tables = list(_default_row_arm("python experiments/crl_synthetic.py --methods latent_scm "
-                                   "--seed R --set crl.penalty_max=1.0",
-                                   "crl_synthetic_pen1"))
-    assert [int(_num(row[0])) for row, _, _ in tables] == list(range(8))
-    for row, base, arm in tables:
-        assert arm["config"]["penalty_max"] == 1.0
-        assert all(arm["config"][k] == v for k, v in base["config"].items()
-                   if k != "penalty_max"), row[0]
-        _check_arm_row(row, base, arm)
+    tables = _one_change_arm("penalty_max", 1.0, "crl_synthetic_pen1")
+    for _, _, arm in tables:
         if "acyclicity" in arm:  # roots 4-7: every fit ends a DAG, to the stated bound
             assert max(arm["acyclicity"]["per_seed"]) <= 0.0042 + 5e-5
     assert sum("acyclicity" in arm for _, _, arm in tables) == 4
@@ -758,6 +758,67 @@ def test_crl_strong_acyclicity_penalty_table_matches_its_results_files():
         m, chosen = np.asarray(arm["restarts"]["mcc"]), arm["restarts"]["chosen"]
         worse += sum(m[s].max() - m[s, c] > 0.01 for s, c in enumerate(chosen))
     assert worse == 6
+
+
+def test_crl_restart_acyclicity_tables_match_their_results_files():
+    """Four restarts chosen by the loss, the agreement, the majority and the fitted W's
+    acyclicity; every cell and the summary recomputed from the per-restart arrays."""
+    rows = _table_after("python experiments/crl_restart_agreement.py --out out/crl_h4_sR")
+    roots = [int(_num(r[0])) for r in rows]
+    assert roots == [4, 0, 3, 1]
+    files = {root: _load(f"crl_restart_acyclicity_seed{root}.json")["restarts"]
+             for root in roots}
+    choices = {}
+    for row in rows:
+        a = files[int(_num(row[0]))]
+        mcc, shd, h = (np.asarray(a[k]) for k in ("mcc", "shd", "acyclicity"))
+        idx = np.arange(len(mcc))
+        assert a["by_acyclicity"]["chosen"] == h.argmin(1).tolist()
+        assert a["by_loss"]["chosen"] == np.asarray(a["loss"]).argmin(1).tolist()
+        two = h[:, :2].argmin(1)
+        cells = {"2 by loss": a["first_two_by_loss"],
+                 "2 by acyclicity": {"mcc": mcc[idx, two], "shd": shd[idx, two]},
+                 "4 by loss": a["by_loss"], "4 by agreement": a["by_agreement"],
+                 "4 majority 0.8": a["majority"]["0.8"], "4 by acyclicity": a["by_acyclicity"]}
+        for cell, (name, got) in zip(row[1:7], cells.items(), strict=True):
+            _check_mean_mcc_shd(cell, got, name)
+            choices.setdefault(name, []).append(got)
+        assert _num(row[7]) == pytest.approx(np.mean(a["best_mcc"]), abs=5e-4)
+        per_mcc, per_shd = row[8].split(";")
+        assert [float(v) for v in per_mcc.split()] == pytest.approx(
+            a["by_acyclicity"]["mcc"], abs=5e-4)
+        assert [float(v) for v in per_shd.split()] == a["by_acyclicity"]["shd"]
+        assert _num(row[9]) == pytest.approx(a["wall_s"], abs=0.5)
+    summary = _table_after("| restart choice (roots 4, 0, 3, 1) |")
+    assert [r[0] for r in summary] == list(choices)
+    for cells in summary:
+        per_root = choices[cells[0]]
+        m = np.concatenate([np.asarray(g["mcc"]) for g in per_root])
+        d = np.concatenate([np.asarray(g["shd"]) for g in per_root])
+        assert _num(cells[1]) == pytest.approx(m.mean(), abs=5e-4), cells[0]
+        assert _num(cells[2]) == pytest.approx(d.mean(), abs=0.005), cells[0]
+        assert int(cells[3]) == int((m < 0.93).sum()), cells[0]
+        both = [r for r, g in zip(roots, per_root, strict=True)
+                if np.mean(g["mcc"]) >= 0.95 and np.mean(g["shd"]) <= 1]
+        assert cells[4] == f"{len(both)} ({', '.join(map(str, both))})", cells[0]
+    best = np.concatenate([files[r]["best_mcc"] for r in roots])
+    assert best.mean() == pytest.approx(0.983, abs=5e-4)
+    h4 = np.concatenate([np.ravel(files[r]["acyclicity"]) for r in roots])
+    m4 = np.concatenate([np.ravel(files[r]["mcc"]) for r in roots])
+    assert scipy.stats.spearmanr(h4, m4).statistic == pytest.approx(-0.76, abs=0.005)
+    stuck = m4 < 0.93
+    assert (stuck.sum(), (h4[~stuck] > 0.1).sum()) == (22, 4)
+    assert (h4[stuck].min(), h4[stuck].max(), h4[~stuck].max()) == pytest.approx(
+        (0.015, 0.49, 0.215), abs=0.005)
+    # the flag: Spearman of h and MCC over the two-restart runs, and the h ranges quoted
+    h2 = np.concatenate([np.ravel(_load(f"crl_restart_acyclicity_r2_seed{r}.json")[
+        "restarts"][k]) for r in (4, 6) for k in ("acyclicity",)])
+    m2 = np.concatenate([np.ravel(_load(f"crl_restart_acyclicity_r2_seed{r}.json")[
+        "restarts"]["mcc"]) for r in (4, 6)])
+    assert scipy.stats.spearmanr(h2, m2).statistic == pytest.approx(-0.66, abs=0.005)
+    assert (m2 < 0.93).sum() == 10 and h2[m2 < 0.93].min() == pytest.approx(0.11, abs=0.005)
+    assert h2[m2 < 0.93].max() == pytest.approx(0.49, abs=0.005)
+    assert h2[m2 >= 0.93].max() == pytest.approx(0.23, abs=0.005)
 
 
 def test_crl_restart_agreement_table_matches_its_results_files():
