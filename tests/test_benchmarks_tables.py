@@ -811,10 +811,8 @@ def test_crl_restart_acyclicity_tables_match_their_results_files():
     assert (h4[stuck].min(), h4[stuck].max(), h4[~stuck].max()) == pytest.approx(
         (0.015, 0.49, 0.215), abs=0.005)
     # the flag: Spearman of h and MCC over the two-restart runs, and the h ranges quoted
-    h2 = np.concatenate([np.ravel(_load(f"crl_restart_acyclicity_r2_seed{r}.json")[
-        "restarts"][k]) for r in (4, 6) for k in ("acyclicity",)])
-    m2 = np.concatenate([np.ravel(_load(f"crl_restart_acyclicity_r2_seed{r}.json")[
-        "restarts"]["mcc"]) for r in (4, 6)])
+    two = [_load(f"crl_restart_acyclicity_r2_seed{r}.json")["restarts"] for r in (4, 6)]
+    h2, m2 = (np.concatenate([np.ravel(a[k]) for a in two]) for k in ("acyclicity", "mcc"))
     assert scipy.stats.spearmanr(h2, m2).statistic == pytest.approx(-0.66, abs=0.005)
     assert (m2 < 0.93).sum() == 10 and h2[m2 < 0.93].min() == pytest.approx(0.11, abs=0.005)
     assert h2[m2 < 0.93].max() == pytest.approx(0.49, abs=0.005)
