@@ -218,3 +218,5 @@ def test_score_run_reports_the_fitted_graphs_acyclicity_zero_only_for_a_dag():
     rescaled = np.linalg.inv(scale) @ cyc @ scale
     assert score_run(z, z_hat, env, w_hat=rescaled)["acyclicity"] == pytest.approx(
         out["acyclicity"], rel=1e-5)
+    # where an order cuts W's cycles (the flow prior), they are not the fit's: not reported
+    assert "acyclicity" not in score_run(z, z_hat, env, w_hat=cyc, w_can_cycle=False)

@@ -30,7 +30,7 @@ def standardized_graph(w: np.ndarray, z_obs: np.ndarray) -> np.ndarray:
 
 def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
               edge_threshold=0.3, targets_true=None, targets_hat=None, seed: int = 0,
-              soft: bool = False, labelled: bool = False) -> dict:
+              soft: bool = False, labelled: bool = False, w_can_cycle: bool = True) -> dict:
     """All metrics of one run as floats.
 
     Args:
@@ -39,9 +39,9 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
       adj_true: [d, d] true DAG; w_hat: [d', d'] learned continuous weights (``shd_svi``
         at the threshold, ``shd_matched``, ``edge_auroc``; and, with or without
         ``adj_true``, ``acyclicity``: :func:`jaxcrl.crl.prior.acyclicity` of ``w_hat``, in
-        float64, 0 iff the fitted SCM is a DAG; it sums closed walks, so it does not depend on the
-        latents' scales, and it needs no ground truth); w_dag: [d', d'] a discrete DAG
-        (``shd``; if None, ``shd`` is ``shd_svi``).
+        float64, 0 iff the fitted SCM is a DAG; it sums closed walks, so it does not depend on
+        the latents' scales, and it needs no ground truth; only with ``w_can_cycle``);
+        w_dag: [d', d'] a discrete DAG (``shd``; if None, ``shd`` is ``shd_svi``).
       edge_threshold: threshold on |standardized weight|.
       targets_true, targets_hat: [E, d] / [E, d'] masks, row 0 observational (if both:
         ``target_accuracy``, the fraction of all E environments whose learned target set is
@@ -56,6 +56,9 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
       labelled: learned latent ``j`` *is* true latent ``j`` (known targets fix the labels):
         ``class_r2`` and ``mcc_labelled_per_latent`` pair latents by index, not by the MCC
         matching (which a shear ``z_j + c z_k`` with large ``c`` can pair with ``z_k``).
+      w_can_cycle: the model's density uses every entry of ``w_hat``, so its cycles are part
+        of the fit (the linear and nonlinear priors); False where an order cuts them (the
+        ``flow`` prior ignores entries against its causal order): no ``acyclicity`` then.
 
     Returns:
       Scalars, plus ``mcc_per_latent`` (a list of d in-sample |Pearson| correlations of the
@@ -83,7 +86,7 @@ def score_run(z_true, z_hat, env, *, adj_true=None, w_hat=None, w_dag=None,
             out["mcc_labelled_per_latent"] = [
                 float(abs(np.corrcoef(z_true[:, j], z_hat[:, k])[0, 1])) if k >= 0
                 else float("nan") for j, k in enumerate(pair)]
-    if w_hat is not None:
+    if w_hat is not None and w_can_cycle:
         out["acyclicity"] = float(acyclicity_f64(w_hat))
     if adj_true is not None and w_hat is not None:
         w_std = standardized_graph(w_hat, z_hat[env == 0])
@@ -128,7 +131,8 @@ def score_fit(result: FitResult, x, z_true, env, *, adj_true=None, targets_true=
             edge_threshold=result.cfg.edge_threshold, targets_true=_take(targets_true, r, 3),
             targets_hat=None if t_hat is None else np.asarray(t_hat[r]), seed=r,
             soft=result.cfg.intervention == "soft",
-            labelled=result.cfg.targets == "known" and z_hat.shape[-1] == np.shape(z_true)[-1]))
+            labelled=result.cfg.targets == "known" and z_hat.shape[-1] == np.shape(z_true)[-1],
+            w_can_cycle=result.cfg.scm != "flow"))
         if strength is not None:
             scores[-1]["strength_per_latent"] = [float(v) for v in strength[r]]
     return scores
