@@ -78,6 +78,31 @@ def test_crl_generalization_runs_config_variants(tmp_path, monkeypatch):
     assert np.shape(own) == (1, 3) and np.all(np.isfinite(own))  # the fit's own estimate
 
 
+def test_polished_default_row_keeps_the_most_acyclic_restart_and_reports_its_polish(
+        tmp_path, monkeypatch):
+    row = "default, four restarts by acyclicity, polished"
+    out = tmp_path / "gen"
+    _run("experiments/crl_generalization.py",
+         ["--rows", row, "--seeds", "2", "--steps", "30", "--set", "data.n_per_env=200",
+          "--set", "crl.batch_size=64", *SMALL_ENCODER, "--out", str(out), "--tag", "_t"],
+         monkeypatch)
+    res = json.loads((out / "default_four_restarts_by_acyclicity_polished" /
+                      "results.json").read_text())
+    crl = res["setup"]["crl"]
+    assert (crl["restarts"], crl["restart_choice"], crl["polish"]) == (4, "acyclicity", True)
+    assert (crl["graph_min_r2"], crl["edge_threshold"]) == (0.05, 0.1)
+    lat = res["methods"]["latent_scm"]
+    h = np.asarray(lat["restarts"]["acyclicity"])
+    assert h.shape == (2, 4) and np.all(h >= 0)
+    np.testing.assert_array_equal(lat["restarts"]["chosen"], h.argmin(1))
+    kept, ll = np.asarray(lat["polish"]["kept"]), np.asarray(lat["polish"]["loglik"])
+    assert kept.shape == (2,) and ll.shape == (2, 2)
+    np.testing.assert_array_equal(kept, ll[:, 1] >= ll[:, 0])  # kept by the likelihood
+    # the scored W: the polish's DAG where kept, else the kept restart's own (cyclic) W
+    scored = np.asarray(lat["acyclicity"]["per_seed"])
+    np.testing.assert_allclose(scored, np.where(kept, 0.0, h.min(1)), rtol=1e-4, atol=1e-9)
+
+
 def test_crl_graph_rescore_reproduces_the_saved_rows_shd(tmp_path, monkeypatch):
     """A row fitted with --save, re-scored at its own graph settings: the same SHD per seed
     as its results file (the data rebuilt from the keys, the fit loaded from its
