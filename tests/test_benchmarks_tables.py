@@ -765,7 +765,7 @@ def test_crl_restart_acyclicity_tables_match_their_results_files():
     acyclicity; every cell and the summary recomputed from the per-restart arrays."""
     rows = _table_after("python experiments/crl_restart_agreement.py --out out/crl_h4_sR")
     roots = [int(_num(r[0])) for r in rows]
-    assert roots == [4, 0, 3, 1]
+    assert roots == [4, 0, 3, 1, 2, 5, 6, 7]
     files = {root: _load(f"crl_restart_acyclicity_seed{root}.json")["restarts"]
              for root in roots}
     choices = {}
@@ -789,7 +789,7 @@ def test_crl_restart_acyclicity_tables_match_their_results_files():
             a["by_acyclicity"]["mcc"], abs=5e-4)
         assert [float(v) for v in per_shd.split()] == a["by_acyclicity"]["shd"]
         assert _num(row[9]) == pytest.approx(a["wall_s"], abs=0.5)
-    summary = _table_after("| restart choice (roots 4, 0, 3, 1) |")
+    summary = _table_after("| restart choice (roots 4, 0, 3, 1, 2, 5, 6, 7) |")
     assert [r[0] for r in summary] == list(choices)
     for cells in summary:
         per_root = choices[cells[0]]
@@ -802,14 +802,14 @@ def test_crl_restart_acyclicity_tables_match_their_results_files():
                 if np.mean(g["mcc"]) >= 0.95 and np.mean(g["shd"]) <= 1]
         assert cells[4] == f"{len(both)} ({', '.join(map(str, both))})", cells[0]
     best = np.concatenate([files[r]["best_mcc"] for r in roots])
-    assert best.mean() == pytest.approx(0.983, abs=5e-4)
+    assert best.mean() == pytest.approx(0.982, abs=5e-4)
     h4 = np.concatenate([np.ravel(files[r]["acyclicity"]) for r in roots])
     m4 = np.concatenate([np.ravel(files[r]["mcc"]) for r in roots])
-    assert scipy.stats.spearmanr(h4, m4).statistic == pytest.approx(-0.76, abs=0.005)
+    assert scipy.stats.spearmanr(h4, m4).statistic == pytest.approx(-0.74, abs=0.005)
     stuck = m4 < 0.93
-    assert (stuck.sum(), (h4[~stuck] > 0.1).sum()) == (22, 4)
+    assert (stuck.sum(), (h4[~stuck] > 0.1).sum()) == (40, 17)
     assert (h4[stuck].min(), h4[stuck].max(), h4[~stuck].max()) == pytest.approx(
-        (0.015, 0.49, 0.215), abs=0.005)
+        (0.015, 0.49, 0.33), abs=0.005)
     # the flag: Spearman of h and MCC over the two-restart runs, and the h ranges quoted
     two = [_load(f"crl_restart_acyclicity_r2_seed{r}.json")["restarts"] for r in (4, 6)]
     h2, m2 = (np.concatenate([np.ravel(a[k]) for a in two]) for k in ("acyclicity", "mcc"))

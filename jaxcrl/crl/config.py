@@ -203,9 +203,10 @@ class CRLConfig:
         :func:`jaxcrl.crl.prior.acyclicity`; no ground truth). The linear prior is a
         normalized density for any ``W``, and on the default row a restart stuck in a
         label-swap optimum tends to end with a cyclic ``W``, which its likelihood does not
-        reveal (over 80 restarts of four roots, Spearman -0.76 between ``h`` and MCC; four
-        restarts chosen by it: MCC 0.981, SHD 0.80, against 0.955, 1.10 by loss; BENCHMARKS.md,
-        "Cycles in the fitted SCM"). Off by default (measured on four roots). Needs a method
+        reveal (over 160 restarts of eight roots, Spearman -0.74 between ``h`` and MCC; four
+        restarts chosen by it: MCC 0.977, SHD 0.90, against 0.959, 1.40 by loss; BENCHMARKS.md,
+        "Cycles in the fitted SCM"). Off by default here; the generalization row "default,
+        four restarts by acyclicity, polished" (:mod:`jaxcrl.crl.synthetic`) uses it. Needs a method
         with a latent SCM whose ``W`` can be cyclic (not ``scm="flow"``) and no ``holdout``.
     """
 
