@@ -4,6 +4,9 @@ Command::
 
     python experiments/crl_graph_sensitivity.py --out experiments/results/crl_graph_sensitivity.json
 
+``--seed R`` takes the rows' data of root seed ``R``; ``--perturbations none:0`` only the
+true latents themselves (the search's ceiling).
+
 For each generalization row named (default: ``default``, ``d=8`` and the contrastive d = 10
 row), the row's own data sets (same keys as :func:`jaxcrl.crl.synthetic.run`, 5 seeds)
 have their true latents standardized and perturbed the ways a fitted encoder errs, then
@@ -60,15 +63,23 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--min-r2", default="0,0.02,0.05")
     p.add_argument("--thresholds", default="0.3,0")
+    p.add_argument("--seed", type=int, default=BASE.seed, help="root seed of the rows' data")
+    p.add_argument("--perturbations", default=",".join(f"{k}:{v:g}" for k, v in PERTURBATIONS),
+                   help="comma-separated kind:size (kinds: none, noise, leak, tanh)")
     args = p.parse_args(argv)
+    perturbations = [(k, float(v)) for k, v in
+                     (t.split(":") for t in args.perturbations.split(","))]
+    bad = sorted({k for k, _ in perturbations} - {k for k, _ in PERTURBATIONS})
+    if bad:
+        p.error(f"unknown perturbations {bad}")
     taus = [float(v) for v in args.min_r2.split(",")]
     ths = [float(v) for v in args.thresholds.split(",")]
     result = {"command": " ".join(["python", *(sys.argv if argv is None else ["", *argv])]),
-              "rows": {}}
+              "seed": args.seed, "rows": {}}
     for name in [r for r in args.rows.split("|") if r]:
         if name not in GENERALIZATION_ROWS:
             p.error(f"unknown row {name!r}")
-        cfg = variant(BASE, name)
+        cfg = dataclasses.replace(variant(BASE, name), seed=args.seed)
         keys = dataset_keys(dataclasses.replace(cfg, seeds=args.seeds))  # the rows' data
         t0 = time.perf_counter()
         cells: dict[str, dict] = {}
@@ -80,7 +91,7 @@ def main(argv=None):
             z = z / z[env == 0].std(0)
             edges.append(int(adj.sum()))
             rng = np.random.default_rng(s)
-            for kind, size in PERTURBATIONS:
+            for kind, size in perturbations:
                 zp = perturb(z, kind, size, rng)
                 corr = float(np.mean([abs(np.corrcoef(zp[:, i], z[:, i])[0, 1])
                                       for i in range(z.shape[1])]))
@@ -100,7 +111,7 @@ def main(argv=None):
         print(f"## {name}: true edges {np.mean(edges):.1f} ({time.perf_counter() - t0:.0f} s)")
         print("| perturbation | mean corr | " + " | ".join(
             f"min_r2 {t}, prune {h}" for t in taus for h in ths) + " |")
-        for kind, size in PERTURBATIONS:
+        for kind, size in perturbations:
             row = [cells[f"{kind} {size}|{t}|{h}"]["shd_mean"] for t in taus for h in ths]
             corr = cells[f"{kind} {size}|{taus[0]}|{ths[0]}"]["corr_mean"]
             print(f"| {kind} {size} | {corr:.3f} | " + " | ".join(f"{v:.1f}" for v in row) + " |")

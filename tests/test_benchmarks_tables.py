@@ -995,3 +995,62 @@ def test_crl_linear_polish_table_matches_its_results_files():
            > s["before"]["mcc_pearson_oos"] + 0.005]
     assert (len(lose), sum(not s["polish_kept"] for s in lose)) == (6, 4)
     assert (len(win), sum(s["polish_kept"] for s in win)) == (4, 4)
+
+
+def test_crl_default_polished_row_table_matches_its_results_files():
+    """The row 'default, four restarts by acyclicity, polished' on eight roots beside the
+    default (2 restarts by loss, unpolished, the graph at min R^2 0, prune 0.3)."""
+    row_name = "default, four restarts by acyclicity, polished"
+    rows = _table_after("python experiments/crl_generalization.py --out out/dpol_sR")
+    roots = [int(_num(r[0])) for r in rows]
+    assert sorted(roots) == list(range(8))
+    both = {"default": [], "polished": []}
+    pooled = {"default": [], "polished": []}
+    for row in rows:
+        root = int(_num(row[0]))
+        res = _load(f"crl_default_polished_seed{root}.json")
+        assert res["setup"]["seed"] == root
+        crl = res["setup"]["crl"]
+        assert (crl["restarts"], crl["restart_choice"], crl["polish"], crl["graph_min_r2"],
+                crl["edge_threshold"]) == (4, "acyclicity", True, 0.05, 0.1), row_name
+        m = res["methods"]["latent_scm"]
+        d = _load("crl_synthetic_v2.json" if root == 0
+                  else f"crl_synthetic_v2_seed{root}.json")["methods"]["latent_scm"]
+        for name, s in (("default", d), ("polished", m)):
+            mcc, shd = s["mcc_pearson_oos"]["per_seed"], s["shd"]["per_seed"]
+            pooled[name].append((mcc, shd))
+            if np.mean(mcc) >= 0.95 and np.mean(shd) <= 1:
+                both[name].append(root)
+        _check_mean_mcc_shd(row[1], {"mcc": d["mcc_pearson_oos"]["per_seed"],
+                                     "shd": d["shd"]["per_seed"]}, "default")
+        _check_mcc_shd_per_seed(row[2:5], m)
+        h = np.asarray(m["restarts"]["acyclicity"])
+        assert m["restarts"]["chosen"] == h.argmin(1).tolist()
+        assert [int(v) for v in row[5].split()] == m["restarts"]["chosen"]
+        kept = m["polish"]["kept"]
+        assert row[6] == f"{sum(kept)} of {len(kept)}"
+        met = (m["mcc_pearson_oos"]["mean"] >= 0.95, m["shd"]["mean"] <= 1)
+        want = {(True, True): "both met", (True, False): "MCC met, SHD not",
+                (False, True): "SHD met, MCC not", (False, False): "neither"}[met]
+        assert row[7] == want, root
+        assert _num(row[8]) == pytest.approx(m["wall_s"], abs=0.5)
+    summary = _table_after("| setting (eight roots, 40 data sets) |")
+    assert [r[0] for r in summary] == ["default (2 by loss)", row_name]
+    for cells, name in zip(summary, ("default", "polished"), strict=True):
+        mcc = np.concatenate([m for m, _ in pooled[name]])
+        shd = np.concatenate([s for _, s in pooled[name]])
+        assert _num(cells[1]) == pytest.approx(mcc.mean(), abs=5e-4), name
+        assert _num(cells[2]) == pytest.approx(shd.mean(), abs=0.005), name
+        assert int(cells[3]) == int((mcc < 0.93).sum()), name
+        roots_met = sorted(both[name])
+        assert cells[4] == f"{len(roots_met)} ({', '.join(map(str, roots_met))})", name
+    # the graph step's ceiling: the search over the true latents at both settings
+    truth = {}
+    for root in range(8):
+        res = _load(f"crl_graph_truth_default_seed{root}.json")
+        assert res["seed"] == root
+        cells = res["rows"]["default"]["cells"]
+        for c in cells:
+            truth.setdefault((c["min_r2"], c["edge_threshold"]), []).extend(c["shd"])
+    assert np.mean(truth[(0.0, 0.3)]) == pytest.approx(0.425)
+    assert max(truth[(0.0, 0.3)]) == 3 and not any(truth[(0.05, 0.1)])
