@@ -136,6 +136,17 @@ def test_crl_graph_sensitivity_scores_exact_latents_perfectly_without_the_prune(
     assert all(c["corr_mean"] == pytest.approx(1.0) for c in exact)
     noisy = {(c["perturbation"], c["size"]) for c in cells}
     assert ("leak", 0.1) in noisy and ("tanh", 1.0) in noisy
+    # another root's data, the true latents alone: different data sets, still exact
+    _run("experiments/crl_graph_sensitivity.py",
+         ["--rows", "d=3", "--seeds", "2", "--min-r2", "0", "--thresholds", "0", "--seed", "3",
+          "--perturbations", "none:0", "--out", str(out)], monkeypatch)
+    other = json.loads(out.read_text())
+    assert other["seed"] == 3
+    (cell,) = other["rows"]["d=3"]["cells"]
+    assert cell["perturbation"] == "none" and cell["shd"] == [0.0, 0.0]
+    with pytest.raises(SystemExit):
+        _run("experiments/crl_graph_sensitivity.py", ["--perturbations", "shear:1",
+             "--out", str(out)], monkeypatch)
 
 
 def test_crl_soft_classes_regroups_a_stored_run_exactly(tmp_path, monkeypatch):
