@@ -67,8 +67,11 @@ def main(argv=None):
     p.add_argument("--perturbations", default=",".join(f"{k}:{v:g}" for k, v in PERTURBATIONS),
                    help="comma-separated kind:size (kinds: none, noise, leak, tanh)")
     args = p.parse_args(argv)
-    perturbations = [(k, float(v)) for k, v in
-                     (t.split(":") for t in args.perturbations.split(","))]
+    try:
+        perturbations = [(k, float(v)) for k, v in
+                         (t.split(":") for t in args.perturbations.split(","))]
+    except ValueError:
+        p.error(f"--perturbations wants kind:size pairs, got {args.perturbations!r}")
     bad = sorted({k for k, _ in perturbations} - {k for k, _ in PERTURBATIONS})
     if bad:
         p.error(f"unknown perturbations {bad}")

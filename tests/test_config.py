@@ -90,6 +90,20 @@ def test_generalization_rows_are_config_variants_changing_one_setting():
         variant(base, "d=99")
 
 
+def test_polished_default_row_reaches_latent_scm_only_and_baselines_still_build():
+    cfg = dataclasses.replace(variant(SyntheticConfig(seeds=1),
+                                      "default, four restarts by acyclicity, polished"),
+                              baseline_restarts=None)
+    own = cfg.method_config("latent_scm")
+    assert (own.restarts, own.restart_choice, own.polish) == (4, "acyclicity", True)
+    assert (own.graph_min_r2, own.edge_threshold) == (0.05, 0.1)
+    for method in ("beta_vae", "ivae"):  # would be invalid configs with either setting
+        base = cfg.method_config(method)
+        assert (base.restarts, base.restart_choice, base.polish) == (4, "loss", False)
+    vae = cfg.method_config("latent_scm_vae")  # a latent SCM: the choice reaches it
+    assert (vae.restart_choice, vae.polish) == ("acyclicity", False)
+
+
 def test_two_interventions_per_node_row_targets_every_latent_twice():
     from jaxcrl.scm import make_dataset
 

@@ -58,7 +58,9 @@ class SyntheticConfig:
         "The flow encoder"); the library's ``CRLConfig()`` keeps the earlier settings. The fields
         that describe the data (``method``, ``latent_dim``, ``n_envs``, ``scm``,
         ``intervention``, ``targets``) are filled in per method from ``data``;
-        ``warm_steps`` applies to ``latent_scm`` only (0 for the other methods).
+        ``warm_steps`` and ``polish`` apply to ``latent_scm`` only (0 and off for the other
+        methods), ``restart_choice`` to the methods with a latent SCM (the baselines keep
+        their restarts by ``loss``).
       baseline_restarts: restarts of the contrast baselines (β-VAE, iVAE); ``None`` uses
         ``crl.restarts`` for them too.
       scm_prior: the latent-SCM methods' prior family (``CRLConfig.scm``); ``None``: ``linear``
@@ -114,11 +116,13 @@ class SyntheticConfig:
             scm = self.scm_prior
         if method in _BASELINES and self.baseline_restarts is not None:
             restarts = self.baseline_restarts
+        own = method == "latent_scm"
         return dataclasses.replace(
             self.crl, method=method, latent_dim=d, n_envs=n_envs,
             scm=scm,
             intervention=self.data.intervention.kind, targets=self.targets, restarts=restarts,
-            warm_steps=self.crl.warm_steps if method == "latent_scm" else 0)
+            warm_steps=self.crl.warm_steps if own else 0, polish=self.crl.polish and own,
+            restart_choice=self.crl.restart_choice if method not in _BASELINES else "loss")
 
 
 def _restart_diagnostics(history: dict) -> dict:
