@@ -1054,3 +1054,18 @@ def test_crl_default_polished_row_table_matches_its_results_files():
             truth.setdefault((c["min_r2"], c["edge_threshold"]), []).extend(c["shd"])
     assert np.mean(truth[(0.0, 0.3)]) == pytest.approx(0.425)
     assert max(truth[(0.0, 0.3)]) == 3 and not any(truth[(0.05, 0.1)])
+
+
+def test_crl_unknown_targets_by_acyclicity_figures_match_their_results_file():
+    """The 'Not for unknown targets' figures of the restart-acyclicity section."""
+    m = _load("crl_gen_unknown_targets_acyclicity.json")["methods"]["latent_scm"]
+    before = _latent_scm("crl_gen_v3.json", "unknown targets")
+    assert m["config"]["restart_choice"] == "acyclicity" and m["config"]["restarts"] == 4
+    got = [m["mcc_pearson_oos"]["mean"], m["targets_right"]["mean"],
+           before["mcc_pearson_oos"]["mean"], before["targets_right"]["mean"]]
+    assert got == pytest.approx([0.903, 0.92, 0.943, 0.92], abs=5e-4)
+    rs = m["restarts"]
+    assert rs["chosen"] == np.argmin(rs["acyclicity"], 1).tolist()
+    assert (rs["mcc"][0][rs["chosen"][0]], rs["mcc"][0][0]) == pytest.approx((0.818, 0.953),
+                                                                             abs=5e-4)
+    assert m["wall_s"] == pytest.approx(853, abs=0.5)
