@@ -1027,6 +1027,9 @@ def test_crl_default_polished_row_table_matches_its_results_files():
         h = np.asarray(m["restarts"]["acyclicity"])
         assert m["restarts"]["chosen"] == h.argmin(1).tolist()
         assert [int(v) for v in row[5].split()] == m["restarts"]["chosen"]
+        # the same restarts the four-restart runs of the section above chose
+        assert m["restarts"]["chosen"] == _load(f"crl_restart_acyclicity_seed{root}.json")[
+            "restarts"]["by_acyclicity"]["chosen"]
         kept = m["polish"]["kept"]
         assert row[6] == f"{sum(kept)} of {len(kept)}"
         met = (m["mcc_pearson_oos"]["mean"] >= 0.95, m["shd"]["mean"] <= 1)
