@@ -205,9 +205,10 @@ class CRLConfig:
         label-swap optimum tends to end with a cyclic ``W``, which its likelihood does not
         reveal (over 160 restarts of eight roots, Spearman -0.74 between ``h`` and MCC; four
         restarts chosen by it: MCC 0.977, SHD 0.90, against 0.959, 1.40 by loss; BENCHMARKS.md,
-        "Cycles in the fitted SCM"). Off by default here; the generalization row "default,
-        four restarts by acyclicity, polished" (:mod:`jaxcrl.crl.synthetic`) uses it. Needs a method
-        with a latent SCM whose ``W`` can be cyclic (not ``scm="flow"``) and no ``holdout``.
+        "Cycles in the fitted SCM"). Off by default; the generalization row "default, four
+        restarts by acyclicity, polished" (:mod:`jaxcrl.crl.synthetic`) uses it. Needs a
+        method with a latent SCM whose ``W`` can be cyclic (not ``scm="flow"``) and no
+        ``holdout``.
     """
 
     method: str = "latent_scm"

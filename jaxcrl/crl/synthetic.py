@@ -128,13 +128,10 @@ class SyntheticConfig:
 def _restart_diagnostics(history: dict) -> dict:
     """Every restart's final training loss and last MCC (and its warm start's last MCC and
     final loss; with ``restart_choice="acyclicity"`` its ``W``'s acyclicity, which chose),
-    ``[seeds, restarts]``, with the restart kept; and with ``polish``, per seed whether the
-    polish was kept and the log-likelihoods it was kept by (``[seeds, 2]``: fit, polished).
-    The MCC is a diagnostic, never used to choose."""
-    polish = ({"polish": {"kept": history["polish_kept"], "loglik": history["polish_loglik"]}}
-              if "polish_kept" in history else {})
+    ``[seeds, restarts]``, with the restart kept. The MCC is a diagnostic, never used to
+    choose."""
     if "final_loss_restarts" not in history:
-        return polish
+        return {}
     shape = np.shape(history["final_loss_restarts"])
     out = {"final_loss": history["final_loss_restarts"], "chosen": history["restart_chosen"]}
     if "acyclicity_restarts" in history:
@@ -146,7 +143,15 @@ def _restart_diagnostics(history: dict) -> dict:
     if "warm_loss" in history:  # the warm phase's mean loss over its last 5% of steps
         wl = np.asarray(history["warm_loss"])
         out["warm_final_loss"] = wl[-max(len(wl) // 20, 1):].mean(0).reshape(shape)
-    return {"restarts": out, **polish}
+    return {"restarts": out}
+
+
+def _polish_diagnostics(history: dict) -> dict:
+    """With ``polish``: per seed whether the polish was kept (``[seeds]``) and the
+    log-likelihoods per sample it was kept by (``[seeds, 2]``: the fit's, the polished)."""
+    if "polish_kept" not in history:
+        return {}
+    return {"polish": {"kept": history["polish_kept"], "loglik": history["polish_loglik"]}}
 
 
 def _consensus_diagnostics(history: dict) -> dict:
@@ -204,6 +209,7 @@ def run(cfg: SyntheticConfig, *, progress: bool = True, save_dir: str | Path | N
         methods[method] = {**summary, "wall_s": wall,
                            "steps_per_s": mcfg.steps / result.wall_s, "config": mcfg,
                            **_restart_diagnostics(result.history),
+                           **_polish_diagnostics(result.history),
                            **_consensus_diagnostics(result.history)}
         fits[method] = result
         if save_dir is not None:
